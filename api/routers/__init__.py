@@ -1,0 +1,1 @@
+"""One router per resource; api.app.ROUTERS lists the modules the app includes."""

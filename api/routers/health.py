@@ -1,0 +1,29 @@
+"""GET /health: open to everyone, even when API keys are configured."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from fastapi import APIRouter
+
+from api.deps import ServicesDep
+from api.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+def _version() -> str:
+    try:
+        return metadata.version("kb")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+@router.get("/health", response_model=Health, summary="Liveness and model status")
+def health(services: ServicesDep) -> Health:
+    default = services.settings.default_generator
+    return Health(
+        version=_version(),
+        default_generator=default,
+        generator_loaded=services.generators.is_loaded(default),
+    )

@@ -1,0 +1,73 @@
+"""POST /query: an answer in one of the modes, as JSON or as server-sent events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter
+
+from api.auth import Caller
+from api.deps import AnswererDep
+from api.errors import ERROR_RESPONSES
+from api.schemas import AnswerOut, QueryRequest
+from api.sse import error_event_body, first_then_rest, sse, stream_response
+from kb.answering import AnswerEvent, uses_retrieval
+
+router = APIRouter(tags=["query"], responses=ERROR_RESPONSES)
+
+STREAM_DOC = (
+    "With `stream: true`, a text/event-stream of events: `passages` (the numbered passages "
+    "and the model chosen), `delta` ({mode, text}) pieces of the answer, in compare mode a "
+    "`result` per mode, then `done` (the same object as the JSON answer) or `error` "
+    "({error: {message, type, code}})."
+)
+
+
+@router.post(
+    "/query",
+    response_model=AnswerOut,
+    summary="Answer a question",
+    description="Answer with the base model, RAG, a fine-tuned model, both, or compare them. "
+    + STREAM_DOC,
+    responses={
+        200: {
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string"},
+                    "example": 'event: delta\ndata: {"mode": "rag", "text": "Zorblax"}\n\n',
+                }
+            }
+        }
+    },
+)
+def query(body: QueryRequest, answerer: AnswererDep, caller: Caller):
+    collection = body.collection or answerer.settings.default_collection
+    if body.collection is not None or body.mode == "compare" or uses_retrieval(body.mode):
+        caller.check(collection, "read")
+    args = {
+        "mode": body.mode,
+        "collection": body.collection,
+        "k": body.k,
+        "model": body.model,
+        "method": body.method,
+        "max_new_tokens": body.max_new_tokens,
+        "temperature": body.temperature,
+    }
+    if not body.stream:
+        return answerer.answer(body.question, **args).to_dict()
+
+    first, rest = first_then_rest(answerer.stream(body.question, **args))
+
+    def lines() -> Iterator[str]:
+        yield _event(first)
+        try:
+            for event in rest:
+                yield _event(event)
+        except Exception as exc:  # the status line is sent: report the error as an event
+            yield sse(error_event_body(exc), "error")
+
+    return stream_response(lines)
+
+
+def _event(event: AnswerEvent) -> str:
+    return sse(event.to_dict(), event.type)

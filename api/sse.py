@@ -1,0 +1,46 @@
+"""Server-sent events: formatting, and starting a stream only once its first event is known.
+
+The first event of an answer is computed before the response starts, so a bad request (unknown
+mode, collection or model) still gets a proper 4xx status instead of an error inside a 200.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from api.errors import error_body, status_of
+from kb.errors import KBError
+
+log = logging.getLogger("kb.api")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def sse(data: Any, event: str | None = None) -> str:
+    """One event; `data` is sent as one line of JSON (or as is, if a string)."""
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {payload}\n\n"
+
+
+def error_event_body(exc: BaseException) -> dict:
+    if isinstance(exc, KBError):
+        status, code = status_of(exc)
+        return error_body(status, str(exc), code)
+    log.error("error while streaming", exc_info=exc)
+    return error_body(500, "internal error while streaming; see the server log", "internal_error")
+
+
+def first_then_rest(events: Iterator) -> tuple[Any, Iterator]:
+    """Pull the first item now (so its errors raise here), then the iterator of the rest."""
+    first = next(events)
+    return first, events
+
+
+def stream_response(lines: Callable[[], Iterator[str]]) -> StreamingResponse:
+    return StreamingResponse(lines(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -1,0 +1,311 @@
+"""Folder -> collection sync: load, chunk and embed only what changed, commit in generations.
+
+Parsing runs in a background thread while the embedder works on the previous batch, so on
+two cores the CPU-bound loaders and the model overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ingest.chunking import Chunker
+from kb.embedders import Embedder
+from kb.errors import KBError, LoaderError, UnsupportedFile
+from kb.store.collection import Collection, NewDocument
+from kb.types import Chunk, Document
+
+
+@dataclass
+class IngestReport:
+    collection: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    chunks_embedded: int = 0
+    documents_written: int = 0
+    files_seen: int = 0
+    generation: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class IngestProgress:
+    """Callbacks an ingest reports through; the CLI draws a bar, the service records a job."""
+
+    def start(self, files_total: int) -> None: ...
+
+    def file_done(self, path: str, status: str, error: str | None = None) -> None: ...
+
+    def chunks_embedded(self, n: int) -> None: ...
+
+    def committed(self, generation: int) -> None: ...
+
+
+@dataclass
+class _Pending:
+    """A loaded file (origin) waiting for its vectors."""
+
+    origin: str
+    origin_hash: str
+    status: str  # "added" | "updated"
+    docs: list[tuple[Document, list[Chunk]]]
+
+
+@dataclass
+class Source:
+    """One unit of sync: a file, an upload, or a record given directly."""
+
+    origin: str
+    content_hash: str
+    load: Callable[[], list[Document]]
+    display: str = ""
+
+
+def file_hash(path: Path, max_bytes: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        read = 0
+        while block := f.read(1 << 20):
+            h.update(block)
+            read += len(block)
+            if read > max_bytes:
+                break  # the loader will refuse it by size; the hash need not cover it
+    return h.hexdigest()
+
+
+def embed_input(chunk: Chunk) -> str:
+    """Chunks are embedded with their document title, which often carries the topic."""
+    if chunk.title and not chunk.text.startswith(chunk.title):
+        return f"{chunk.title}\n{chunk.text}"
+    return chunk.text
+
+
+class Ingestor:
+    """Syncs sources into one collection; the caller holds the collection's write lock."""
+
+    def __init__(
+        self,
+        collection: Collection,
+        embedder: Embedder,
+        chunker: Chunker,
+        *,
+        commit_every_chunks: int = 20_000,
+        embed_batch_chunks: int = 512,
+        progress: IngestProgress | None = None,
+    ):
+        self.collection = collection
+        self.embedder = embedder
+        self.chunker = chunker
+        self.commit_every = commit_every_chunks
+        self.embed_batch = embed_batch_chunks
+        self.progress = progress or IngestProgress()
+
+    def sync(
+        self, sources: Iterable[Source], *, total: int | None = None, prune_origins: Iterable[str] = ()
+    ) -> IngestReport:
+        started = time.perf_counter()
+        report = IngestReport(collection=self.collection.name)
+        stored = self.collection.origins()
+        self.progress.start(total or 0)
+
+        ready: list[_Pending] = []  # loaded and embedded, waiting for a commit
+        batch: list[_Pending] = []  # loaded, waiting for vectors
+        batch_chunks = 0
+        ready_chunks = 0
+        for item in _prefetch(self._load(s, stored, report) for s in sources):
+            if item is None:
+                continue
+            batch.append(item)
+            batch_chunks += sum(len(c) for _, c in item.docs)
+            if batch_chunks >= self.embed_batch:
+                ready_chunks += self._embed(batch, report)
+                ready += batch
+                batch, batch_chunks = [], 0
+            if ready_chunks >= self.commit_every:
+                self._commit(ready, [], report)
+                ready, ready_chunks = [], 0
+        self._embed(batch, report)
+        ready += batch
+
+        removed_docs: list[str] = []
+        for origin in prune_origins:
+            removed_docs += self._doc_ids_of_origin(origin)
+            report.removed += 1
+            self.progress.file_done(origin, "removed")
+        self._commit(ready, removed_docs, report)
+        report.generation = self.collection.generation
+        report.seconds = round(time.perf_counter() - started, 3)
+        return report
+
+    def _doc_ids_of_origin(self, origin: str) -> list[str]:
+        return self.collection.doc_ids_of_origin(origin)
+
+    def _load(self, source: Source, stored: dict[str, str], report: IngestReport) -> _Pending | None:
+        report.files_seen += 1
+        name = source.display or source.origin
+        try:
+            if stored.get(source.origin) == source.content_hash:
+                report.unchanged += 1
+                self.progress.file_done(name, "unchanged")
+                return None
+            docs = source.load()
+            if not docs:
+                raise LoaderError(f"{name}: no documents found in the file")
+            chunked = [(d, self.chunker.split(d)) for d in docs]
+            chunked = [(d, c) for d, c in chunked if c]
+            if not chunked:
+                raise LoaderError(f"{name}: no text left after parsing; check that the file has text")
+        except UnsupportedFile as exc:
+            report.skipped.append({"path": name, "reason": str(exc)})
+            self.progress.file_done(name, "skipped", str(exc))
+            return None
+        except (KBError, OSError, ValueError, RecursionError, MemoryError) as exc:
+            report.failed.append({"path": name, "error": _describe(exc)})
+            self.progress.file_done(name, "failed", _describe(exc))
+            return None
+        status = "updated" if source.origin in stored else "added"
+        return _Pending(source.origin, source.content_hash, status, chunked)
+
+    def _embed(self, batch: list[_Pending], report: IngestReport) -> int:
+        chunks = [c for p in batch for _, cs in p.docs for c in cs]
+        if not chunks:
+            return 0
+        vectors = self.embedder.embed(
+            [embed_input(c) for c in chunks], progress=self.progress.chunks_embedded
+        )
+        report.chunks_embedded += len(chunks)
+        pos = 0
+        for p in batch:
+            with_vectors = []
+            for doc, cs in p.docs:
+                with_vectors.append((doc, cs, vectors[pos : pos + len(cs)]))
+                pos += len(cs)
+            p.docs = with_vectors  # type: ignore[assignment]
+        return len(chunks)
+
+    def _commit(self, ready: list[_Pending], delete_doc_ids: list[str], report: IngestReport) -> None:
+        if not ready and not delete_doc_ids:
+            return
+        add: list[NewDocument] = []
+        delete = set(delete_doc_ids)
+        for p in ready:
+            # an updated file may have dropped some of its documents (e.g. CSV rows)
+            delete.update(self._doc_ids_of_origin(p.origin))
+            for doc, chunks, vectors in p.docs:  # type: ignore[misc]
+                add.append(
+                    NewDocument(
+                        source=doc.source,
+                        origin=p.origin,
+                        origin_hash=p.origin_hash,
+                        title=doc.title,
+                        metadata=doc.metadata,
+                        chars=len(doc.text),
+                        chunks=chunks,
+                        vectors=np.asarray(vectors),
+                    )
+                )
+        generation = self.collection.commit(add=add, delete_doc_ids=delete)
+        report.documents_written += len(add)
+        for p in ready:
+            setattr(report, p.status, getattr(report, p.status) + 1)
+            self.progress.file_done(p.origin, p.status)
+        self.progress.committed(generation)
+
+
+def folder_sources(
+    root: Path, *, loader_options: dict[str, Any], fingerprint: str, max_bytes: int
+) -> tuple[list[Source], list[Path]]:
+    """Sources for every file under `root` (or `root` itself if it is a file)."""
+    from ingest.loaders import iter_files, load_file
+
+    files = [root] if root.is_file() else list(iter_files(root))
+    sources = []
+    for path in files:
+        origin = os.path.abspath(path)
+
+        def load(path: Path = path, origin: str = origin) -> list[Document]:
+            docs = load_file(path, max_bytes=max_bytes, **loader_options)
+            for doc in docs:  # sources are absolute, whatever path the caller gave
+                if doc.source.startswith(str(path)):
+                    doc.source = origin + doc.source[len(str(path)) :]
+            return docs
+
+        try:
+            digest = file_hash(path, max_bytes)
+        except OSError as exc:
+            digest = f"unreadable:{exc}"
+        sources.append(Source(origin, f"{digest}:{fingerprint}", load, display=origin))
+    return sources, files
+
+
+def document_sources(docs: Iterable[Document], fingerprint: str) -> Iterator[Source]:
+    """Each document is its own unit of sync, hashed on its content."""
+    for doc in docs:
+        h = hashlib.sha256()
+        h.update((doc.title or "").encode())
+        for s in doc.sections:
+            h.update(b"\0" + s.text.encode("utf-8", "surrogatepass"))
+        yield Source(doc.source, f"{h.hexdigest()}:{fingerprint}", lambda d=doc: [d], display=doc.source)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KBError):
+        return str(exc)
+    if isinstance(exc, RecursionError):
+        return "the file is nested too deeply to parse; flatten it or convert it to text"
+    if isinstance(exc, MemoryError):
+        return "the file needs too much memory to parse; split it into smaller files"
+    return f"{type(exc).__name__}: {exc}"
+
+
+_DONE = object()
+
+
+def _prefetch(items: Iterator, depth: int = 16) -> Iterator:
+    """Runs a generator in a background thread, `depth` items ahead of the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("done", None))
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(("error", exc))
+
+    thread = threading.Thread(target=work, name="kb-ingest-loader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+

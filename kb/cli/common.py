@@ -1,0 +1,61 @@
+"""Helpers shared by CLI commands: settings, JSON output, errors, progress bars."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ingest.pipeline import IngestProgress
+
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+def print_json(obj: Any) -> None:
+    """Machine output: one JSON object on the last line of stdout."""
+    sys.stdout.write(json.dumps(obj, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+class BarProgress(IngestProgress):
+    """Files and chunks progress bars on stderr."""
+
+    def __init__(self, enabled: bool = True):
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not enabled,
+            transient=False,
+        )
+        self._files = self._progress.add_task("files", total=None)
+        self._chunks = self._progress.add_task("chunks embedded", total=None)
+
+    def __enter__(self) -> BarProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def start(self, files_total: int) -> None:
+        self._progress.update(self._files, total=files_total)
+
+    def file_done(self, path: str, status: str, error: str | None = None) -> None:
+        if status != "removed":
+            self._progress.advance(self._files)
+        if error and status == "failed":
+            self._progress.console.print(f"[red]failed[/] {path}: {error}", highlight=False)
+
+    def chunks_embedded(self, n: int) -> None:
+        self._progress.advance(self._chunks, n)

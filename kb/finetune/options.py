@@ -1,0 +1,43 @@
+"""Options for preparing fine-tuning data; the HTTP and CLI edges fill the same dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kb.errors import InvalidInput
+from kb.finetune.examples import Format
+
+
+@dataclass
+class PrepareOptions:
+    """How to turn a source into training data; the defaults suit a first run."""
+
+    format: Format = "chat"
+    prompt_column: str | None = None
+    completion_column: str | None = None
+    system: str | None = None
+    template: str | None = None  # e.g. "Describe {name}, mention {type}"; folder: {labels}, {text}
+    generate_with: str | None = None  # a configured generator writes the completions
+    from_collection: str | None = None  # synthetic Q/A pairs from this collection's chunks
+    max_examples: int | None = None
+    val_fraction: float = 0.1
+    seed: int = 0
+    text_budget: int = 512  # tokens of a folder example's text kept in its prompt
+    separator: str = "\n\n###\n\n"  # completion format: ends every prompt
+    stop: str = " END"  # completion format: ends every completion
+    max_new_tokens: int = 256
+    max_tokens: int = 2048  # validation's per-example token limit
+    tokenizer: str | None = None  # tokenizer folder or .gguf; default: bundled SmolLM2
+
+    def check(self) -> None:
+        if self.format not in ("chat", "completion"):
+            raise InvalidInput(f"format {self.format!r} is unknown: use chat or completion")
+        if not 0 <= self.val_fraction < 1:
+            raise InvalidInput(
+                f"val_fraction {self.val_fraction} is out of range: use a fraction in [0, 1), "
+                "e.g. 0.1"
+            )
+        if self.max_examples is not None and self.max_examples < 1:
+            raise InvalidInput(f"max_examples {self.max_examples} must be at least 1")
+        if self.text_budget < 1:
+            raise InvalidInput(f"text_budget {self.text_budget} must be at least 1 token")

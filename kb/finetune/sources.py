@@ -1,0 +1,259 @@
+"""Readers for fine-tuning sources: tables (CSV, TSV, XLSX, JSON, JSONL) and labelled folders."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kb.errors import InvalidInput
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".xlsx", ".xlsm", ".json", ".jsonl")
+MAX_EXAMPLE_FILE_BYTES = 1_000_000  # a classification example is cut to a token budget anyway
+
+_HEADER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9._-]*):(?:[ \t]|$)")
+_MESSAGE_HEADERS = {"from", "subject", "newsgroups", "message-id", "to", "date"}
+
+
+@dataclass
+class Skipped:
+    """An input item that produced no example, and why."""
+
+    item: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"item": self.item, "reason": self.reason}
+
+
+@dataclass
+class Row:
+    number: int  # spreadsheet row (the header is row 1), JSONL line, or JSON list position
+    values: dict[str, Any]
+
+
+@dataclass
+class Table:
+    path: Path
+    columns: list[str]
+    rows: list[Row]
+    unit: str  # what `Row.number` counts: "row", "line" or "item"
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def where(self, number: int) -> str:
+        return f"{self.unit} {number} of {self.path.name}"
+
+
+@dataclass
+class LabelledText:
+    label: str
+    path: Path
+    text: str
+
+
+def read_table(path: Path) -> Table:
+    """Read a table-like file into rows of cleaned cell values; blank rows are dropped."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise InvalidInput(f"no file at {str(path)!r}: check the path")
+    if suffix in (".csv", ".tsv", ".tab"):
+        return _read_delimited(path, "\t" if suffix in (".tsv", ".tab") else None)
+    if suffix in (".xlsx", ".xlsm"):
+        return _read_xlsx(path)
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    if suffix == ".json":
+        return _read_json(path)
+    raise InvalidInput(
+        f"cannot read {path.name!r} as training data: use one of {', '.join(TABLE_SUFFIXES)}, "
+        "or a folder with one sub-folder per label"
+    )
+
+
+def _read_text(path: Path, limit: int | None = None) -> str:
+    with path.open("rb") as f:
+        raw = f.read(limit) if limit else f.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, dt.date | dt.datetime | dt.time):
+        return value.isoformat()
+    return value  # lists and objects (e.g. chat `messages`) stay structured
+
+
+def _header(cells: list[Any]) -> list[str]:
+    names: list[str] = []
+    for i, cell in enumerate(cells):
+        name = str(cell).strip() if cell not in (None, "") else f"column_{i + 1}"
+        base, n = name, 2
+        while name in names:
+            name, n = f"{base}_{n}", n + 1
+        names.append(name)
+    return names
+
+
+def _rows_from_cells(path: Path, records: list[tuple[int, list[Any]]], unit: str) -> Table:
+    records = [(n, cells) for n, cells in records if any(_cell(c) != "" for c in cells)]
+    if not records:
+        raise InvalidInput(
+            f"{path.name!r} has no header row and no data: add a header row and rows"
+        )
+    _, header_cells = records[0]
+    columns = _header(list(header_cells))
+    rows = []
+    for number, cells in records[1:]:
+        values = {col: _cell(cells[i]) if i < len(cells) else "" for i, col in enumerate(columns)}
+        rows.append(Row(number, values))
+    return Table(path, columns, rows, unit)
+
+
+def _read_delimited(path: Path, delimiter: str | None) -> Table:
+    text = _read_text(path)
+    if delimiter is None:
+        try:
+            delimiter = csv.Sniffer().sniff(text[:65536], delimiters=",;\t|").delimiter
+        except csv.Error:
+            delimiter = ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        records = [(i, cells) for i, cells in enumerate(reader, start=1)]
+    except csv.Error as exc:
+        raise InvalidInput(
+            f"{path.name!r} is not valid CSV near line {reader.line_num} ({exc}): "
+            "check the quoting on that line"
+        ) from exc
+    return _rows_from_cells(path, records, "row")
+
+
+def _read_xlsx(path: Path) -> Table:
+    from openpyxl import load_workbook
+
+    try:
+        workbook = load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # openpyxl raises several unrelated types for broken files
+        raise InvalidInput(
+            f"{path.name!r} could not be opened as an Excel workbook ({exc}): save it as .xlsx"
+        ) from exc
+    try:
+        sheet = workbook.active
+        records = [(i, list(r)) for i, r in enumerate(sheet.iter_rows(values_only=True), start=1)]
+    finally:
+        workbook.close()
+    return _rows_from_cells(path, records, "row")
+
+
+def _object_rows(path: Path, items: list[tuple[int, Any]], unit: str) -> Table:
+    columns: dict[str, None] = {}
+    rows, skipped = [], []
+    for number, item in items:
+        if not isinstance(item, dict):
+            skipped.append(
+                Skipped(f"{unit} {number} of {path.name}", f"not a JSON object: {str(item)[:60]!r}")
+            )
+            continue
+        columns.update(dict.fromkeys(str(k) for k in item))
+        rows.append(Row(number, {str(k): _cell(v) for k, v in item.items()}))
+    return Table(path, list(columns), rows, unit, skipped)
+
+
+def _read_jsonl(path: Path) -> Table:
+    items, skipped = [], []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            skipped.append(Skipped(f"line {number} of {path.name}", f"not valid JSON ({exc.msg})"))
+    table = _object_rows(path, items, "line")
+    table.skipped[:0] = skipped
+    return table
+
+
+def _read_json(path: Path) -> Table:
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"{path.name!r} is not valid JSON (line {exc.lineno}: {exc.msg}): fix the file, or "
+            "save one object per line as .jsonl"
+        ) from exc
+    if not isinstance(data, list):
+        raise InvalidInput(
+            f"{path.name!r} holds a JSON {type(data).__name__}, not a list of objects: "
+            'write it as [{"prompt": ..., "completion": ...}, ...] or as JSONL'
+        )
+    return _object_rows(path, list(enumerate(data, start=1)), "item")
+
+
+def read_labelled_folder(folder: Path) -> tuple[list[str], list[LabelledText], list[Skipped]]:
+    """Read a folder whose sub-folders are labels, one file one example; bad files are skipped."""
+    if not folder.is_dir():
+        raise InvalidInput(f"no folder at {str(folder)!r}: check the path")
+    labels = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(labels) < 2:
+        raise InvalidInput(
+            f"folder {str(folder)!r} has {len(labels)} label sub-folder(s) {labels}: a "
+            "classification folder needs one sub-folder per label and at least two labels"
+        )
+    items, skipped = [], []
+    for label in labels:
+        files = sorted(
+            p
+            for p in (folder / label).rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.parts[-1:])
+        )
+        for path in files:
+            with path.open("rb") as f:
+                head = f.read(8192)
+            if b"\x00" in head:
+                skipped.append(Skipped(str(path), "binary file"))
+                continue
+            text = clean_message(_read_text(path, MAX_EXAMPLE_FILE_BYTES))
+            if not text:
+                skipped.append(Skipped(str(path), "empty file"))
+                continue
+            items.append(LabelledText(label, path, text))
+    return labels, items, skipped
+
+
+def clean_message(text: str) -> str:
+    """For a mail or news message keep the Subject and the body; other text comes back stripped."""
+    lines = text.splitlines()
+    headers: dict[str, str] = {}
+    last = None
+    for i, line in enumerate(lines):
+        if not line.strip():
+            if headers.keys() & _MESSAGE_HEADERS and len(headers) >= 2:
+                body = "\n".join(lines[i + 1 :]).strip()
+                subject = headers.get("subject", "").strip()
+                return f"Subject: {subject}\n\n{body}".strip() if subject else body
+            break
+        if line[0] in " \t" and last is not None:
+            headers[last] += " " + line.strip()
+            continue
+        match = _HEADER_LINE.match(line)
+        if not match:
+            break
+        last = match.group(1).lower()
+        headers[last] = line[match.end() :].strip()
+    return text.strip()

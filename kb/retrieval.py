@@ -1,0 +1,160 @@
+"""Retrieval over one collection: dense (FAISS), BM25, and their fusion (RRF or weighted)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from kb.embedders import Embedder
+from kb.errors import InvalidInput
+from kb.store.collection import Collection, Snapshot
+from kb.types import Passage
+
+METHODS = ("dense", "bm25", "hybrid")
+FUSIONS = ("rrf", "weighted")
+# a filter that leaves at most this many chunks is searched exactly over those chunks' vectors
+EXACT_FILTER_MAX = 20_000
+
+
+@dataclass
+class RetrievalOptions:
+    method: str = "hybrid"
+    fusion: str = "rrf"
+    rrf_k: int = 60
+    dense_weight: float = 0.5
+    candidates: int = 100
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidInput(f"unknown retrieval method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.fusion not in FUSIONS:
+            raise InvalidInput(f"unknown fusion {self.fusion!r}: use one of {', '.join(FUSIONS)}")
+        if not 0.0 <= self.dense_weight <= 1.0:
+            raise InvalidInput(f"dense_weight {self.dense_weight} must be between 0 and 1")
+
+
+class Retriever:
+    """Runs one query against a collection snapshot; every passage carries its dense cosine."""
+
+    def __init__(self, embedder_for: Callable[[str], Embedder], reranker=None):
+        self._embedder_for = embedder_for
+        self.reranker = reranker
+
+    def search(
+        self,
+        collection: Collection,
+        query: str,
+        k: int,
+        options: RetrievalOptions,
+        source_glob: str | None = None,
+    ) -> list[Passage]:
+        options.check()
+        if not query or not query.strip():
+            raise InvalidInput("the query is empty: send some text to search for")
+        snap = collection.snapshot()
+        allowed = collection.chunk_ids_for_sources(source_glob) if source_glob else None
+        if allowed is not None and not len(allowed):
+            return []
+        pool = max(k, options.candidates)
+        qvec = None
+        dense: list[tuple[int, float]] = []
+        lexical: list[tuple[int, float]] = []
+        if options.method in ("dense", "hybrid"):
+            qvec = self._embedder_for(snap.embedder).embed_query(query)
+            dense = self._dense(collection, snap, qvec, pool, allowed)
+        if options.method in ("bm25", "hybrid"):
+            lexical = snap.bm25.search(query, pool, allowed)
+
+        if options.method == "dense":
+            ranked = dense
+        elif options.method == "bm25":
+            ranked = lexical
+        elif options.fusion == "rrf":
+            ranked = rrf([dense, lexical], options.rrf_k)
+        else:
+            ranked = weighted([dense, lexical], [options.dense_weight, 1 - options.dense_weight])
+
+        limit = pool if self.reranker else k
+        ranked = ranked[:limit]
+        dense_scores = dict(dense)
+        bm25_scores = dict(lexical)
+        if qvec is None:
+            qvec = self._embedder_for(snap.embedder).embed_query(query)
+        missing = [cid for cid, _ in ranked if cid not in dense_scores]
+        if missing:  # lexical-only hits still get a cosine, used for the relevance threshold
+            ids, vecs = collection.vectors(np.asarray(missing, dtype=np.int64))
+            dense_scores.update(zip(ids.tolist(), (vecs @ qvec).tolist(), strict=True))
+
+        rows = collection.chunks([cid for cid, _ in ranked])
+        passages = []
+        for cid, score in ranked:
+            row = rows.get(cid)
+            if row is None:  # deleted by a commit after our snapshot was taken
+                continue
+            scores = {"dense": float(dense_scores.get(cid, 0.0))}
+            if cid in bm25_scores:
+                scores["bm25"] = float(bm25_scores[cid])
+            passages.append(
+                Passage(
+                    chunk_id=cid,
+                    doc_id=row.doc_id,
+                    source=row.source,
+                    text=row.text,
+                    score=float(score),
+                    start=row.start,
+                    end=row.end,
+                    ordinal=row.ordinal,
+                    page=row.page,
+                    heading=row.heading,
+                    title=row.title,
+                    scores=scores,
+                )
+            )
+        if self.reranker and passages:
+            passages = self.reranker.rerank(query, passages)
+        return passages[:k]
+
+    def _dense(
+        self, collection: Collection, snap: Snapshot, qvec: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> list[tuple[int, float]]:
+        if allowed is not None and len(allowed) <= EXACT_FILTER_MAX:
+            ids, vecs = collection.vectors(allowed)
+            if not len(ids):
+                return []
+            scores = vecs @ qvec
+            top = np.argsort(-scores, kind="stable")[:k]
+            return [(int(ids[i]), float(scores[i])) for i in top]
+        want = k if allowed is None else min(snap.dense.ntotal, k * 20)
+        if snap.dense.ntotal == 0:
+            return []
+        scores, ids = snap.dense.search(qvec[None, :].astype(np.float32), min(want, snap.dense.ntotal))
+        hits = [(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+        if allowed is not None:
+            keep = set(allowed.tolist())
+            hits = [h for h in hits if h[0] in keep]
+        return hits[:k]
+
+
+def rrf(rankings: list[list[tuple[int, float]]], k: int = 60) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: sum of 1 / (k + rank) over the lists an item appears in."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, (item, _) in enumerate(ranking, start=1):
+            fused[item] = fused.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda x: (-x[1], x[0]))
+
+
+def weighted(rankings: list[list[tuple[int, float]]], weights: list[float]) -> list[tuple[int, float]]:
+    """Weighted sum of min-max normalised scores; an item missing from a list scores 0 there."""
+    fused: dict[int, float] = {}
+    for ranking, weight in zip(rankings, weights, strict=True):
+        if not ranking:
+            continue
+        values = np.array([s for _, s in ranking], dtype=np.float64)
+        lo, hi = values.min(), values.max()
+        span = hi - lo if hi > lo else 1.0
+        for (item, score) in ranking:
+            fused[item] = fused.get(item, 0.0) + weight * (score - lo) / span
+    return sorted(fused.items(), key=lambda x: (-x[1], x[0]))

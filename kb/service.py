@@ -1,0 +1,277 @@
+"""The knowledge base: the one object the CLI and the HTTP API call for collections and search."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ingest.chunking import Chunker
+from ingest.pipeline import (
+    IngestProgress,
+    Ingestor,
+    IngestReport,
+    document_sources,
+    folder_sources,
+)
+from kb.embedders import Embedder, load_embedder
+from kb.errors import CollectionNotFound, DocumentNotFound, InvalidInput
+from kb.retrieval import Retriever, RetrievalOptions
+from kb.settings import Settings
+from kb.store.collection import Collection, validate_name
+from kb.types import Document, Passage
+
+
+class KnowledgeBase:
+    """Collections in one data directory, with lazily loaded embedders shared between them."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings()
+        self._embedders: dict[str, Embedder] = {}
+        self._collections: dict[str, Collection] = {}
+        self._lock = threading.RLock()
+        self.retriever = Retriever(self.embedder_for, reranker=self._reranker())
+
+    # -- models ----------------------------------------------------------------------------
+
+    def embedder_for(self, name: str) -> Embedder:
+        with self._lock:
+            if name not in self._embedders:
+                self._embedders[name] = load_embedder(name, self.settings)
+            return self._embedders[name]
+
+    @property
+    def embedder(self) -> Embedder:
+        return self.embedder_for(self.settings.embedder)
+
+    def _reranker(self):
+        if not self.settings.reranker:
+            return None
+        from kb.rerank import CrossEncoderReranker
+
+        return CrossEncoderReranker(self.settings.reranker)
+
+    def chunker_for(self, embedder: Embedder) -> Chunker:
+        size = self.settings.chunk_size
+        limit = getattr(embedder, "max_seq_length", None)
+        if limit:
+            size = min(size, limit - 2)  # room for the model's [CLS] and [SEP]
+        return Chunker(embedder.count_tokens, size, min(self.settings.chunk_overlap, size // 2))
+
+    # -- collections -----------------------------------------------------------------------
+
+    def _root(self, name: str) -> Path:
+        return self.settings.collections_dir / validate_name(name)
+
+    def collection(self, name: str | None = None) -> Collection:
+        name = name or self.settings.default_collection
+        with self._lock:
+            col = self._collections.get(name)
+            if col is None or not (col.root / "store.sqlite").exists():
+                col = Collection.open(
+                    self._root(name),
+                    name,
+                    index_kind=self.settings.index_type,
+                    exact_max=self.settings.exact_search_max,
+                )
+                self._collections[name] = col
+            return col
+
+    def has_collection(self, name: str) -> bool:
+        return (self._root(name) / "store.sqlite").exists()
+
+    def create_collection(self, name: str, embedder: str | None = None) -> Collection:
+        embedder_name = embedder or self.settings.embedder
+        emb = self.embedder_for(embedder_name)
+        with self._lock:
+            if self.has_collection(name):
+                col = self.collection(name)
+                col.check_embedder(embedder_name, emb.dimension)
+                return col
+            col = Collection.create(
+                self._root(name),
+                name,
+                embedder=embedder_name,
+                dimension=emb.dimension,
+                index_kind=self.settings.index_type,
+                exact_max=self.settings.exact_search_max,
+            )
+            self._collections[name] = col
+            return col
+
+    def list_collections(self) -> list[dict[str, Any]]:
+        root = self.settings.collections_dir
+        if not root.exists():
+            return []
+        names = sorted(p.name for p in root.iterdir() if (p / "store.sqlite").exists())
+        return [self.collection(n).info() for n in names]
+
+    def delete_collection(self, name: str) -> None:
+        col = self.collection(name)
+        with col.write_lock():
+            with self._lock:
+                self._collections.pop(name, None)
+            col.close()
+            shutil.rmtree(col.root)
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    def _writable(self, name: str, embedder: str | None) -> tuple[Collection, Embedder]:
+        """The collection to write, created if new; a different embedder than its own is refused."""
+        explicit = embedder or (
+            self.settings.embedder if "embedder" in self.settings.model_fields_set else None
+        )
+        if self.has_collection(name):
+            col = self.collection(name)
+            emb = self.embedder_for(explicit or col.embedder)
+            col.check_embedder(explicit or col.embedder, emb.dimension)
+            return col, emb
+        col = self.create_collection(name, explicit)
+        return col, self.embedder_for(col.embedder)
+
+    def ingest_path(
+        self,
+        path: str | Path,
+        *,
+        collection: str | None = None,
+        prune: bool = False,
+        progress: IngestProgress | None = None,
+        embedder: str | None = None,
+        jsonl_text_field: str | None = None,
+        csv_text_field: str | None = None,
+        wait: float = 0.0,
+    ) -> IngestReport:
+        """Sync a folder (or one file) into a collection: only new and changed files are embedded."""
+        root = Path(path).expanduser()
+        if not root.exists():
+            raise InvalidInput(f"no such file or folder: {str(path)!r}; check the path")
+        name = collection or self.settings.default_collection
+        col, emb = self._writable(name, embedder)
+        chunker = self.chunker_for(emb)
+        options = {"jsonl_text_field": jsonl_text_field, "csv_text_field": csv_text_field}
+        fingerprint = f"{chunker.fingerprint};{options}"
+        with col.write_lock(wait):
+            sources, files = folder_sources(
+                root, loader_options=options, fingerprint=fingerprint, max_bytes=self.settings.max_file_bytes
+            )
+            gone: list[str] = []
+            if prune:
+                prefix = os.path.abspath(root)
+                present = {os.path.abspath(f) for f in files}
+                gone = sorted(
+                    o
+                    for o in col.origins()
+                    if (o == prefix or o.startswith(prefix.rstrip(os.sep) + os.sep)) and o not in present
+                )
+            ingestor = self._ingestor(col, emb, chunker, progress)
+            return ingestor.sync(sources, total=len(sources), prune_origins=gone)
+
+    def ingest_files(
+        self,
+        paths: Iterable[str | Path],
+        *,
+        collection: str | None = None,
+        progress: IngestProgress | None = None,
+        wait: float = 0.0,
+    ) -> IngestReport:
+        """Sync some files (e.g. uploads) into a collection in one commit; same hashing as a folder."""
+        name = collection or self.settings.default_collection
+        col, emb = self._writable(name, None)
+        chunker = self.chunker_for(emb)
+        options = {"jsonl_text_field": None, "csv_text_field": None}
+        fingerprint = f"{chunker.fingerprint};{options}"
+        with col.write_lock(wait):
+            sources = []
+            for path in paths:
+                found, _ = folder_sources(
+                    Path(path),
+                    loader_options=options,
+                    fingerprint=fingerprint,
+                    max_bytes=self.settings.max_file_bytes,
+                )
+                sources += found
+            return self._ingestor(col, emb, chunker, progress).sync(sources, total=len(sources))
+
+    def ingest_documents(
+        self,
+        docs: Iterable[Document],
+        *,
+        collection: str | None = None,
+        progress: IngestProgress | None = None,
+        embedder: str | None = None,
+        wait: float = 0.0,
+    ) -> IngestReport:
+        """Sync documents given directly (uploads, BEIR corpora); each source is its own unit."""
+        name = collection or self.settings.default_collection
+        col, emb = self._writable(name, embedder)
+        chunker = self.chunker_for(emb)
+        docs = list(docs)
+        with col.write_lock(wait):
+            return self._ingestor(col, emb, chunker, progress).sync(
+                document_sources(docs, chunker.fingerprint), total=len(docs)
+            )
+
+    def _ingestor(self, col, emb, chunker, progress) -> Ingestor:
+        return Ingestor(
+            col,
+            emb,
+            chunker,
+            commit_every_chunks=self.settings.commit_every_chunks,
+            embed_batch_chunks=max(self.settings.embed_batch_size * 8, 256),
+            progress=progress,
+        )
+
+    # -- documents -------------------------------------------------------------------------
+
+    def list_documents(self, collection: str | None = None) -> list[dict[str, Any]]:
+        return self.collection(collection).documents()
+
+    def delete_document(self, collection: str | None, id_or_path: str, wait: float = 0.0) -> list[str]:
+        """Delete documents by id, source, or origin file; returns the ids deleted."""
+        col = self.collection(collection)
+        with col.write_lock(wait):
+            ids = col.find_documents(id_or_path)
+            if not ids:
+                raise DocumentNotFound(
+                    f"no document {id_or_path!r} in collection {col.name!r}: "
+                    "list them with `kb documents list`"
+                )
+            col.commit(delete_doc_ids=ids)
+        return ids
+
+    # -- search ----------------------------------------------------------------------------
+
+    def retrieval_options(self, method: str | None = None, **overrides) -> RetrievalOptions:
+        s = self.settings
+        opts = RetrievalOptions(
+            method=method or s.retrieval_method,
+            fusion=s.fusion,
+            rrf_k=s.rrf_k,
+            dense_weight=s.dense_weight,
+            candidates=s.candidates,
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(opts, key, value)
+        return opts
+
+    def search(
+        self,
+        query: str,
+        *,
+        collection: str | None = None,
+        k: int = 10,
+        method: str | None = None,
+        source_glob: str | None = None,
+        **overrides,
+    ) -> list[Passage]:
+        if not 1 <= k <= 1000:
+            raise InvalidInput(f"k={k} is out of range: ask for between 1 and 1000 results")
+        try:
+            col = self.collection(collection)
+        except CollectionNotFound:
+            raise
+        return self.retriever.search(col, query, k, self.retrieval_options(method, **overrides), source_glob)

@@ -1,0 +1,98 @@
+"""Typed settings, read from KB_* environment variables and an optional .env file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GeneratorSpec(BaseModel):
+    """A named generation model: the bundled SmolLM2, any local HF/GGUF path, or a remote endpoint."""
+
+    name: str
+    backend: Literal["local", "openai"] = "local"
+    kind: Literal["base", "finetuned"] = "base"  # which answer modes may use it
+    # local: "smollm2" (bundled), a Hugging Face folder, or a .gguf file; openai: the remote model id
+    model: str = "smollm2"
+    adapter: str | None = None  # local LoRA adapter folder
+    base_url: str | None = None  # openai backend: e.g. http://localhost:11434/v1
+    api_key: str | None = None
+    context_window: int = 2048
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+
+
+class ApiKeySpec(BaseModel):
+    """An API key, optionally limited to some collections and to reading."""
+
+    key: str
+    collections: list[str] = Field(default_factory=lambda: ["*"])
+    access: Literal["read", "write"] = "write"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KB_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Path("./kb_data")
+    default_collection: str = "default"
+
+    # embeddings: "minilm" (bundled all-MiniLM-L6-v2), "st:<name-or-path>", "openai:<model>"
+    embedder: str = "minilm"
+    embed_batch_size: int = 64
+    embed_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    embed_base_url: str | None = None
+    embed_api_key: str | None = None
+
+    chunk_size: int = 256  # tokens of the embedder's tokenizer
+    chunk_overlap: int = 32
+    commit_every_chunks: int = 20_000  # a long ingest commits a generation this often
+
+    # retrieval
+    retrieval_method: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    rrf_k: int = 60
+    dense_weight: float = 0.5
+    candidates: int = 100  # per-method candidates before fusion
+    min_score: float = 0.2  # dense cosine under which a passage does not count as relevant
+    index_type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    exact_search_max: int = 200_000  # "auto" switches from exact to IVF past this many vectors
+    reranker: str | None = None  # a cross-encoder name or path; None disables re-ranking
+
+    # generation
+    generators: list[GeneratorSpec] = Field(
+        default_factory=lambda: [GeneratorSpec(name="smollm2", backend="local", model="smollm2")]
+    )
+    default_generator: str = "smollm2"
+
+    # service
+    api_keys: list[ApiKeySpec] = Field(default_factory=list)
+    ingest_roots: list[Path] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list)
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_upload_files: int = 100
+    max_file_bytes: int = 200 * 1024 * 1024  # a loader refuses bigger files
+
+    @property
+    def collections_dir(self) -> Path:
+        return self.data_dir / "collections"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def evals_dir(self) -> Path:
+        return self.data_dir / "evals"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"

@@ -1,0 +1,533 @@
+"""Fine-tuning data: prepare from tables, folders and collections; validate; the CLI edge."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kb.errors import InvalidInput
+from kb.finetune import (
+    PrepareOptions,
+    TokenCounter,
+    load_tokenizer,
+    prepare_dataset,
+    validate_file,
+)
+from kb.finetune.synthetic import parse_qa
+from kb.settings import Settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+NEWSGROUPS_TRAIN = Path(__file__).resolve().parents[1] / "../shared/data/newsgroups/train"
+LONG_TEXT = "lorem ipsum dolor sit amet " * 600  # well over 2048 tokens
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory) -> Settings:
+    # one data dir for the session, so the GGUF tokenizer is converted once and then cached
+    return Settings(data_dir=tmp_path_factory.mktemp("kb_data"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(settings):
+    return load_tokenizer(cache_dir=settings.cache_dir)
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def chat(user: str, reply: str) -> dict:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]}
+
+
+def codes(*reports) -> set[str]:
+    return set().union(*(r.codes() for r in reports))
+
+
+def issue(report, code):
+    found = [i for i in report.errors + report.warnings if i.code == code]
+    assert found, f"{code} not reported: {report.codes()}"
+    return found[0]
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+
+def messy_csv(path: Path) -> Path:
+    """Header with odd case and spaces, a BOM, blank rows, a multi-line cell, and three problems."""
+    rows = [[" Question ", "Answer ", "notes"]]
+    rows += [[f"What is fact number {i}?", f"Fact {i} is about topic {i}.", ""] for i in range(12)]
+    rows += [["What is fact number 3?", "Fact 3 is about topic 3.", "repeat"]]  # duplicate
+    rows += [["", "", ""]]  # blank row
+    rows += [["Why is the sky blue?", "", "no answer"]]  # empty completion
+    rows += [["Summarise this:\n" + LONG_TEXT, "A long text.", "too long"]]  # over the limit
+    rows += [["Two lines\nof question?", "An answer\nover two lines.", ""]]
+    with path.open("w", encoding="utf-8-sig", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def test_messy_csv_reports_duplicates_empty_and_long(tmp_path, settings, tokenizer):
+    source = messy_csv(tmp_path / "messy.csv")
+    options = PrepareOptions(val_fraction=0.0)
+    result = prepare_dataset(
+        source, tmp_path / "out", options=options, settings=settings, tokenizer=tokenizer
+    )
+    train = jsonl(result.train_path)
+    assert len(train) == 16  # 17 data rows less the blank one
+    assert result.validation_path.read_text() == ""
+    report = result.report
+    assert {"duplicate_examples", "empty_completion", "too_long"} <= report.codes()
+    assert not result.ok
+    # each issue's line points at the example that came from the offending spreadsheet row
+    row_of = {n: rec["metadata"]["row"] for n, rec in enumerate(train, start=1)}
+    # the header is row 1, facts rows 2-13, then the duplicate, blank, empty and long rows
+    assert [row_of[n] for n in issue(report, "duplicate_examples").lines] == [14]
+    assert [row_of[n] for n in issue(report, "empty_completion").lines] == [16]
+    assert [row_of[n] for n in issue(report, "too_long").lines] == [17]
+    assert "2048" in issue(report, "too_long").message
+    assert report.token_stats["over_limit"] == 1
+    assert any("\n" in rec["messages"][0]["content"] for rec in train)  # multi-line cell kept
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["valid"] is False
+    assert manifest["files"]["train.jsonl"]["sha256"] == hashlib.sha256(
+        result.train_path.read_bytes()
+    ).hexdigest()
+
+
+def test_xlsx_with_instruction_columns_and_problems(tmp_path, settings, tokenizer):
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.append([None, None, None])  # a blank first row: the header is the first non-empty row
+    sheet.append(["Instruction", "Input", "Response"])
+    for i in range(15):
+        sheet.append([f"Add {i} and {i}.", None, i + i])  # numeric cells become text
+    sheet.append(["Add 2 and 2.", None, 4])  # duplicate
+    sheet.append(["Translate to French.", "cat", None])  # empty completion
+    sheet.append(["Summarise.", LONG_TEXT, "long"])
+    path = tmp_path / "tasks.xlsx"
+    workbook.save(path)
+
+    result = prepare_dataset(
+        path, tmp_path / "out", options=PrepareOptions(), settings=settings, tokenizer=tokenizer
+    )
+    records = jsonl(result.train_path) + jsonl(result.validation_path)
+    assert len(records) == 18
+    by_row = {r["metadata"]["row"]: r["messages"] for r in records}
+    assert by_row[3] == [
+        {"role": "user", "content": "Add 0 and 0."},
+        {"role": "assistant", "content": "0"},
+    ]
+    assert by_row[19][0]["content"] == "Translate to French.\n\ncat"  # instruction + input
+    found = codes(result.report, result.validation_report)
+    assert {"duplicate_examples", "empty_completion", "too_long"} <= found
+    assert not result.ok
+    # the duplicate pair shares one side of the split, so validation repeats no training prompt
+    assert "eval_leakage" not in found
+
+
+def test_unknown_prompt_column_names_the_columns(tmp_path, settings, tokenizer):
+    source = messy_csv(tmp_path / "messy.csv")
+    with pytest.raises(InvalidInput, match=r"'query_text'.*Question.*--prompt-column"):
+        prepare_dataset(
+            source,
+            tmp_path / "out",
+            options=PrepareOptions(prompt_column="query_text"),
+            settings=settings,
+            tokenizer=tokenizer,
+        )
+
+
+def products_csv(path: Path, missing_detail_row: bool = False) -> Path:
+    rows = [["name", "Type", "detail", "description"]]
+    for i in range(12):
+        detail = "" if missing_detail_row and i == 4 else f"{i} speeds"
+        rows.append([f"Bike {i}", "road bike" if i % 2 else "gravel bike", detail, f"Bike {i} ..."])
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def test_template_filled_from_rows_with_completions_from_a_column(tmp_path, settings, tokenizer):
+    source = products_csv(tmp_path / "products.csv")
+    options = PrepareOptions(
+        template="Write a description of {name}, mention {type} and {detail}",
+        completion_column="description",
+        system="You write product copy.",
+        format="completion",
+    )
+    result = prepare_dataset(
+        source, tmp_path / "out", options=options, settings=settings, tokenizer=tokenizer
+    )
+    records = jsonl(result.train_path) + jsonl(result.validation_path)
+    first = next(r for r in records if r["metadata"]["row"] == 2)
+    assert first["prompt"] == (
+        "You write product copy.\n\nWrite a description of Bike 0, mention gravel bike and "
+        "0 speeds\n\n###\n\n"
+    )
+    assert first["completion"] == " Bike 0 ... END"
+    # the prepared legacy data passes the separator / whitespace / stop-sequence advice
+    advice = {"no_prompt_separator", "completion_no_leading_space", "no_stop_sequence"}
+    assert not advice & result.report.codes()
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["source"]["template"] == options.template
+    assert manifest["counts"] == {"examples": 12, "train": 11, "validation": 1, "skipped": 0}
+
+
+def test_template_field_without_column_is_a_clear_error(tmp_path, settings, tokenizer):
+    source = products_csv(tmp_path / "products.csv")
+    options = PrepareOptions(template="Describe {name} in {colour}", completion_column="description")
+    with pytest.raises(InvalidInput, match=r"\{colour\} is not a column of products.csv.*detail"):
+        prepare_dataset(
+            source, tmp_path / "out", options=options, settings=settings, tokenizer=tokenizer
+        )
+
+
+def test_template_field_with_empty_cell_names_column_and_row(tmp_path, settings, tokenizer):
+    source = products_csv(tmp_path / "products.csv", missing_detail_row=True)
+    options = PrepareOptions(template="Describe {name} with {detail}", completion_column="description")
+    with pytest.raises(InvalidInput, match=r"\{detail\} \(column 'detail'\) is empty in row 6 "):
+        prepare_dataset(
+            source, tmp_path / "out", options=options, settings=settings, tokenizer=tokenizer
+        )
+
+
+def test_template_without_completions_asks_for_a_column_or_model(tmp_path, settings, tokenizer):
+    source = products_csv(tmp_path / "products.csv")
+    with pytest.raises(InvalidInput, match="--completion-column COLUMN or --generate-with MODEL"):
+        prepare_dataset(
+            source,
+            tmp_path / "out",
+            options=PrepareOptions(template="Describe {name}"),
+            settings=settings,
+            tokenizer=tokenizer,
+        )
+
+
+# --- labelled folders --------------------------------------------------------------------------
+
+
+def message(subject: str, body: str) -> str:
+    return (
+        f"From: someone@example.com (Some One)\nSubject: {subject}\nOrganization: Example\n"
+        f"Lines: 3\n\n{body}\n"
+    )
+
+
+def assert_stratified(train: list[dict], validation: list[dict]) -> None:
+    """Each label's share of train and of validation matches the whole within one example."""
+    labels = Counter(r["metadata"]["label"] for r in train + validation)
+    total = sum(labels.values())
+    for part in (train, validation):
+        counts = Counter(r["metadata"]["label"] for r in part)
+        for label, n in labels.items():
+            assert abs(counts[label] - len(part) * n / total) <= 1, (label, counts, labels)
+
+
+def test_labelled_folder_gives_a_stratified_split(tmp_path, settings, tokenizer):
+    folder = tmp_path / "labelled"
+    sizes = {"billing": 10, "bugs": 20, "praise": 40}
+    for label, n in sizes.items():
+        (folder / label).mkdir(parents=True)
+        for i in range(n):
+            body = f"Message {i} about {label}. " + ("more words here " * 200 if i == 0 else "")
+            (folder / label / f"{i}.txt").write_text(message(f"{label} case {i}", body))
+    (folder / "bugs" / "blob.bin").write_bytes(b"\x00\x01binary")
+    (folder / ".hidden").mkdir()
+
+    options = PrepareOptions(text_budget=64)
+    result = prepare_dataset(
+        folder, tmp_path / "out", options=options, settings=settings, tokenizer=tokenizer
+    )
+    train, validation = jsonl(result.train_path), jsonl(result.validation_path)
+    assert Counter(r["metadata"]["label"] for r in validation) == {
+        "billing": 1,
+        "bugs": 2,
+        "praise": 4,
+    }
+    assert_stratified(train, validation)
+    first = next(r for r in train + validation if r["metadata"]["source"].endswith("praise/3.txt"))
+    prompt = first["messages"][0]["content"]
+    assert prompt.startswith("Classify this message into one of: billing, bugs, praise.\n\n")
+    assert "Subject: praise case 3" in prompt and "From:" not in prompt
+    assert first["messages"][-1] == {"role": "assistant", "content": "praise"}
+    long_one = next(r for r in train + validation if r["metadata"]["source"].endswith("bugs/0.txt"))
+    text = long_one["messages"][0]["content"].split("\n\n", 1)[1]
+    assert TokenCounter(tokenizer).count_texts([text])[0] <= 64
+    assert [s.reason for s in result.skipped] == ["binary file"]
+    assert result.report.task_type == "classification"
+    assert "class_imbalance" in result.report.codes()  # 40 vs 10
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["label_counts"]["validation"] == {"billing": 1, "bugs": 2, "praise": 4}
+    assert manifest["source"]["labels"] == ["billing", "bugs", "praise"]
+
+
+def test_newsgroups_train_split_is_stratified(tmp_path, settings, tokenizer):
+    result = prepare_dataset(
+        NEWSGROUPS_TRAIN, tmp_path / "out", settings=settings, tokenizer=tokenizer
+    )
+    train, validation = jsonl(result.train_path), jsonl(result.validation_path)
+    assert len(train) + len(validation) == 594 + 598
+    assert len(validation) == 119
+    assert_stratified(train, validation)
+    assert result.ok, [i.message for i in result.report.errors]
+    assert result.report.task_type == "classification"
+    assert result.report.label_counts.keys() == {"rec.autos", "rec.motorcycles"}
+    assert result.report.token_stats["max"] <= 2048
+    prompts = [r["messages"][0]["content"] for r in train]
+    assert all("\nFrom:" not in p and "Subject:" in p for p in prompts[:50])
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def test_chat_format_errors_are_reported_with_lines(tmp_path, tokenizer):
+    good = [chat(f"question {i}?", f"answer {i}") for i in range(12)]
+    path = write_jsonl(
+        tmp_path / "chat.jsonl",
+        good
+        + [
+            {"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+            {"messages": [{"role": "user", "content": "only a question"}]},
+            "this is not json",
+            '["a", "list"]',
+            {"messages": "hello"},
+            {"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]},
+            {**chat("extra key", "z"), "label": "x"},
+            {"messages": [{"role": "user", "content": "q", "mood": 1}, {"role": "assistant", "content": "a"}]},
+            chat("empty reply", "  "),
+        ],
+    )
+    report = validate_file(path, tokenizer=tokenizer)
+    expected = {
+        "unknown_role": [13],
+        "no_assistant_message": [14],
+        "invalid_json": [15],
+        "not_an_object": [16],
+        "messages_not_list": [17],
+        "missing_content": [18],
+        "unknown_key": [19],
+        "message_unknown_key": [20],
+        "empty_completion": [21],
+    }
+    for code, lines in expected.items():
+        assert issue(report, code).lines == lines, code
+    assert "'human'" in issue(report, "unknown_role").message
+    assert "line 13" in issue(report, "unknown_role").message
+    assert not report.ok
+    assert report.format == "chat"
+
+
+def test_too_few_examples_is_an_error_and_under_100_a_warning(tmp_path, tokenizer):
+    few = write_jsonl(tmp_path / "few.jsonl", [chat(f"q{i}?", f"a {i}") for i in range(5)])
+    report = validate_file(few, tokenizer=tokenizer)
+    assert "too_few_examples" in {i.code for i in report.errors}
+    some = write_jsonl(tmp_path / "some.jsonl", [chat(f"q{i}?", f"a {i}") for i in range(30)])
+    report = validate_file(some, tokenizer=tokenizer)
+    assert report.ok and [i.code for i in report.warnings] == ["few_examples"]
+    assert report.task_type == "conditional generation"
+
+
+def test_legacy_completion_advice(tmp_path, tokenizer):
+    records = [{"prompt": f"Tell me about item {i}", "completion": f"It is number {i}"} for i in range(20)]
+    report = validate_file(write_jsonl(tmp_path / "legacy.jsonl", records), tokenizer=tokenizer)
+    assert report.format == "completion"
+    assert {"no_prompt_separator", "completion_no_leading_space", "no_stop_sequence"} <= {
+        i.code for i in report.warnings
+    }
+    assert report.ok
+    assert "common_prompt_prefix" in report.codes()  # "Tell me about item " is 19 chars
+
+
+def test_classification_task_type_and_balance(tmp_path, tokenizer):
+    records = [chat(f"review {i}", "positive" if i % 5 else "negative") for i in range(40)]
+    report = validate_file(write_jsonl(tmp_path / "cls.jsonl", records), tokenizer=tokenizer)
+    assert report.task_type == "classification"
+    assert report.label_counts == {"positive": 32, "negative": 8}
+    assert "class_imbalance" in {i.code for i in report.warnings}
+
+
+def test_leakage_against_eval_file(tmp_path, tokenizer):
+    train = [chat(f"What is the capital of country {i}?", f"City {i}") for i in range(20)]
+    held_out = [
+        chat("what is the CAPITAL of country 3", "City 3"),  # same prompt, other case/punctuation
+        chat("What is the capital of country 7?", "Another answer"),
+        chat("A question only the eval file has?", "x"),
+    ]
+    train_path = write_jsonl(tmp_path / "train.jsonl", train)
+    eval_path = write_jsonl(tmp_path / "eval.jsonl", held_out)
+    report = validate_file(train_path, eval_file=eval_path, tokenizer=tokenizer)
+    leak = issue(report, "eval_leakage")
+    assert leak.lines == [4, 8]
+    assert str(eval_path) in leak.message
+    assert report.counts["leaked"] == 2
+    assert not report.ok
+    assert validate_file(train_path, tokenizer=tokenizer).ok
+
+
+def test_parse_qa_handles_common_model_outputs():
+    assert parse_qa("Question: What is X?\nAnswer: X is Y.")[0].answer == "X is Y."
+    pair, _ = parse_qa("Sure!\n**Question:** Where is the valve?\n**Answer:** Under the seat.")
+    assert (pair.question, pair.answer) == ("Where is the valve?", "Under the seat.")
+    pair, _ = parse_qa('{"question": "Who wrote it?", "answer": "Ann."}')
+    assert pair.answer == "Ann."
+    pair, _ = parse_qa("Q: How many wheels does it have?\nA: Two.\nQuestion: Another one?")
+    assert pair.answer == "Two."
+    assert parse_qa("Question: <the question>\nAnswer: <the answer>")[0] is None
+    assert parse_qa("I cannot help with that.")[0] is None
+    assert parse_qa("Question: What?\nAnswer: ")[0] is None
+
+
+# --- collections -------------------------------------------------------------------------------
+
+
+class ScriptedGenerators:
+    """A registry-shaped stand-in that replies from a script, to test parsing and skipping."""
+
+    def __init__(self, replies: list[str]):
+        self.replies = replies
+        self.calls: list[list[dict]] = []
+
+    def get(self, name: str):
+        return self
+
+    def generate(self, messages, max_new_tokens=256):
+        self.calls.append(messages)
+        reply = self.replies[(len(self.calls) - 1) % len(self.replies)]
+        return type("Reply", (), {"text": reply})()
+
+
+def test_question_answer_pairs_from_a_collection(tmp_path, settings, tokenizer):
+    from kb.service import KnowledgeBase
+    from kb.types import Document, Section
+
+    kb = KnowledgeBase(settings.model_copy(update={"data_dir": tmp_path / "kb"}))
+    docs = [
+        Document(
+            source=f"doc{i}.txt",
+            sections=[Section(f"Document {i} explains that part {i} needs oil every {i} weeks. " * 3)],
+        )
+        for i in range(6)
+    ]
+    kb.ingest_documents(docs, collection="manuals")
+    generators = ScriptedGenerators(
+        ["Question: How often does the part need oil?\nAnswer: Every few weeks.", "no idea"]
+    )
+    options = PrepareOptions(from_collection="manuals", generate_with="scripted", max_examples=4)
+    result = prepare_dataset(
+        None,
+        tmp_path / "out",
+        options=options,
+        settings=settings,
+        kb=kb,
+        generators=generators,
+        tokenizer=tokenizer,
+    )
+    records = jsonl(result.train_path) + jsonl(result.validation_path)
+    assert len(records) == 3  # 6 chunks tried, every second reply unusable
+    assert sum("unusable model output" in s.reason for s in result.skipped) == 3
+    chunk_ids = set()
+    for record in records:
+        assert record["messages"][-1]["content"] == "Every few weeks."
+        assert record["metadata"]["source"].startswith("doc")
+        chunk_ids.update(record["metadata"]["chunk_ids"])
+    assert len(chunk_ids) == 3
+    assert "Passage:" in generators.calls[0][-1]["content"]
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["source"]["collection"]["name"] == "manuals"
+    assert manifest["source"]["collection"]["generation"] >= 1
+
+
+def test_generate_with_bundled_model(tmp_path, settings, tokenizer):
+    generators_module = pytest.importorskip("kb.generators")
+    source = products_csv(tmp_path / "products.csv")
+    options = PrepareOptions(
+        template="Write one sentence about {name}, a {type}.",
+        generate_with=settings.default_generator,
+        max_examples=2,
+        max_new_tokens=16,
+    )
+    result = prepare_dataset(
+        source,
+        tmp_path / "out",
+        options=options,
+        settings=settings,
+        generators=generators_module.GeneratorRegistry(settings),
+        tokenizer=tokenizer,
+    )
+    records = jsonl(result.train_path) + jsonl(result.validation_path)
+    assert len(records) + len(result.skipped) == 2
+    for record in records:
+        assert record["messages"][-1]["content"].strip()
+        assert record["metadata"]["generated_by"] == settings.default_generator
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(settings, monkeypatch):
+    from kb.cli.finetune import finetune_app
+
+    monkeypatch.setenv("KB_DATA_DIR", str(settings.data_dir))
+    runner = CliRunner()
+    return lambda *args: runner.invoke(finetune_app, [str(a) for a in args])
+
+
+def last_json(result) -> dict:
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_cli_validate_exit_codes(tmp_path, cli):
+    warnings_only = write_jsonl(tmp_path / "w.jsonl", [chat(f"q {i}?", f"a {i}") for i in range(20)])
+    result = cli("validate", warnings_only, "--json")
+    assert result.exit_code == 0, result.output
+    out = last_json(result)
+    assert out["ok"] is True and out["counts"]["examples"] == 20
+    assert [w["code"] for w in out["warnings"]] == ["few_examples"]
+
+    broken = write_jsonl(tmp_path / "b.jsonl", [chat(f"q {i}?", f"a {i}") for i in range(20)] + ["{"])
+    result = cli("validate", broken, "--json", "--max-tokens", 8)
+    assert result.exit_code == 1
+    out = last_json(result)
+    assert out["ok"] is False
+    assert {e["code"] for e in out["errors"]} == {"invalid_json", "too_long"}
+    assert out["errors"][0]["lines"] == [21]
+    assert out["token_stats"]["limit"] == 8
+
+
+def test_cli_prepare_json_and_bad_input(tmp_path, cli):
+    source = products_csv(tmp_path / "products.csv")
+    out_dir = tmp_path / "data"
+    result = cli(
+        "prepare", source, "--out", out_dir, "--template", "Describe {name}",
+        "--completion-column", "description", "--val-fraction", 0.2, "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = last_json(result)
+    assert out["counts"] == {"examples": 12, "train": 10, "validation": 2, "skipped": 0}
+    assert out["report"]["warnings"][0]["code"] == "few_examples"
+    assert (out_dir / "manifest.json").is_file()
+
+    result = cli("prepare", source, "--out", out_dir, "--template", "Describe {colour}", "--json")
+    assert result.exit_code == 1
+    assert "colour" in last_json(result)["error"]["message"]
+
+    result = cli("validate", tmp_path / "missing.jsonl")
+    assert result.exit_code == 1
