@@ -50,8 +50,9 @@ configured (KB_API_KEYS), send `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 
 def build_services(settings: Settings) -> Services:
     """The core objects every request shares; nothing loads a model here."""
-    from kb.answering import Answerer
     from kb.generators import GeneratorRegistry
+
+    from kb.answering import Answerer
     from kb.jobs import JobManager
     from kb.service import KnowledgeBase
 
@@ -71,7 +72,11 @@ def _warm(services: Services) -> None:
     """Load the default generator (if local) and the embedder, so the first request is quick."""
     try:
         spec = next(
-            (s for s in services.generators.specs() if s.name == services.settings.default_generator),
+            (
+                s
+                for s in services.generators.specs()
+                if s.name == services.settings.default_generator
+            ),
             None,
         )
         if spec is not None and spec.backend == "local":

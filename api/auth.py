@@ -22,7 +22,9 @@ from kb.settings import ApiKeySpec
 Access = Literal["read", "write"]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from KB_API_KEYS")
-_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key from KB_API_KEYS")
+_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="An API key from KB_API_KEYS"
+)
 
 
 @dataclass

@@ -82,7 +82,9 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict:
+def error_body(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> dict:
     return {
         "error": {
             "message": message,
@@ -96,7 +98,9 @@ def error_body(status: int, message: str, code: str | None = None, param: str | 
 def error_response(
     status: int, message: str, code: str | None = None, param: str | None = None, headers=None
 ) -> JSONResponse:
-    return JSONResponse(error_body(status, message, code, param), status_code=status, headers=headers)
+    return JSONResponse(
+        error_body(status, message, code, param), status_code=status, headers=headers
+    )
 
 
 def status_of(exc: KBError) -> tuple[int, str]:
@@ -120,8 +124,10 @@ def kb_error_response(exc: KBError) -> JSONResponse:
 
 
 def _location(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "request"
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+        kind, loc = loc[0], loc[1:]
+        return ".".join(str(p) for p in loc) or f"request {kind}"
+    return ".".join(str(p) for p in loc) or "request"
 
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -152,7 +158,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
-        if exc.status_code == 404 and message == "Not Found":
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            message = (
+                "the request body could not be parsed: send valid JSON with Content-Type "
+                "application/json (uploads: multipart/form-data with `files` parts)"
+            )
+        elif exc.status_code == 404 and message == "Not Found":
             message = f"no endpoint {request.method} {request.url.path}: see /docs for the API"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}: see /docs"
@@ -170,6 +181,7 @@ def install(app: FastAPI) -> None:
 
 #: documented on every route, so generated clients know the error shape
 ERROR_RESPONSES: dict[int | str, dict] = {
+    400: {"model": ErrorResponse, "description": "The body could not be parsed"},
     401: {"model": ErrorResponse, "description": "Missing or unknown API key"},
     403: {"model": ErrorResponse, "description": "The API key does not allow this"},
     404: {"model": ErrorResponse, "description": "Not found"},

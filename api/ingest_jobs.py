@@ -67,20 +67,27 @@ def resolve_ingest_path(path: str, roots: list[Path]) -> Path:
     if not roots:
         raise PermissionDenied(
             "server-side folder ingest is disabled: set KB_INGEST_ROOTS to the folders clients "
-            'may ingest from (e.g. KB_INGEST_ROOTS=\'["/srv/docs"]\'), or upload the files to '
+            "may ingest from (e.g. KB_INGEST_ROOTS='[\"/srv/docs\"]'), or upload the files to "
             "POST /collections/{name}/documents"
         )
     real_roots = [Path(r).expanduser().resolve() for r in roots]
     target = Path(path)
-    resolved = target.resolve() if target.is_absolute() else (real_roots[0] / target).resolve()
+    try:
+        resolved = (target if target.is_absolute() else real_roots[0] / target).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a too long name, a symlink loop, a NUL
+        raise InvalidInput(f"path {path[:200]!r} cannot be used: {exc}; check the path") from None
     if not any(resolved == r or resolved.is_relative_to(r) for r in real_roots):
         allowed = ", ".join(str(r) for r in real_roots)
         raise PermissionDenied(
-            f"path {path!r} is outside the folders this server ingests from ({allowed}): "
+            f"path {path[:200]!r} is outside the folders this server ingests from ({allowed}): "
             "use a path inside one of them, or add its folder to KB_INGEST_ROOTS"
         )
-    if not resolved.exists():
-        raise InvalidInput(f"no such file or folder on the server: {path!r}; check the path")
+    try:
+        exists = resolved.exists()
+    except OSError:
+        exists = False
+    if not exists:
+        raise InvalidInput(f"no such file or folder on the server: {path[:200]!r}; check the path")
     return resolved
 
 

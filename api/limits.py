@@ -7,6 +7,8 @@ refused at once, and a body that grows past it (chunked uploads) is cut off mid-
 
 from __future__ import annotations
 
+import contextlib
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
@@ -61,10 +63,8 @@ class UploadLimit:
             response_started = True
             await send(message)
 
-        try:
+        with contextlib.suppress(_TooLarge):
             await self.app(scope, limited_receive, guarded_send)
-        except _TooLarge:
-            pass
         if exceeded and not response_started:
             await self._refuse()(scope, receive, send)
 

@@ -37,7 +37,9 @@ Text = Annotated[str, AfterValidator(_not_blank)]
 
 class SearchFilters(Strict):
     source_glob: str | None = Field(
-        None, max_length=500, description="Only passages whose source matches this glob, e.g. '*.pdf'."
+        None,
+        max_length=500,
+        description="Only passages whose source matches this glob, e.g. '*.pdf'.",
     )
 
 
@@ -45,7 +47,9 @@ class SearchRequest(Strict):
     query: Text = Field(min_length=1, max_length=8000, description="What to search for.")
     k: int = Field(10, ge=1, le=100, description="Number of passages to return.")
     collection: str | None = COLLECTION_FIELD
-    method: Method | None = Field(None, description="Retrieval method (default: KB_RETRIEVAL_METHOD).")
+    method: Method | None = Field(
+        None, description="Retrieval method (default: KB_RETRIEVAL_METHOD)."
+    )
     filters: SearchFilters = Field(default_factory=SearchFilters)
 
 
@@ -91,7 +95,9 @@ class QueryRequest(Strict):
     )
     k: int = Field(5, ge=1, le=50, description="Passages to retrieve for the grounded modes.")
     collection: str | None = COLLECTION_FIELD
-    method: Method | None = Field(None, description="Retrieval method (default: KB_RETRIEVAL_METHOD).")
+    method: Method | None = Field(
+        None, description="Retrieval method (default: KB_RETRIEVAL_METHOD)."
+    )
     stream: bool = Field(False, description="Answer as server-sent events (text/event-stream).")
     max_new_tokens: int | None = Field(
         None, ge=1, le=4096, description="Most tokens to generate (default: the model's setting)."

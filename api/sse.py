@@ -21,6 +21,26 @@ log = logging.getLogger("kb.api")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def sse_response_doc(description: str, events: list[str] | None = None) -> dict:
+    """The OpenAPI `content` entry of a text/event-stream response: one schema per event."""
+    event: dict[str, Any] = {"type": "string"}
+    if events:
+        event["enum"] = events
+    return {
+        "text/event-stream": {
+            "schema": {
+                "type": "object",
+                "description": description,
+                "required": ["data"],
+                "properties": {
+                    "event": event,
+                    "data": {"type": "string", "description": "One line of JSON."},
+                },
+            }
+        }
+    }
+
+
 def sse(data: Any, event: str | None = None) -> str:
     """One event; `data` is sent as one line of JSON (or as is, if a string)."""
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)

@@ -20,8 +20,8 @@ from kb.errors import (
     CollectionNotFound,
     InvalidInput,
     KBError,
-    ModeUnavailable,
     ModelNotFound,
+    ModeUnavailable,
 )
 from kb.generators import GeneratorRegistry
 from kb.prompting import (
@@ -235,10 +235,16 @@ class Answerer:
             if requested is not None and requested.kind == "finetuned":
                 return _Plan(mode, requested.name, uses_retrieval(mode))
             if requested is not None and not in_compare:
+                finetuned = self.finetuned_models()
+                options = (
+                    f"use one of {', '.join(finetuned)}"
+                    if finetuned
+                    else f"none is registered yet ({FINETUNE_HINT})"
+                )
+                plain = "rag" if uses_retrieval(mode) else "base"
                 raise InvalidInput(
                     f"model {requested.name!r} is a base model, but mode {mode!r} needs a "
-                    f"fine-tuned one: use one of {', '.join(self.finetuned_models()) or 'none yet'}"
-                    f", or mode {'rag' if uses_retrieval(mode) else 'base'!r} with this model"
+                    f"fine-tuned one: {options}; or ask mode {plain!r} with this model"
                 )
             finetuned = self.finetuned_models()
             if not finetuned:
@@ -458,9 +464,9 @@ class Answerer:
                 for event in generator.stream(
                     messages, max_new_tokens=budget, temperature=temp, stop=None
                 ):
-                    if event.text:
+                    if event.delta:
                         timings.setdefault("first_token", time.perf_counter() - started)
-                        yield AnswerEvent("delta", plan.mode, text=event.text)
+                        yield AnswerEvent("delta", plan.mode, text=event.delta)
                     if event.generation is not None:
                         generation = event.generation
                 if generation is None:

@@ -28,9 +28,10 @@ from kb.types import Document, Passage
 class KnowledgeBase:
     """Collections in one data directory, with lazily loaded embedders shared between them."""
 
-    def __init__(self, settings: Settings | None = None):
+    def __init__(self, settings: Settings | None = None, embedders: dict[str, Embedder] | None = None):
+        """`embedders` may be shared between instances so a model is loaded once per process."""
         self.settings = settings or Settings()
-        self._embedders: dict[str, Embedder] = {}
+        self._embedders: dict[str, Embedder] = embedders if embedders is not None else {}
         self._collections: dict[str, Collection] = {}
         self._lock = threading.RLock()
         self.retriever = Retriever(self.embedder_for, reranker=self._reranker())
@@ -116,6 +117,21 @@ class KnowledgeBase:
                 self._collections.pop(name, None)
             col.close()
             shutil.rmtree(col.root)
+
+    def export_collection(self, name: str, archive: str | Path) -> dict[str, Any]:
+        from kb.store.backup import export_collection
+
+        return export_collection(self.collection(name), Path(archive))
+
+    def import_collection(
+        self, archive: str | Path, name: str | None = None, *, force: bool = False
+    ) -> dict[str, Any]:
+        from kb.store.backup import import_collection
+
+        manifest = import_collection(Path(archive), self.settings.collections_dir, name, force=force)
+        with self._lock:
+            self._collections.pop(manifest["collection"], None)
+        return manifest
 
     # -- ingest ----------------------------------------------------------------------------
 

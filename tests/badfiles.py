@@ -11,12 +11,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
 
 HUGE_BYTES = 100 * 1024 * 1024
 BOMB_BYTES = 128 * 1024 * 1024  # deflates ~1000:1 to ~130 KB, written in about half a second
+LYING_BOMB_BYTES = 64 * 1024 * 1024
+LYING_BOMB_DECLARED = 5_000  # what the lying headers claim word/document.xml unpacks to
 DEEP_HTML_LEVELS = 100_000
 
 # distinctive phrases: each appears in exactly one good file
@@ -215,6 +218,12 @@ def make_bad_corpus(dir: Path, *, huge_bytes: int = HUGE_BYTES) -> dict[str, str
     write_zip_bomb(dir / "bomb.docx", BOMB_BYTES)
     bad["bomb.docx"] = f"LoaderError: zip bomb posing as .docx ({BOMB_BYTES:,} zero bytes deflated)"
 
+    write_zip_bomb(dir / "lying-bomb.docx", LYING_BOMB_BYTES, declared=LYING_BOMB_DECLARED)
+    bad["lying-bomb.docx"] = (
+        f"LoaderError: zip bomb posing as .docx whose headers declare {LYING_BOMB_DECLARED:,} "
+        f"bytes for {LYING_BOMB_BYTES:,} zero bytes, so only inflating it shows the size"
+    )
+
     (dir / "notazip.docx").write_text("Not a zip archive at all.\n")
     bad["notazip.docx"] = "LoaderError: plain text with a .docx extension"
 
@@ -226,6 +235,9 @@ def make_bad_corpus(dir: Path, *, huge_bytes: int = HUGE_BYTES) -> dict[str, str
 
     (dir / "junk.txt").write_bytes(bytes(range(256)) * 64)
     bad["junk.txt"] = "UnsupportedFile: binary data with a .txt extension"
+
+    (dir / "junk.html").write_bytes(bytes(range(256)) * 64)
+    bad["junk.html"] = "UnsupportedFile: binary data with a .html extension"
 
     (dir / "blob").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(4096))
     bad["blob"] = "UnsupportedFile: binary data without an extension"
@@ -321,14 +333,25 @@ def encrypted_pdf(pdf: bytes, *, user_password: str, algorithm: str = "RC4-128")
     return out.getvalue()
 
 
-def write_zip_bomb(path: Path, size: int) -> None:
-    """A .docx-shaped zip whose document.xml declares `size` bytes of zeros, streamed in 1 MiB."""
+def write_zip_bomb(path: Path, size: int, *, declared: int | None = None) -> None:
+    """A .docx-shaped zip whose document.xml holds `size` zero bytes, streamed in 1 MiB.
+
+    With `declared`, both zip headers claim that many unpacked bytes instead: a bomb that
+    checks of the declared sizes alone let through.
+    """
     chunk = bytes(1024 * 1024)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types/>')
-        with archive.open("word/document.xml", "w", force_zip64=True) as member:
+        with archive.open("word/document.xml", "w", force_zip64=declared is None) as member:
             for _ in range(size // len(chunk)):
                 member.write(chunk)
+    data = buffer.getvalue()
+    if declared is not None:  # rewrite the size field of the local and the central header
+        real, fake = struct.pack("<I", size), struct.pack("<I", declared)
+        assert data.count(real) == 2, "the size must appear once in each header"
+        data = data.replace(real, fake)
+    path.write_bytes(data)
 
 
 def write_huge_text(path: Path, size: int) -> None:

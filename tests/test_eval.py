@@ -416,3 +416,19 @@ def test_eval_retrieval_cli_refuses_unknown_methods_before_touching_data(tmp_pat
     with pytest.raises(InvalidInput, match=r"'sparse'.*dense, bm25, hybrid"):
         cli("retrieval", "--beir", str(root), "--methods", "dense,sparse")
     assert not (tmp_path / "data").exists()
+
+
+def test_a_failing_question_is_recorded_and_the_rest_still_scored(tmp_path, question_file):
+    from kb.errors import BackendError
+
+    def flaky(question: str, mode: str) -> AnswerOutcome:
+        if question.startswith("Where"):
+            raise BackendError("endpoint http://localhost:11434 refused the connection: start it")
+        return AnswerOutcome("hot water", latency_s=0.5)
+
+    record = run_answer_eval(flaky, AnswerEvalSpec(questions=question_file, modes=["base"]))
+    assert record.metrics["base"]["answered"] == 3.0
+    assert record.metrics["base"]["exact_match"] == 1.0  # only the espresso question has answers
+    assert "refused the connection" in record.rows[3]["modes"]["base"]["error"]
+    folder = save_eval(Settings(data_dir=tmp_path), record)
+    assert "error: endpoint http://localhost:11434 refused" in (folder / "report.md").read_text()

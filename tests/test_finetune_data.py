@@ -51,7 +51,9 @@ def write_jsonl(path: Path, records: list) -> Path:
 
 
 def chat(user: str, reply: str) -> dict:
-    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]}
+    return {
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    }
 
 
 def codes(*reports) -> set[str]:
@@ -104,9 +106,10 @@ def test_messy_csv_reports_duplicates_empty_and_long(tmp_path, settings, tokeniz
     assert any("\n" in rec["messages"][0]["content"] for rec in train)  # multi-line cell kept
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["valid"] is False
-    assert manifest["files"]["train.jsonl"]["sha256"] == hashlib.sha256(
-        result.train_path.read_bytes()
-    ).hexdigest()
+    assert (
+        manifest["files"]["train.jsonl"]["sha256"]
+        == hashlib.sha256(result.train_path.read_bytes()).hexdigest()
+    )
 
 
 def test_xlsx_with_instruction_columns_and_problems(tmp_path, settings, tokenizer):
@@ -192,7 +195,9 @@ def test_template_filled_from_rows_with_completions_from_a_column(tmp_path, sett
 
 def test_template_field_without_column_is_a_clear_error(tmp_path, settings, tokenizer):
     source = products_csv(tmp_path / "products.csv")
-    options = PrepareOptions(template="Describe {name} in {colour}", completion_column="description")
+    options = PrepareOptions(
+        template="Describe {name} in {colour}", completion_column="description"
+    )
     with pytest.raises(InvalidInput, match=r"\{colour\} is not a column of products.csv.*detail"):
         prepare_dataset(
             source, tmp_path / "out", options=options, settings=settings, tokenizer=tokenizer
@@ -201,7 +206,9 @@ def test_template_field_without_column_is_a_clear_error(tmp_path, settings, toke
 
 def test_template_field_with_empty_cell_names_column_and_row(tmp_path, settings, tokenizer):
     source = products_csv(tmp_path / "products.csv", missing_detail_row=True)
-    options = PrepareOptions(template="Describe {name} with {detail}", completion_column="description")
+    options = PrepareOptions(
+        template="Describe {name} with {detail}", completion_column="description"
+    )
     with pytest.raises(InvalidInput, match=r"\{detail\} \(column 'detail'\) is empty in row 6 "):
         prepare_dataset(
             source, tmp_path / "out", options=options, settings=settings, tokenizer=tokenizer
@@ -303,14 +310,24 @@ def test_chat_format_errors_are_reported_with_lines(tmp_path, tokenizer):
         tmp_path / "chat.jsonl",
         good
         + [
-            {"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+            {
+                "messages": [
+                    {"role": "human", "content": "hi"},
+                    {"role": "assistant", "content": "x"},
+                ]
+            },
             {"messages": [{"role": "user", "content": "only a question"}]},
             "this is not json",
             '["a", "list"]',
             {"messages": "hello"},
             {"messages": [{"role": "user"}, {"role": "assistant", "content": "y"}]},
             {**chat("extra key", "z"), "label": "x"},
-            {"messages": [{"role": "user", "content": "q", "mood": 1}, {"role": "assistant", "content": "a"}]},
+            {
+                "messages": [
+                    {"role": "user", "content": "q", "mood": 1},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
             chat("empty reply", "  "),
         ],
     )
@@ -345,7 +362,9 @@ def test_too_few_examples_is_an_error_and_under_100_a_warning(tmp_path, tokenize
 
 
 def test_legacy_completion_advice(tmp_path, tokenizer):
-    records = [{"prompt": f"Tell me about item {i}", "completion": f"It is number {i}"} for i in range(20)]
+    records = [
+        {"prompt": f"Tell me about item {i}", "completion": f"It is number {i}"} for i in range(20)
+    ]
     report = validate_file(write_jsonl(tmp_path / "legacy.jsonl", records), tokenizer=tokenizer)
     assert report.format == "completion"
     assert {"no_prompt_separator", "completion_no_leading_space", "no_stop_sequence"} <= {
@@ -421,7 +440,9 @@ def test_question_answer_pairs_from_a_collection(tmp_path, settings, tokenizer):
     docs = [
         Document(
             source=f"doc{i}.txt",
-            sections=[Section(f"Document {i} explains that part {i} needs oil every {i} weeks. " * 3)],
+            sections=[
+                Section(f"Document {i} explains that part {i} needs oil every {i} weeks. " * 3)
+            ],
         )
         for i in range(6)
     ]
@@ -495,14 +516,18 @@ def last_json(result) -> dict:
 
 
 def test_cli_validate_exit_codes(tmp_path, cli):
-    warnings_only = write_jsonl(tmp_path / "w.jsonl", [chat(f"q {i}?", f"a {i}") for i in range(20)])
+    warnings_only = write_jsonl(
+        tmp_path / "w.jsonl", [chat(f"q {i}?", f"a {i}") for i in range(20)]
+    )
     result = cli("validate", warnings_only, "--json")
     assert result.exit_code == 0, result.output
     out = last_json(result)
     assert out["ok"] is True and out["counts"]["examples"] == 20
     assert [w["code"] for w in out["warnings"]] == ["few_examples"]
 
-    broken = write_jsonl(tmp_path / "b.jsonl", [chat(f"q {i}?", f"a {i}") for i in range(20)] + ["{"])
+    broken = write_jsonl(
+        tmp_path / "b.jsonl", [chat(f"q {i}?", f"a {i}") for i in range(20)] + ["{"]
+    )
     result = cli("validate", broken, "--json", "--max-tokens", 8)
     assert result.exit_code == 1
     out = last_json(result)

@@ -247,6 +247,8 @@ BAD_EXPECTED = {
     "scanned.pdf": (LoaderError, "no extractable text (scanned?)"),
     "fake.pdf": (LoaderError, "cannot read PDF"),
     "bomb.docx": (LoaderError, "zip bomb suspected"),
+    "lying-bomb.docx": (LoaderError, "declares 5,000 bytes but unpacks to more"),
+    "junk.html": (UnsupportedFile, "binary data in a .html file"),
     "notazip.docx": (LoaderError, "not a valid .docx file"),
     "huge.txt": (LoaderError, "KB_MAX_FILE_BYTES"),
     "junk.txt": (UnsupportedFile, "binary data in a .txt file"),
@@ -331,6 +333,63 @@ def test_zip_bomb_is_refused_without_inflating(bad):
     assert time.perf_counter() - started < 1 and peak < 4 * MiB
     with pytest.raises(LoaderError, match=r"unpacks to 134,217,\d+ bytes"):
         load_file(path, max_bytes=MiB)  # a low limit trips the total-size check first
+
+
+def test_zip_bomb_with_lying_headers_is_refused_without_inflating(bad):
+    root, _ = bad
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(LoaderError, match=r"'word/document.xml' declares 5,000 bytes"):
+            load_file(root / "lying-bomb.docx")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 1 and peak < 4 * MiB  # python-docx would inflate 64 MiB
+
+
+def test_long_repetitive_docx_is_not_mistaken_for_a_bomb(tmp_path):
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Repetitive Report", level=1)
+    for i in range(1500):  # boilerplate rows compress past 100:1, yet this is a real document
+        document.add_paragraph(f"Row {i}: " + "the same boilerplate sentence again. " * 20)
+    document.save(tmp_path / "report.docx")
+    started = time.perf_counter()
+    (loaded,) = load_file(tmp_path / "report.docx")
+    assert time.perf_counter() - started < 5  # reading styles per paragraph took ~3 ms each
+    assert loaded.title == "Repetitive Report" and "Row 1499:" in loaded.text
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        ("Straße résumé\n", "latin-1"),  # charset-normalizer alone says cp1006
+        ("Café crème brûlée, déjà vu.\n" * 20_000, "latin-1"),  # alone: cp1257
+        ("“Quoted” — 5 € and ¿qué?\n", "cp1252"),
+        ("Привет, как дела? Это тест кодировки.\n", "cp1251"),
+        ("Zażółć gęślą jaźń. Łódź i Kraków.\n", "cp1250"),
+        ("Ωmega ελληνικά κείμενο για δοκιμή\n", "cp1253"),
+    ],
+)
+def test_legacy_encodings_are_guessed_right(tmp_path, text, encoding):
+    path = tmp_path / "legacy.txt"
+    path.write_bytes(text.encode(encoding))
+    (document,) = load_file(path)
+    assert document.text == text.strip()
+
+
+def test_undeclared_8bit_mail_headers_are_decoded(tmp_path):
+    path = tmp_path / "102030"
+    path.write_bytes(
+        b"From: Jos\xe9 <jose@example.org>\nNewsgroups: rec.food\n"
+        b"Subject: Caf\xe9 cr\xe8me\n\nBody with caf\xe9.\n"
+    )
+    (document,) = load_file(path)
+    assert document.title == "Café crème"
+    assert document.metadata["from"] == "José <jose@example.org>"
+    assert document.text == "Body with café."
 
 
 def test_latin1_text_is_decoded_and_its_encoding_recorded(bad_loaded):

@@ -31,9 +31,7 @@ ACCEPTED = {
 COPY_BLOCK = 1 << 20  # bytes per read while saving an upload
 
 
-@router.get(
-    "/collections/{name}/documents", response_model=DocumentList, summary="List documents"
-)
+@router.get("/collections/{name}/documents", response_model=DocumentList, summary="List documents")
 def list_documents(name: str, kb: KBDep, caller: Caller) -> dict:
     caller.check(name, "read")
     return {"collection": name, "documents": kb.list_documents(name)}

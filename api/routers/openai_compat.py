@@ -28,7 +28,13 @@ from api.auth import Caller
 from api.deps import AnswererDep, KBDep
 from api.errors import ERROR_RESPONSES, error_response
 from api.schemas import ChatCompletion, ChatCompletionRequest, ModelCardList
-from api.sse import error_event_body, first_then_rest, sse, stream_response
+from api.sse import (
+    error_event_body,
+    first_then_rest,
+    sse,
+    sse_response_doc,
+    stream_response,
+)
 from kb.answering import MODES, AnswerResult
 from kb.errors import CollectionNotFound, InvalidInput, ModelNotFound
 
@@ -75,7 +81,13 @@ def list_models(kb: KBDep, answerer: AnswererDep, caller: Caller) -> dict:
     response_model=ChatCompletion,
     summary="Chat completion (OpenAI format)",
     description="Answers the last user message. " + __doc__.split("\n\n", 1)[1],
-    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {
+            "content": sse_response_doc(
+                "With stream: true, chat.completion.chunk objects, then the data [DONE]."
+            )
+        }
+    },
 )
 def chat_completions(body: ChatCompletionRequest, answerer: AnswererDep, caller: Caller):
     try:

@@ -10,7 +10,13 @@ from api.auth import Caller
 from api.deps import AnswererDep
 from api.errors import ERROR_RESPONSES
 from api.schemas import AnswerOut, QueryRequest
-from api.sse import error_event_body, first_then_rest, sse, stream_response
+from api.sse import (
+    error_event_body,
+    first_then_rest,
+    sse,
+    sse_response_doc,
+    stream_response,
+)
 from kb.answering import AnswerEvent, uses_retrieval
 
 router = APIRouter(tags=["query"], responses=ERROR_RESPONSES)
@@ -31,12 +37,9 @@ STREAM_DOC = (
     + STREAM_DOC,
     responses={
         200: {
-            "content": {
-                "text/event-stream": {
-                    "schema": {"type": "string"},
-                    "example": 'event: delta\ndata: {"mode": "rag", "text": "Zorblax"}\n\n',
-                }
-            }
+            "content": sse_response_doc(
+                STREAM_DOC, events=["passages", "delta", "result", "done", "error"]
+            )
         }
     },
 )

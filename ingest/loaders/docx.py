@@ -28,8 +28,10 @@ class DocxLoader(Loader):
         try:
             document = docx.Document(io.BytesIO(data))
             core_title = document.core_properties.title
+            # style names by id, read once: `paragraph.style` searches every style per call
+            style_names = {style.style_id: style.name for style in document.styles}
             blocks = list(document.iter_inner_content())
-            sections, style_title = _sections(blocks)
+            sections, style_title = _sections(blocks, style_names)
         except Exception as exc:
             raise LoaderError(
                 f"cannot read .docx {path}: {type(exc).__name__}: {exc}; the file is damaged "
@@ -42,7 +44,7 @@ class DocxLoader(Loader):
         return [result]
 
 
-def _sections(blocks: list) -> tuple[list[Section], str | None]:
+def _sections(blocks: list, style_names: dict[str, str]) -> tuple[list[Section], str | None]:
     """Split at headings up to SPLIT_LEVEL; the title is the Title-styled or first heading text."""
     from docx.table import Table
 
@@ -56,7 +58,8 @@ def _sections(blocks: list) -> tuple[list[Section], str | None]:
             texts.append("\n".join(_table_lines(block)))
             continue
         text = block.text.strip()
-        style = block.style.name if block.style is not None else ""
+        style_id = block._p.style  # the w:pStyle id; None means the default paragraph style
+        style = style_names.get(style_id, style_id) or ""
         if style == "Title" and text:
             title_style = title_style or text
         level = _heading_level(style)

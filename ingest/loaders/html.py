@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ingest.loaders.base import Loader, LoadOptions, make_document
+from ingest.loaders.text import reject_binary
 from kb.errors import LoaderError
 from kb.types import Document, Section
 
@@ -40,6 +41,7 @@ class HtmlLoader(Loader):
     extensions = (".html", ".htm", ".xhtml")
 
     def load(self, path: Path, data: bytes, options: LoadOptions) -> list[Document]:
+        reject_binary(path, data)
         parsed = html_sections(data)
         metadata = {"format": self.name}
         if parsed.encoding:

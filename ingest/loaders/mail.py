@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from ingest.loaders.base import Loader, LoadOptions, make_document
 from ingest.loaders.decode import decode_bytes
+from ingest.loaders.text import reject_binary
 from kb.errors import LoaderError
 from kb.types import Document, Section
 
@@ -38,12 +40,13 @@ def looks_like_message(data: bytes) -> bool:
 
 
 class EmailLoader(Loader):
-    """`.eml` files, and extension-less files that `looks_like_message` recognises."""
+    """`.eml` files, and files without a registered extension that `looks_like_message` accepts."""
 
     name = "email"
     extensions = (".eml",)
 
     def load(self, path: Path, data: bytes, options: LoadOptions) -> list[Document]:
+        reject_binary(path, data)
         if data.startswith(b"From "):
             data = data.split(b"\n", 1)[-1]
         message = email.message_from_bytes(data, policy=email.policy.compat32)
@@ -61,13 +64,20 @@ class EmailLoader(Loader):
 
 
 def _header(message: Message, name: str) -> str | None:
-    raw = message.get(name)
+    # raw_items keeps undeclared 8-bit bytes as surrogate escapes; `message.get` would turn
+    # them into U+FFFD, so decode them like a body instead ("Caf\xe9" -> "Café")
+    wanted = name.lower()
+    raw = next((value for key, value in message.raw_items() if key.lower() == wanted), None)
     if raw is None:
         return None
+    raw = str(raw)
+    if not raw.isascii():
+        with contextlib.suppress(UnicodeEncodeError):  # already real text, not escaped bytes
+            raw = decode_bytes(raw.encode("ascii", "surrogateescape"))[0]
     try:
-        value = str(make_header(decode_header(str(raw))))
+        value = str(make_header(decode_header(raw)))
     except (LookupError, UnicodeError, ValueError):
-        value = str(raw)
+        value = raw
     return " ".join(value.split()) or None
 
 

@@ -14,14 +14,19 @@ from kb.types import Document, Section
 SPLIT_LEVEL = 3  # headings up to this level start a new section; deeper ones stay inline
 
 
-def decode_text_file(path: Path, data: bytes) -> tuple[str, str]:
-    """Decode a text-format file to (text, encoding); binary data raises UnsupportedFile."""
+def reject_binary(path: Path, data: bytes) -> None:
+    """Raise UnsupportedFile when a text-format file (.txt, .html, .eml, ...) holds binary data."""
     if looks_binary(data):
         kind = f"a {path.suffix.lower()} file" if path.suffix else "a file without extension"
         raise UnsupportedFile(
             f"binary data in {kind}: {path} holds NUL bytes or control characters; "
             "convert it to text or move it out of the folder"
         )
+
+
+def decode_text_file(path: Path, data: bytes) -> tuple[str, str]:
+    """Decode a text-format file to (text, encoding); binary data raises UnsupportedFile."""
+    reject_binary(path, data)
     return decode_bytes(data)
 
 
@@ -85,22 +90,18 @@ class Heading:
 
 def split_at_headings(lines: list[str], headings: list[Heading]) -> list[Section]:
     """Cut lines into sections at headings up to SPLIT_LEVEL; headings become plain text lines."""
-    by_start = {h.start: h for h in headings}
     sections: list[Section] = []
     heading: str | None = None
     buffer: list[str] = []
-    i = 0
-    while i < len(lines):
-        found = by_start.get(i)
-        if found is None:
-            buffer.append(lines[i])
-            i += 1
-            continue
+    position = 0
+    for found in headings:  # in order and not overlapping
+        buffer.extend(lines[position : found.start])
         if found.level <= SPLIT_LEVEL:
             sections.append(Section("\n".join(buffer), heading=heading))
             heading, buffer = found.text, []
         buffer.append(found.text)
-        i = found.end
+        position = found.end
+    buffer.extend(lines[position:])
     sections.append(Section("\n".join(buffer), heading=heading))
     return sections
 
@@ -108,6 +109,8 @@ def split_at_headings(lines: list[str], headings: list[Heading]) -> list[Section
 _ATX = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_MARKERS = frozenset("#`~")
+_UNDERLINES = frozenset("=-")
 _NOT_SETEXT_TEXT = re.compile(r"^(?: {4}|\t| {0,3}(?:[-*+>|]|\d+[.)])(?:\s|$))")
 
 
@@ -115,8 +118,10 @@ def markdown_headings(lines: list[str]) -> list[Heading]:
     """ATX (`# Title`) and setext (underlined) headings outside fenced code blocks."""
     headings = []
     fence: str | None = None
-    i = 0
-    while i < len(lines):
+    resume = 0  # a setext heading also consumes its underline
+    for i in _candidate_lines(lines):
+        if i < resume:
+            continue
         line = lines[i]
         opened = _FENCE.match(line)
         if fence is not None:
@@ -134,10 +139,21 @@ def markdown_headings(lines: list[str]) -> list[Heading]:
         ):
             level = 1 if underline.group(1)[0] == "=" else 2
             headings.append(Heading(i, i + 2, line.strip(), level))
-            i += 2
-            continue
-        i += 1
+            resume = i + 2
     return headings
+
+
+def _candidate_lines(lines: list[str]) -> list[int]:
+    """Lines that can open a fence or a heading: "#", "`" or "~" lines, and lines over "=" / "-".
+
+    Filtering first keeps a 100 MB Markdown file from paying for regexes on every line.
+    """
+    starts = [line[:4].lstrip(" ")[:1] for line in lines]
+    return [
+        i
+        for i, start in enumerate(starts)
+        if start in _MARKERS or (i + 1 < len(starts) and starts[i + 1] in _UNDERLINES)
+    ]
 
 
 def _strip_front_matter(lines: list[str]) -> tuple[str | None, list[str]]:

@@ -140,7 +140,40 @@ def collections(json_out: JsonOpt = False) -> None:
     console.print(table)
 
 
+def export(
+    archive: Annotated[Path, typer.Argument(help="Archive to write (.tar.gz).")],
+    collection: CollectionOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export a collection (store, vectors, indexes) to one archive."""
+    kb = knowledge_base()
+    manifest = kb.export_collection(collection or kb.settings.default_collection, archive)
+    console.print(
+        f"exported {manifest['collection']}: {manifest['documents']} documents, "
+        f"{manifest['chunks']} chunks -> {archive}"
+    )
+    if json_out:
+        print_json({k: v for k, v in manifest.items() if k != "files"})
+
+
+def import_(
+    archive: Annotated[Path, typer.Argument(help="Archive written by `kb export`.")],
+    collection: Annotated[
+        str | None, typer.Option("--collection", "-c", help="Import under this name.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing collection.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import a collection exported by `kb export`."""
+    manifest = knowledge_base().import_collection(archive, collection, force=force)
+    console.print(f"imported {manifest['collection']}: {manifest['documents']} documents")
+    if json_out:
+        print_json({k: v for k, v in manifest.items() if k != "files"})
+
+
 def register(app: typer.Typer) -> None:
+    app.command()(export)
+    app.command("import")(import_)
     app.command()(ingest)
     app.command()(search)
     app.command()(collections)

@@ -154,8 +154,11 @@ def answers(
     json_out: JsonOpt = False,
 ) -> None:
     """Answer every question in every mode; score accuracy, EM/F1, citations, latency."""
-    from kb.eval.answers import AnswerEvalSpec, core_answer_fn, run_answer_eval
+    from kb.answering import Answerer
+    from kb.eval.answers import AnswerEvalSpec, answerer_fn, run_answer_eval
     from kb.eval.records import save_eval
+    from kb.generators import GeneratorRegistry
+    from kb.service import KnowledgeBase
 
     settings = Settings()
     spec = AnswerEvalSpec(
@@ -167,7 +170,9 @@ def answers(
         seed=seed,
         name=name,
     )
-    answer_fn, context = core_answer_fn(settings, collection=collection, k=k, model=model)
+    spec.validate()
+    answerer = Answerer(KnowledgeBase(settings), GeneratorRegistry(settings))
+    answer_fn, context = answerer_fn(answerer, collection=collection, k=k, model=model)
     with _SearchBars(enabled=console.is_terminal and not json_out) as bars:
         record = run_answer_eval(answer_fn, spec, context=context, progress=bars)
     folder = save_eval(settings, record)

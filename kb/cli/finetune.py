@@ -34,6 +34,11 @@ def _unescape(value: str) -> str:
     return value.replace("\\n", "\n").replace("\\t", "\t")
 
 
+def _lines(lines: list[int]) -> str:
+    shown = ", ".join(map(str, lines[:3]))
+    return f"{shown} +{len(lines) - 3}" if len(lines) > 3 else shown or "-"
+
+
 def _show_report(report: Any, title: str) -> None:
     status = "[green]ok[/]" if report.ok else "[red]errors[/]"
     console.print(
@@ -60,11 +65,12 @@ def _show_report(report: Any, title: str) -> None:
     table.add_column("code")
     table.add_column("lines", justify="right")
     table.add_column("message", overflow="fold")
-    for severity, issues, style in (("error", report.errors, "red"), ("warning", report.warnings, "yellow")):
+    for severity, issues, style in (
+        ("error", report.errors, "red"),
+        ("warning", report.warnings, "yellow"),
+    ):
         for issue in issues:
-            table.add_row(
-                f"[{style}]{severity}[/]", issue.code, str(len(issue.lines) or "-"), issue.message
-            )
+            table.add_row(f"[{style}]{severity}[/]", issue.code, _lines(issue.lines), issue.message)
     console.print(table)
 
 
@@ -101,6 +107,9 @@ class _GenerationBar:
 
 @finetune_app.command("prepare")
 def prepare(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for train.jsonl, validation.jsonl, manifest.json.")
+    ],
     source: Annotated[
         Path | None,
         typer.Argument(
@@ -108,12 +117,11 @@ def prepare(
             "Leave out with --from-collection."
         ),
     ] = None,
-    out: Annotated[
-        Path, typer.Option("--out", help="Folder for train.jsonl, validation.jsonl, manifest.json.")
-    ] = Path("finetune_data"),
     fmt: Annotated[
         str,
-        typer.Option("--format", help="'chat' (messages) or 'completion' (legacy prompt/completion)."),
+        typer.Option(
+            "--format", help="'chat' (messages) or 'completion' (legacy prompt/completion)."
+        ),
     ] = "chat",
     prompt_column: Annotated[
         str | None, typer.Option(help="Column with the prompt (default: prompt/input/question...).")
@@ -122,7 +130,9 @@ def prepare(
         str | None,
         typer.Option(help="Column with the completion (default: completion/output/answer...)."),
     ] = None,
-    system: Annotated[str | None, typer.Option(help="System message added to every example.")] = None,
+    system: Annotated[
+        str | None, typer.Option(help="System message added to every example.")
+    ] = None,
     template: Annotated[
         str | None,
         typer.Option(
@@ -135,7 +145,9 @@ def prepare(
     ] = None,
     from_collection: Annotated[
         str | None,
-        typer.Option(help="Make question/answer pairs from this collection's chunks (needs --generate-with)."),
+        typer.Option(
+            help="Make question/answer pairs from this collection's chunks (needs --generate-with)."
+        ),
     ] = None,
     max_examples: Annotated[
         int | None, typer.Option(help="Use at most this many rows, files or generated pairs.")
@@ -183,7 +195,9 @@ def prepare(
     )
     try:
         with _GenerationBar(enabled=console.is_terminal and not json_out) as bar:
-            result = prepare_dataset(source, out, options=options, settings=Settings(), progress=bar)
+            result = prepare_dataset(
+                source, out, options=options, settings=Settings(), progress=bar
+            )
     except KBError as exc:
         _fail(exc, json_out)
         return

@@ -12,7 +12,9 @@ from kb.settings import Settings
 
 
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     warm: Annotated[
         bool, typer.Option(help="Load the default local model in the background at startup.")
@@ -57,7 +59,9 @@ def ask(
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Most tokens to generate (default: the model's setting).")
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object as the last line.")
+    ] = False,
 ) -> None:
     """Answer a question: the answer streams to the terminal, then its numbered sources."""
     from kb.answering import Answerer
@@ -82,7 +86,9 @@ def ask(
     for event in answerer.stream(question, **args):
         if event.type == "passages":
             for item in event.data.get("unavailable", []):
-                console.print(f"[yellow]{item['mode']} unavailable:[/] {item['reason']}", highlight=False)
+                console.print(
+                    f"[yellow]{item['mode']} unavailable:[/] {item['reason']}", highlight=False
+                )
         elif event.type == "delta":
             if mode == "compare" and event.mode != current:
                 out.write(("\n" if current else "") + f"== {event.mode} ==\n")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kb.errors import InvalidInput, KBError, ModeUnavailable
+from kb.errors import InvalidInput, KBError, ModelNotFound, ModeUnavailable
 from kb.eval.records import EvalRecord, new_eval_id, utc_now
 
 MODES: tuple[str, ...] = ("base", "rag", "finetuned", "rag+finetuned")
@@ -74,6 +74,15 @@ class AnswerEvalSpec:
     k: int = 5
     seed: int = 0
     name: str | None = None
+
+    def validate(self) -> None:
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown or not self.modes:
+            raise InvalidInput(
+                f"unknown modes {unknown or self.modes!r}: use some of {', '.join(MODES)}"
+            )
+        if self.k < 1:
+            raise InvalidInput(f"k={self.k}: give the RAG modes at least 1 passage")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -284,11 +293,7 @@ def run_answer_eval(
     """Send every question through every mode and score the answers; returns an unsaved record
     (save it with `kb.eval.records.save_eval`). A mode that raises ModeUnavailable is reported
     in `record.errors` and skipped; another KBError is recorded on its question."""
-    unknown = [m for m in spec.modes if m not in MODES]
-    if unknown or not spec.modes:
-        raise InvalidInput(
-            f"unknown modes {unknown or spec.modes!r}: use some of {', '.join(MODES)}"
-        )
+    spec.validate()
     questions = (
         spec.questions if isinstance(spec.questions, list) else load_questions(spec.questions)
     )
@@ -361,27 +366,56 @@ def seed_everything(seed: int) -> None:
 
 
 def outcome_from_result(result: Any, latency_s: float) -> AnswerOutcome:
-    """An AnswerOutcome from a kb.answering result (answer text, citations with a source,
-    not-covered flag, model)."""
-    citations = getattr(result, "citations", None) or []
+    """An AnswerOutcome from a kb.answering.AnswerResult."""
+    info = result.model
+    model = None
+    if info is not None:
+        model = info.name if info.model_id in (info.name, "") else f"{info.name} ({info.model_id})"
     return AnswerOutcome(
-        text=getattr(result, "answer", "") or "",
-        cited_sources=[getattr(c, "source", None) or c["source"] for c in citations],
-        not_covered=bool(getattr(result, "not_covered", False)),
-        latency_s=latency_s,
-        model=getattr(result, "model", None),
+        text=result.answer,
+        cited_sources=[c.source for c in result.citations],
+        not_covered=result.not_covered,
+        latency_s=result.timings.get("total", latency_s),
+        model=model,
     )
 
 
-def core_answer_fn(
-    settings: Any, *, collection: str | None = None, k: int = 5, model: str | None = None
+def answerer_fn(
+    answerer: Any, *, collection: str | None = None, k: int = 5, model: str | None = None
 ) -> tuple[AnswerFn, dict[str, Any]]:
-    """The answering core as an AnswerFn, and the context to record with the run."""
-    from kb import answering
+    """A kb.answering.Answerer as an AnswerFn, and the context to record with the run.
+
+    A requested model goes to the modes of its kind (a fine-tuned one to finetuned and
+    rag+finetuned, a base one to base and rag); the other modes use their defaults, as the
+    answering core's compare mode does. Modes that cannot run raise ModeUnavailable.
+    """
+    kinds = {spec.name: spec.kind for spec in answerer.generators.specs()}
+    if model is not None and model not in kinds:
+        raise ModelNotFound(f"no model {model!r}: use one of {', '.join(kinds) or 'none'}")
+    requested_finetuned = model is not None and kinds.get(model) == "finetuned"
+    unavailable = answerer.modes(model)
 
     def answer_fn(question: str, mode: str) -> AnswerOutcome:
+        if unavailable.get(mode):
+            raise ModeUnavailable(unavailable[mode])
+        wants_finetuned = mode in ("finetuned", "rag+finetuned")
+        mode_model = model if requested_finetuned == wants_finetuned else None
         started = time.perf_counter()
-        result = answering.answer(question, mode=mode, collection=collection, k=k, model=model)
+        result = answerer.answer(question, mode=mode, collection=collection, k=k, model=mode_model)
         return outcome_from_result(result, time.perf_counter() - started)
 
-    return answer_fn, {"collection": collection, "model": model}
+    settings = answerer.settings
+    name = collection or settings.default_collection
+    context: dict[str, Any] = {
+        "collection": name,
+        "model": model,
+        "default_generator": settings.default_generator,
+        "finetuned_models": answerer.finetuned_models(),
+        "retrieval_method": settings.retrieval_method,
+        "min_score": settings.min_score,
+    }
+    if answerer.kb.has_collection(name):
+        info = answerer.kb.collection(name).info()
+        context["embedder"] = info.get("embedder")
+        context["collection_generation"] = info.get("generation")
+    return answer_fn, context

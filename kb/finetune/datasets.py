@@ -85,7 +85,7 @@ def prepare_dataset(
     options = options or PrepareOptions()
     options.check()
     settings = settings or Settings()
-    counter = _token_counter(tokenizer or options.tokenizer, settings)
+    counter: TokenCounter | None = None  # loaded only once the source has been read
     source_path = Path(source) if source is not None else None
     if options.from_collection:
         if source_path is not None:
@@ -99,6 +99,7 @@ def prepare_dataset(
     elif source_path is None:
         raise InvalidInput("nothing to prepare: pass a SOURCE file or folder, or --from-collection")
     elif source_path.is_dir():
+        counter = _token_counter(tokenizer or options.tokenizer, settings)
         examples, skipped, origin = examples_from_folder(source_path, options, counter)
     else:
         examples, skipped, origin = examples_from_table(
@@ -116,6 +117,7 @@ def prepare_dataset(
         TRAIN_FILE: _write_jsonl(train_path, train, options),
         VALIDATION_FILE: _write_jsonl(validation_path, validation, options),
     }
+    counter = counter or _token_counter(tokenizer or options.tokenizer, settings)
     check = {"max_tokens": options.max_tokens, "tokenizer": counter, "settings": settings}
     report = validate_file(train_path, eval_file=validation_path if validation else None, **check)
     validation_report = validate_file(validation_path, check_size=False, **check)
@@ -126,7 +128,11 @@ def prepare_dataset(
         "format": options.format,
         "seed": options.seed,
         "val_fraction": options.val_fraction,
-        "options": {k: v for k, v in asdict(options).items() if v is not None},
+        "options": {
+            k: v
+            for k, v in asdict(options).items()
+            if v is not None and (options.format == "completion" or k not in ("separator", "stop"))
+        },
         "counts": {
             "examples": len(examples),
             "train": len(train),

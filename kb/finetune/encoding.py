@@ -136,7 +136,9 @@ def _chat_segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple
         through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not (full.startswith(before) and full.startswith(through) and done <= len(before)):
             # a template that rewrites earlier turns: learn the last answer, found by its text
-            start = full.rfind(messages[-1]["content"]) if messages[-1]["role"] == "assistant" else -1
+            start = (
+                full.rfind(messages[-1]["content"]) if messages[-1]["role"] == "assistant" else -1
+            )
             if start < 0:
                 raise InvalidInput(
                     "the tokenizer's chat template does not render this conversation "

@@ -161,7 +161,7 @@ def validate_lines(
         )
     if check_size and n >= 2:
         _check_whole_set(report, examples, found)
-    if report.format == "completion" and examples:
+    if report.format == "completion" and len(examples) >= 2:
         _check_completion_format(report, examples, found)
     if eval_lines is not None:
         _check_leakage(examples, eval_lines, eval_source or "the evaluation file", found)

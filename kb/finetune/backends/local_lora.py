@@ -57,7 +57,8 @@ class LocalLoraBackend(FineTuneBackend):
         updates_per_epoch = math.ceil(batches_per_epoch / spec.grad_accumulation)
         total_updates = updates_per_epoch * spec.epochs
         optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=spec.lr or DEFAULT_LR,
+            [p for p in model.parameters() if p.requires_grad],
+            lr=spec.lr or DEFAULT_LR,
             weight_decay=0.0,
         )
         warmup = int(total_updates * spec.warmup_ratio)
@@ -250,7 +251,8 @@ def _length_grouped_batches(
     for lo in range(0, len(order), pool):
         group = sorted(order[lo : lo + pool], key=lambda i: len(examples[i].input_ids))
         batches += [
-            [examples[i] for i in group[j : j + batch_size]] for j in range(0, len(group), batch_size)
+            [examples[i] for i in group[j : j + batch_size]]
+            for j in range(0, len(group), batch_size)
         ]
     rng.shuffle(batches)
     return batches

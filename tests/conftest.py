@@ -1,0 +1,113 @@
+"""Shared fixtures: a real uvicorn server over a small ingested corpus, one per test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kb.settings import GeneratorSpec, Settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+#: a few short files on made-up topics, so an answer can only come from the right one
+CORPUS = {
+    "tea.md": "# Zorblax tea\n\nZorblax tea is brewed from the purple moss of Mount Quell. "
+    "It must steep for exactly seven minutes at 81 degrees, and it tastes of burnt cinnamon.\n",
+    "bicycle.txt": "The Veltrani bicycle has square wheels. It was invented in 1893 by Ada "
+    "Prunk in the town of Oslibar, who rode it across the salt flats of Tembry.\n",
+    "festival.md": "# Glimmerfen lantern festival\n\nThe Glimmerfen lantern festival is held "
+    "every year on the thirteenth of Brumaire in Quellport. Its lanterns are folded from dried "
+    "kelp and float on the harbour until dawn.\n",
+    "heron.txt": "Pemberton's clockwork heron is a brass automaton built by the engineer Odile "
+    "Pemberton. It winds itself by standing in flowing water and can catch paper fish.\n",
+}
+
+TEST_MAX_NEW_TOKENS = 32
+
+
+@dataclass
+class LiveServer:
+    url: str
+    settings: Settings
+    app: object
+    corpus: Path | None = None
+
+    @property
+    def services(self):
+        return self.app.state.services
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def live_server(settings: Settings, *, warm: bool = True) -> Iterator[LiveServer]:
+    """A real uvicorn serving create_app(settings) on a free port, in a background thread."""
+    import uvicorn
+
+    from api.app import create_app
+
+    app = create_app(settings, warm=warm)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    try:
+        yield LiveServer(url=f"http://127.0.0.1:{port}", settings=settings, app=app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def write_corpus(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in CORPUS.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[LiveServer]:
+    """One server for the session: the bundled SmolLM2, the corpus ingested into 'default',
+    server-side ingest allowed under `<tmp>/roots`, small upload limits, CORS for one origin."""
+    base = tmp_path_factory.mktemp("kb-server")
+    roots = base / "roots"
+    corpus = write_corpus(roots / "corpus")
+    settings = Settings(
+        data_dir=base / "data",
+        generators=[
+            GeneratorSpec(
+                name="smollm2",
+                backend="local",
+                model="smollm2",
+                max_new_tokens=TEST_MAX_NEW_TOKENS,
+            )
+        ],
+        default_generator="smollm2",
+        ingest_roots=[roots],
+        cors_origins=["http://allowed.example"],
+        max_upload_bytes=64 * 1024,
+        max_upload_files=3,
+    )
+    with live_server(settings) as live:
+        live.corpus = corpus
+        live.services.kb.ingest_path(corpus, collection="default")
+        yield live
