@@ -38,6 +38,7 @@ ROUTERS = [
     "api.routers.jobs",
     "api.routers.models",
     "api.routers.openai_compat",
+    "api.routers.finetune",
 ]
 
 DESCRIPTION = """\

@@ -115,6 +115,7 @@ class ModelOut(BaseModel):
 class CitationOut(BaseModel):
     n: int = Field(description="The passage number as the prompt showed it: [n] in the answer.")
     chunk_id: int
+    doc_id: str
     source: str
     start: int
     end: int

@@ -177,6 +177,8 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            # other work on the machine slows generation: the 1-minute load average at the end
+            "load_average_1m": round(os.getloadavg()[0], 2),
         },
         "median": {
             "ttft_s": median("ttft_s"),

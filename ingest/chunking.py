@@ -19,7 +19,9 @@ class Chunker:
     PDF chunks also carry their page number.
     """
 
-    def __init__(self, count_tokens: Callable[[str], int], chunk_size: int = 256, chunk_overlap: int = 32):
+    def __init__(
+        self, count_tokens: Callable[[str], int], chunk_size: int = 256, chunk_overlap: int = 32
+    ):
         if chunk_size < 16:
             raise InvalidInput(f"chunk size {chunk_size} is too small: use at least 16 tokens")
         if not 0 <= chunk_overlap < chunk_size:

@@ -112,11 +112,16 @@ class Ingestor:
         self.embedder = embedder
         self.chunker = chunker
         self.commit_every = commit_every_chunks
-        self.embed_batch = embed_batch_chunks
+        # commits happen between embed batches, so a batch may not outgrow the commit interval
+        self.embed_batch = max(1, min(embed_batch_chunks, commit_every_chunks))
         self.progress = progress or IngestProgress()
 
     def sync(
-        self, sources: Iterable[Source], *, total: int | None = None, prune_origins: Iterable[str] = ()
+        self,
+        sources: Iterable[Source],
+        *,
+        total: int | None = None,
+        prune_origins: Iterable[str] = (),
     ) -> IngestReport:
         started = time.perf_counter()
         report = IngestReport(collection=self.collection.name)
@@ -155,7 +160,9 @@ class Ingestor:
     def _doc_ids_of_origin(self, origin: str) -> list[str]:
         return self.collection.doc_ids_of_origin(origin)
 
-    def _load(self, source: Source, stored: dict[str, str], report: IngestReport) -> _Pending | None:
+    def _load(
+        self, source: Source, stored: dict[str, str], report: IngestReport
+    ) -> _Pending | None:
         report.files_seen += 1
         name = source.display or source.origin
         try:
@@ -169,7 +176,9 @@ class Ingestor:
             chunked = [(d, self.chunker.split(d)) for d in docs]
             chunked = [(d, c) for d, c in chunked if c]
             if not chunked:
-                raise LoaderError(f"{name}: no text left after parsing; check that the file has text")
+                raise LoaderError(
+                    f"{name}: no text left after parsing; check that the file has text"
+                )
         except UnsupportedFile as exc:
             report.skipped.append({"path": name, "reason": str(exc)})
             self.progress.file_done(name, "skipped", str(exc))
@@ -198,7 +207,9 @@ class Ingestor:
             p.docs = with_vectors  # type: ignore[assignment]
         return len(chunks)
 
-    def _commit(self, ready: list[_Pending], delete_doc_ids: list[str], report: IngestReport) -> None:
+    def _commit(
+        self, ready: list[_Pending], delete_doc_ids: list[str], report: IngestReport
+    ) -> None:
         if not ready and not delete_doc_ids:
             return
         add: list[NewDocument] = []
@@ -260,7 +271,9 @@ def document_sources(docs: Iterable[Document], fingerprint: str) -> Iterator[Sou
         h.update((doc.title or "").encode())
         for s in doc.sections:
             h.update(b"\0" + s.text.encode("utf-8", "surrogatepass"))
-        yield Source(doc.source, f"{h.hexdigest()}:{fingerprint}", lambda d=doc: [d], display=doc.source)
+        yield Source(
+            doc.source, f"{h.hexdigest()}:{fingerprint}", lambda d=doc: [d], display=doc.source
+        )
 
 
 def _describe(exc: BaseException) -> str:
@@ -308,4 +321,3 @@ def _prefetch(items: Iterator, depth: int = 16) -> Iterator:
             yield value
     finally:
         stop.set()
-

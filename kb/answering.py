@@ -435,7 +435,7 @@ class Answerer:
             messages, used = build_rag_messages(
                 question,
                 relevant,
-                count_tokens=generator.count_message_tokens,
+                count_tokens=generator.count_tokens,
                 context_window=generator.context_window,
                 max_new_tokens=budget,
             )
@@ -494,6 +494,7 @@ def _citation_stub(n: int, p: Passage) -> dict[str, Any]:
     return {
         "n": n,
         "chunk_id": p.chunk_id,
+        "doc_id": p.doc_id,
         "source": p.source,
         "start": p.start,
         "end": p.end,

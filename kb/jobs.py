@@ -62,7 +62,9 @@ class JobContext:
 
     def event(self, message: str, level: str = "info", **data: Any) -> None:
         with self._manager._lock:
-            self.record.events.append({"time": time.time(), "level": level, "message": message, **data})
+            self.record.events.append(
+                {"time": time.time(), "level": level, "message": message, **data}
+            )
             del self.record.events[:-MAX_EVENTS]
             self._manager._save(self.record)
 
@@ -101,7 +103,9 @@ class JobManager:
                 continue  # a damaged record is skipped, not fatal
             if record.state in ("queued", "running"):
                 record.state = "failed"
-                record.error = "interrupted: the service stopped while this job ran; submit it again"
+                record.error = (
+                    "interrupted: the service stopped while this job ran; submit it again"
+                )
                 record.finished_at = time.time()
                 self._save(record)
             self._records[record.id] = record
@@ -116,7 +120,9 @@ class JobManager:
         tmp.write_text(json.dumps(record.to_dict(), default=str))
         os.replace(tmp, path)
 
-    def submit(self, kind: str, params: dict[str, Any], fn: JobFn, *, lane: str | None = None) -> JobRecord:
+    def submit(
+        self, kind: str, params: dict[str, Any], fn: JobFn, *, lane: str | None = None
+    ) -> JobRecord:
         record = JobRecord(id=f"{kind}-{uuid.uuid4().hex[:12]}", kind=kind, params=params)
         ctx = JobContext(self, record)
         with self._lock:
@@ -157,21 +163,33 @@ class JobManager:
             except KBError as exc:
                 self._finish(record, "failed", error=str(exc))
             except Exception as exc:  # a job must never take the service down
-                ctx.event("".join(traceback.format_exception_only(type(exc), exc)).strip(), level="error")
+                ctx.event(
+                    "".join(traceback.format_exception_only(type(exc), exc)).strip(), level="error"
+                )
                 self._finish(record, "failed", error=f"{type(exc).__name__}: {exc}")
             else:
-                self._finish(record, "cancelled" if ctx.cancel_requested.is_set() and result is None else "succeeded", result=result)
+                self._finish(
+                    record,
+                    "cancelled"
+                    if ctx.cancel_requested.is_set() and result is None
+                    else "succeeded",
+                    result=result,
+                )
         finally:
             if lane_lock:
                 lane_lock.release()
 
-    def _finish(self, record: JobRecord, state: str, *, error: str | None = None, result=None) -> None:
+    def _finish(
+        self, record: JobRecord, state: str, *, error: str | None = None, result=None
+    ) -> None:
         with self._lock:
             record.state = state
             record.error = error
             record.result = result
             record.finished_at = time.time()
-            record.events.append({"time": record.finished_at, "level": "info", "message": f"job {state}"})
+            record.events.append(
+                {"time": record.finished_at, "level": "info", "message": f"job {state}"}
+            )
             self._save(record)
             self._contexts.pop(record.id, None)
 
@@ -191,11 +209,15 @@ class JobManager:
         record = self.get(job_id)
         with self._lock:
             if record.state in FINISHED:
-                raise InvalidInput(f"job {job_id} already {record.state}; only queued or running jobs can be cancelled")
+                raise InvalidInput(
+                    f"job {job_id} already {record.state}; only queued or running jobs can be cancelled"
+                )
             ctx = self._contexts.get(job_id)
             if ctx:
                 ctx.cancel_requested.set()
-            record.events.append({"time": time.time(), "level": "info", "message": "cancel requested"})
+            record.events.append(
+                {"time": time.time(), "level": "info", "message": "cancel requested"}
+            )
             self._save(record)
         return record
 

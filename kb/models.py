@@ -273,7 +273,8 @@ class ModelRegistry:
     def load_into(self, generators: Any) -> list[str]:
         """Register every stored generation model into `generators` (on service start)."""
         names = []
-        for record in self.list(kind="finetuned"):
+        # oldest first: the fine-tuned modes default to the most recently registered model
+        for record in reversed(self.list(kind="finetuned")):
             if record.backend == "local" and not (record.adapter and Path(record.adapter).is_dir()):
                 continue  # its adapter is gone; `kb models list` still shows it
             generators.register(self.generator_spec(record))

@@ -28,7 +28,9 @@ class RetrievalOptions:
 
     def check(self) -> None:
         if self.method not in METHODS:
-            raise InvalidInput(f"unknown retrieval method {self.method!r}: use one of {', '.join(METHODS)}")
+            raise InvalidInput(
+                f"unknown retrieval method {self.method!r}: use one of {', '.join(METHODS)}"
+            )
         if self.fusion not in FUSIONS:
             raise InvalidInput(f"unknown fusion {self.fusion!r}: use one of {', '.join(FUSIONS)}")
         if not 0.0 <= self.dense_weight <= 1.0:
@@ -117,7 +119,12 @@ class Retriever:
         return passages[:k]
 
     def _dense(
-        self, collection: Collection, snap: Snapshot, qvec: np.ndarray, k: int, allowed: np.ndarray | None
+        self,
+        collection: Collection,
+        snap: Snapshot,
+        qvec: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
     ) -> list[tuple[int, float]]:
         if allowed is not None and len(allowed) <= EXACT_FILTER_MAX:
             ids, vecs = collection.vectors(allowed)
@@ -129,7 +136,9 @@ class Retriever:
         want = k if allowed is None else min(snap.dense.ntotal, k * 20)
         if snap.dense.ntotal == 0:
             return []
-        scores, ids = snap.dense.search(qvec[None, :].astype(np.float32), min(want, snap.dense.ntotal))
+        scores, ids = snap.dense.search(
+            qvec[None, :].astype(np.float32), min(want, snap.dense.ntotal)
+        )
         hits = [(int(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
         if allowed is not None:
             keep = set(allowed.tolist())
@@ -146,7 +155,9 @@ def rrf(rankings: list[list[tuple[int, float]]], k: int = 60) -> list[tuple[int,
     return sorted(fused.items(), key=lambda x: (-x[1], x[0]))
 
 
-def weighted(rankings: list[list[tuple[int, float]]], weights: list[float]) -> list[tuple[int, float]]:
+def weighted(
+    rankings: list[list[tuple[int, float]]], weights: list[float]
+) -> list[tuple[int, float]]:
     """Weighted sum of min-max normalised scores; an item missing from a list scores 0 there."""
     fused: dict[int, float] = {}
     for ranking, weight in zip(rankings, weights, strict=True):
@@ -155,6 +166,6 @@ def weighted(rankings: list[list[tuple[int, float]]], weights: list[float]) -> l
         values = np.array([s for _, s in ranking], dtype=np.float64)
         lo, hi = values.min(), values.max()
         span = hi - lo if hi > lo else 1.0
-        for (item, score) in ranking:
+        for item, score in ranking:
             fused[item] = fused.get(item, 0.0) + weight * (score - lo) / span
     return sorted(fused.items(), key=lambda x: (-x[1], x[0]))

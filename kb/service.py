@@ -11,15 +11,15 @@ from typing import Any
 
 from ingest.chunking import Chunker
 from ingest.pipeline import (
-    IngestProgress,
     Ingestor,
+    IngestProgress,
     IngestReport,
     document_sources,
     folder_sources,
 )
 from kb.embedders import Embedder, load_embedder
 from kb.errors import CollectionNotFound, DocumentNotFound, InvalidInput
-from kb.retrieval import Retriever, RetrievalOptions
+from kb.retrieval import RetrievalOptions, Retriever
 from kb.settings import Settings
 from kb.store.collection import Collection, validate_name
 from kb.types import Document, Passage
@@ -28,7 +28,9 @@ from kb.types import Document, Passage
 class KnowledgeBase:
     """Collections in one data directory, with lazily loaded embedders shared between them."""
 
-    def __init__(self, settings: Settings | None = None, embedders: dict[str, Embedder] | None = None):
+    def __init__(
+        self, settings: Settings | None = None, embedders: dict[str, Embedder] | None = None
+    ):
         """`embedders` may be shared between instances so a model is loaded once per process."""
         self.settings = settings or Settings()
         self._embedders: dict[str, Embedder] = embedders if embedders is not None else {}
@@ -128,7 +130,9 @@ class KnowledgeBase:
     ) -> dict[str, Any]:
         from kb.store.backup import import_collection
 
-        manifest = import_collection(Path(archive), self.settings.collections_dir, name, force=force)
+        manifest = import_collection(
+            Path(archive), self.settings.collections_dir, name, force=force
+        )
         with self._lock:
             self._collections.pop(manifest["collection"], None)
         return manifest
@@ -171,7 +175,10 @@ class KnowledgeBase:
         fingerprint = f"{chunker.fingerprint};{options}"
         with col.write_lock(wait):
             sources, files = folder_sources(
-                root, loader_options=options, fingerprint=fingerprint, max_bytes=self.settings.max_file_bytes
+                root,
+                loader_options=options,
+                fingerprint=fingerprint,
+                max_bytes=self.settings.max_file_bytes,
             )
             gone: list[str] = []
             if prune:
@@ -180,7 +187,8 @@ class KnowledgeBase:
                 gone = sorted(
                     o
                     for o in col.origins()
-                    if (o == prefix or o.startswith(prefix.rstrip(os.sep) + os.sep)) and o not in present
+                    if (o == prefix or o.startswith(prefix.rstrip(os.sep) + os.sep))
+                    and o not in present
                 )
             ingestor = self._ingestor(col, emb, chunker, progress)
             return ingestor.sync(sources, total=len(sources), prune_origins=gone)
@@ -245,7 +253,9 @@ class KnowledgeBase:
     def list_documents(self, collection: str | None = None) -> list[dict[str, Any]]:
         return self.collection(collection).documents()
 
-    def delete_document(self, collection: str | None, id_or_path: str, wait: float = 0.0) -> list[str]:
+    def delete_document(
+        self, collection: str | None, id_or_path: str, wait: float = 0.0
+    ) -> list[str]:
         """Delete documents by id, source, or origin file; returns the ids deleted."""
         col = self.collection(collection)
         with col.write_lock(wait):
@@ -290,4 +300,6 @@ class KnowledgeBase:
             col = self.collection(collection)
         except CollectionNotFound:
             raise
-        return self.retriever.search(col, query, k, self.retrieval_options(method, **overrides), source_glob)
+        return self.retriever.search(
+            col, query, k, self.retrieval_options(method, **overrides), source_glob
+        )

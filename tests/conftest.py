@@ -85,14 +85,32 @@ def write_corpus(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Iterator[LiveServer]:
+def model_cache(tmp_path_factory) -> Path:
+    """One cache of converted model weights for every data folder of the session (converting
+    the bundled GGUF takes half a minute); KB_TEST_CACHE_DIR keeps it across sessions."""
+    kept = os.environ.get("KB_TEST_CACHE_DIR")
+    if kept:
+        Path(kept).mkdir(parents=True, exist_ok=True)
+        return Path(kept)
+    return tmp_path_factory.mktemp("kb-cache")
+
+
+def data_dir_with_cache(folder: Path, cache: Path) -> Path:
+    """A fresh data folder whose cache/ is the shared `cache`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cache").symlink_to(cache, target_is_directory=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, model_cache: Path) -> Iterator[LiveServer]:
     """One server for the session: the bundled SmolLM2, the corpus ingested into 'default',
     server-side ingest allowed under `<tmp>/roots`, small upload limits, CORS for one origin."""
     base = tmp_path_factory.mktemp("kb-server")
     roots = base / "roots"
     corpus = write_corpus(roots / "corpus")
     settings = Settings(
-        data_dir=base / "data",
+        data_dir=data_dir_with_cache(base / "data", model_cache),
         generators=[
             GeneratorSpec(
                 name="smollm2",

@@ -12,7 +12,8 @@ import httpx
 import pytest
 from openai import NotFoundError, OpenAI
 
-from kb.settings import ApiKeySpec, Settings
+from kb.answering import MODES
+from kb.settings import ApiKeySpec, GeneratorSpec, Settings
 from tests.conftest import TEST_MAX_NEW_TOKENS, LiveServer, live_server
 
 TEA_QUESTION = "How long must Zorblax tea steep?"
@@ -377,3 +378,45 @@ def test_api_keys_guard_every_endpoint_but_health(guarded: LiveServer) -> None:
         r = http.post("/collections/team-a/ingest", json={"path": "/tmp"}, headers=admin)
         assert r.status_code == 403 and "KB_INGEST_ROOTS" in r.json()["error"]["message"]
         assert http.get("/v1/models", headers=team).json()["data"] == []
+
+
+# -- fine-tuned modes and the CLI --------------------------------------------------------------
+
+
+def test_finetuned_modes_once_a_finetuned_model_is_registered(
+    http: httpx.Client, server: LiveServer, client: OpenAI
+) -> None:
+    # registered the way the model registry does after a training run (here: no adapter)
+    spec = GeneratorSpec(name="ft-test", kind="finetuned", model="smollm2", max_new_tokens=8)
+    server.services.generators.register(spec)
+    try:
+        ids = [m.id for m in client.models.list()]
+        assert {"kb:default:finetuned:ft-test", "kb:default:rag+finetuned:ft-test"} <= set(ids)
+        r = http.post("/query", json={"question": TEA_QUESTION, "mode": "rag+finetuned"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"]["name"] == "ft-test" and body["model"]["kind"] == "finetuned"
+        assert body["citations"][0]["source"].endswith("tea.md")
+        compare = http.post(
+            "/query", json={"question": TEA_QUESTION, "mode": "compare", "max_new_tokens": 4}
+        ).json()
+        assert [a["mode"] for a in compare["answers"]] == list(MODES)
+        assert compare["unavailable"] == []
+        r = http.post(
+            "/query", json={"question": TEA_QUESTION, "mode": "finetuned", "model": "smollm2"}
+        )
+        assert r.status_code == 422 and "ft-test" in r.json()["error"]["message"]
+    finally:
+        server.services.generators.unregister("ft-test")
+
+
+def test_cli_ask_answers_with_citations(server: LiveServer, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from kb.cli import app
+
+    monkeypatch.setenv("KB_DATA_DIR", str(server.settings.data_dir))
+    result = CliRunner().invoke(app, ["ask", TEA_QUESTION, "--max-new-tokens", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["mode"] == "rag" and answer["citations"][0]["source"].endswith("tea.md")

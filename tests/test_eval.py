@@ -432,3 +432,57 @@ def test_a_failing_question_is_recorded_and_the_rest_still_scored(tmp_path, ques
     assert "refused the connection" in record.rows[3]["modes"]["base"]["error"]
     folder = save_eval(Settings(data_dir=tmp_path), record)
     assert "error: endpoint http://localhost:11434 refused" in (folder / "report.md").read_text()
+
+
+# --- `kb eval answers` end to end through the real answering core ---------------------------
+
+
+def test_eval_answers_cli_runs_the_real_modes(tmp_path, cli, monkeypatch):
+    from kb.service import KnowledgeBase
+    from kb.types import Document, Section
+
+    # a short answer budget keeps the bundled SmolLM2 quick on CPU
+    generators = [{"name": "smollm2", "backend": "local", "model": "smollm2", "max_new_tokens": 8}]
+    monkeypatch.setenv("KB_GENERATORS", json.dumps(generators))
+    docs = [
+        Document("notes/espresso.md", [Section("Espresso is brewed by forcing hot water through finely ground coffee.")]),
+        Document("notes/penguins.md", [Section("Emperor penguins breed during the Antarctic winter.")]),
+    ]  # fmt: skip
+    KnowledgeBase(Settings()).ingest_documents(docs, collection="notes")
+    questions = tmp_path / "questions.jsonl"
+    lines = [
+        {"id": "espresso", "question": "How is espresso brewed?", "answer": "hot water through coffee", "sources": ["espresso.md"]},
+        {"id": "penguins", "question": "When do emperor penguins breed?", "answer": "in winter", "sources": ["notes/penguins.md"]},
+    ]  # fmt: skip
+    questions.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+
+    out = cli(
+        "answers",
+        "--questions",
+        str(questions),
+        "--modes",
+        "base,rag,finetuned",
+        "-c",
+        "notes",
+        "--json",
+    )
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert list(summary["modes"]) == ["base", "rag"]
+    assert "fine-tuned" in summary["errors"]["finetuned"]  # none is registered
+    for mode in ("base", "rag"):
+        assert summary["modes"][mode]["answered"] == 2
+        assert summary["modes"][mode]["latency_p50_s"] > 0
+        assert 0.0 <= summary["modes"][mode]["f1"] <= 1.0
+    folder = tmp_path / "data" / "evals" / summary["eval_id"]
+    record = json.loads((folder / "result.json").read_text())
+    assert (
+        record["context"]["collection"] == "notes"
+        and record["context"]["collection_generation"] >= 1
+    )
+    assert record["context"]["models_by_mode"]["base"] == ["smollm2"] or record["context"][
+        "models_by_mode"
+    ]["base"][0].startswith("smollm2")
+    rows = (folder / "report.md").read_text().split("## Per question", 1)[1]
+    assert "| espresso | How is espresso brewed? |" in rows and "| penguins |" in rows
+    assert (folder / "report.html").read_text().split('<table id="rows">')[1].count("<tr>") == 3
+    assert (folder / "chart.png").stat().st_size > 1000

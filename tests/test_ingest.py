@@ -29,9 +29,13 @@ def kb(data_dir: Path, *args: str, check: bool = True, **env_extra: str) -> dict
         timeout=900,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"kb {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"kb {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    return json.loads(lines[-1]) if lines else {"returncode": proc.returncode, "stderr": proc.stderr}
+    return (
+        json.loads(lines[-1]) if lines else {"returncode": proc.returncode, "stderr": proc.stderr}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +78,11 @@ def test_mixed_folder_each_file_handled(tmp_path, embedders):
     failed = {Path(f["path"]).name: f["error"] for f in report["failed"]}
     skipped = {Path(f["path"]).name: f["reason"] for f in report["skipped"]}
     for name in good:
-        assert name not in failed and name not in skipped, (name, failed.get(name), skipped.get(name))
+        assert name not in failed and name not in skipped, (
+            name,
+            failed.get(name),
+            skipped.get(name),
+        )
     loads = [n for n, what in bad.items() if what.startswith("loads:")]
     assert report["added"] == len(good) + len(loads)
     for name, what in bad.items():
@@ -119,11 +127,10 @@ def test_newsgroups_ingest_and_search(newsgroups_kb, newsgroups_copy):
 
     # a sentence that occurs in exactly one message finds that message first
     texts = {p: p.read_text(errors="replace") for p in newsgroups_copy.rglob("*") if p.is_file()}
-    target = sorted(newsgroups_copy.glob("rec.motorcycles/*"))[7]
-    body = texts[target].split("\n\n", 1)[1]
-    sentence = next(
-        line.strip()
-        for line in body.splitlines()
+    target, sentence = next(
+        (path, line.strip())
+        for path in sorted(newsgroups_copy.glob("rec.motorcycles/*"))[5:]
+        for line in texts[path].split("\n\n", 1)[-1].splitlines()
         if len(line.split()) >= 8
         and ">" not in line
         and sum(line.strip() in t for t in texts.values()) == 1
@@ -144,7 +151,9 @@ def test_edit_and_delete_then_prune(newsgroups_kb, newsgroups_copy, embedders):
     data, _ = newsgroups_kb
     autos = sorted((newsgroups_copy / "rec.autos").iterdir())
     edited, deleted = autos[0], autos[1]
-    edited.write_text(edited.read_text(errors="replace") + "\nZebra carburettor quokka sentence added.\n")
+    edited.write_text(
+        edited.read_text(errors="replace") + "\nZebra carburettor quokka sentence added.\n"
+    )
     deleted.unlink()
 
     report = kb(data, "ingest", str(newsgroups_copy), "--collection", "news", "--prune")

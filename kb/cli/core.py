@@ -13,7 +13,9 @@ from kb.settings import Settings
 
 CollectionOpt = Annotated[
     str | None,
-    typer.Option("--collection", "-c", help="Collection name (default: KB_DEFAULT_COLLECTION, 'default')."),
+    typer.Option(
+        "--collection", "-c", help="Collection name (default: KB_DEFAULT_COLLECTION, 'default')."
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 
@@ -32,7 +34,9 @@ def ingest(
     ] = False,
     embedder: Annotated[
         str | None,
-        typer.Option(help="Embedder: 'minilm', 'st:PATH' or 'openai:MODEL' (default: the collection's)."),
+        typer.Option(
+            help="Embedder: 'minilm', 'st:PATH' or 'openai:MODEL' (default: the collection's)."
+        ),
     ] = None,
     text_field: Annotated[
         str | None, typer.Option(help="Field holding the text in .jsonl and .csv files.")
@@ -136,7 +140,9 @@ def collections(json_out: JsonOpt = False) -> None:
         return
     table = Table("name", "documents", "chunks", "embedder", "generation")
     for c in infos:
-        table.add_row(c["name"], str(c["documents"]), str(c["chunks"]), c["embedder"], str(c["generation"]))
+        table.add_row(
+            c["name"], str(c["documents"]), str(c["chunks"]), c["embedder"], str(c["generation"])
+        )
     console.print(table)
 
 

@@ -252,3 +252,9 @@ def validate(
         print_json(report.to_dict())
     if not report.ok:
         raise typer.Exit(1)
+
+
+# training commands (run, jobs, status, cancel, embeddings) live in their own module
+from kb.cli.finetune_jobs import register as _register_training  # noqa: E402
+
+_register_training(finetune_app)

@@ -9,3 +9,6 @@ def register(app: typer.Typer) -> None:
     from kb.cli import serve
 
     serve.register(app)
+    from kb.cli.models import models_app
+
+    app.add_typer(models_app)

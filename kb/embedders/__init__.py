@@ -14,7 +14,10 @@ EMBEDDER_KINDS = ("minilm", "st:<path>", "openai:<model>")
 def load_embedder(name: str, settings: Settings) -> Embedder:
     """Build the embedder a name refers to; an unknown name lists the known kinds."""
     if name == "minilm":
-        from kb.embedders.sentence_transformers import SentenceTransformerEmbedder, bundled_minilm_path
+        from kb.embedders.sentence_transformers import (
+            SentenceTransformerEmbedder,
+            bundled_minilm_path,
+        )
 
         return SentenceTransformerEmbedder(
             bundled_minilm_path(),

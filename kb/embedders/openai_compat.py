@@ -33,5 +33,7 @@ class OpenAIEmbedder(Embedder):
         try:
             resp = self._client.embeddings.create(model=self.model, input=list(texts))
         except Exception as exc:  # the client raises many types; report one
-            raise BackendError(f"embedding endpoint failed for model {self.model!r}: {exc}") from exc
+            raise BackendError(
+                f"embedding endpoint failed for model {self.model!r}: {exc}"
+            ) from exc
         return np.asarray([d.embedding for d in resp.data], dtype=np.float32)

@@ -19,7 +19,14 @@ def bundled_minilm_path() -> str:
 
 
 class SentenceTransformerEmbedder(Embedder):
-    def __init__(self, model: str, *, batch_size: int = 64, dtype: str = "bfloat16", model_id: str | None = None):
+    def __init__(
+        self,
+        model: str,
+        *,
+        batch_size: int = 64,
+        dtype: str = "bfloat16",
+        model_id: str | None = None,
+    ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
@@ -49,7 +56,9 @@ class SentenceTransformerEmbedder(Embedder):
         return self._model.tokenizer
 
     def count_tokens(self, text: str) -> int:
-        return len(self._model.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+        return len(
+            self._model.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+        )
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         import torch

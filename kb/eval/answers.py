@@ -373,7 +373,9 @@ def outcome_from_result(result: Any, latency_s: float) -> AnswerOutcome:
         model = info.name if info.model_id in (info.name, "") else f"{info.name} ({info.model_id})"
     return AnswerOutcome(
         text=result.answer,
-        cited_sources=[c.source for c in result.citations],
+        # result.citations lists every passage the model was given; `cited` marks those the
+        # answer refers to as [n]
+        cited_sources=[c.source for c in result.citations if c.cited],
         not_covered=result.not_covered,
         latency_s=result.timings.get("total", latency_s),
         model=model,

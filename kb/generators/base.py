@@ -123,6 +123,11 @@ class Generator(ABC):
         # ChatML-style framing costs about four tokens a message plus the assistant header.
         return sum(self.count_tokens(m.get("content") or "") + 4 for m in messages) + 3
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is ready in memory (remote backends always are)."""
+        return True
+
     def load(self) -> None:  # noqa: B027 - optional hook, nothing to do for remote backends
         """Load weights and warm up now rather than on the first request."""
 

@@ -38,6 +38,10 @@ BUNDLED = {"smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 #: speed, with the same answers (benchmarks/generation.py compares them)
 INFERENCE_DTYPE = "bfloat16"
 DTYPES = ("float32", "bfloat16")
+#: torch threads for one generation. On a busy 2-core machine two OpenMP threads wait on each
+#: other at every layer and decoding fell from ~5 to ~0.5 tokens/s; one thread degrades gently
+#: and leaves a core for retrieval. benchmarks/generation.py measures 1 against 2.
+GENERATION_THREADS = 1
 
 _convert_lock = threading.Lock()
 
@@ -111,8 +115,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -288,6 +292,7 @@ class LocalGenerator(Generator):
         *,
         pool: LocalModelPool | None = None,
         dtype: str = INFERENCE_DTYPE,
+        threads: int = GENERATION_THREADS,
     ):
         if spec.backend != "local":
             raise InvalidInput(f"generator {spec.name!r} has backend {spec.backend!r}: LocalGenerator needs 'local'")
@@ -296,12 +301,19 @@ class LocalGenerator(Generator):
         self.context_window = spec.context_window
         self.max_new_tokens = spec.max_new_tokens
         self.temperature = spec.temperature
+        if threads < 1:
+            raise InvalidInput(f"threads={threads}: use 1 or more")
+        self.threads = threads
         pool = pool or LocalModelPool(cache_dir)
         self._model = pool.get(spec.model, adapter=spec.adapter, dtype=dtype)
         label = spec.model if spec.model in BUNDLED else Path(spec.model).name
         if self._model.adapter:
             label += f"+{self._model.adapter.name}"
         self.model_id = f"local:{label}"
+
+    @property
+    def loaded(self) -> bool:
+        return self._model.loaded
 
     def load(self) -> None:
         """Load the weights and run one token through them, so the first request is not slow."""
@@ -338,12 +350,10 @@ class LocalGenerator(Generator):
         request = self._request(messages, max_new_tokens, temperature, stop)
         with self._model.lock:
             stopwatch = Stopwatch()
-            try:
-                output = self._model.weights.generate(
-                    **request["inputs"], streamer=FirstTokenClock(stopwatch)
-                )
-            except Exception as exc:
-                raise BackendError(f"local model {self.model_id!r} failed while generating: {exc}") from exc
+            run = _Run(self._model.weights, request["inputs"], FirstTokenClock(stopwatch), self.threads)
+            output = run.wait()
+        if run.error is not None:
+            raise BackendError(f"local model {self.model_id!r} failed while generating: {run.error}")
         new_ids = output[0, request["prompt_tokens"] :].tolist()
         text = self._model.tokenizer.decode(new_ids, skip_special_tokens=True)
         text, stopped = cut_at_stop(text, stop)
@@ -357,19 +367,13 @@ class LocalGenerator(Generator):
         temperature: float | None = None,
         stop: Sequence[str] | None = None,
     ) -> Iterator[StreamEvent]:
-        """Stream text as the model decodes it; generation runs in a thread under the model lock.
+        """Stream text as the model decodes it.
 
+        The model's lock is held from the first event until the stream ends or is closed, so
+        finish or close one stream before starting another on the same model in the same thread.
         Closing the iterator early (a client hung up) cancels the generation.
         """
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
-        class Cancelled(StoppingCriteria):
-            def __init__(self, event: threading.Event):
-                self.event = event
-
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+        from transformers import TextIteratorStreamer
 
         class TimedStreamer(TextIteratorStreamer):
             def __init__(self, tokenizer, stopwatch: Stopwatch):
@@ -382,29 +386,13 @@ class LocalGenerator(Generator):
                 super().put(value)
 
         request = self._request(messages, max_new_tokens, temperature, stop)
-        weights, tokenizer = self._model.weights, self._model.tokenizer
-        cancel = threading.Event()
-        result: dict[str, Any] = {}
-
+        tokenizer = self._model.tokenizer
+        stop_filter = StopFilter(stop)
+        parts: list[str] = []
         with self._model.lock:
             stopwatch = Stopwatch()
             streamer = TimedStreamer(tokenizer, stopwatch)
-
-            def run() -> None:
-                try:
-                    result["output"] = weights.generate(
-                        **request["inputs"],
-                        streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([Cancelled(cancel)]),
-                    )
-                except Exception as exc:  # surfaced in the consuming thread below
-                    result["error"] = exc
-                    streamer.end()
-
-            worker = threading.Thread(target=run, name=f"kb-generate-{self.name}", daemon=True)
-            worker.start()
-            stop_filter = StopFilter(stop)
-            parts: list[str] = []
+            run = _Run(self._model.weights, request["inputs"], streamer, self.threads)
             try:
                 for piece in streamer:
                     delta = stop_filter.feed(piece)
@@ -412,17 +400,17 @@ class LocalGenerator(Generator):
                         parts.append(delta)
                         yield StreamEvent(delta=delta)
                     if stop_filter.stopped:
-                        cancel.set()
+                        run.cancel()
                 tail = stop_filter.flush()
                 if tail:
                     parts.append(tail)
                     yield StreamEvent(delta=tail)
             finally:
-                cancel.set()
-                worker.join()
-        if "error" in result:
-            raise BackendError(f"local model {self.model_id!r} failed while generating: {result['error']}")
-        new_ids = result["output"][0, request["prompt_tokens"] :].tolist()
+                run.cancel()
+                output = run.wait()
+        if run.error is not None:
+            raise BackendError(f"local model {self.model_id!r} failed while generating: {run.error}")
+        new_ids = output[0, request["prompt_tokens"] :].tolist()
         generation = self._finish(request, new_ids, "".join(parts), stop_filter.stopped, stopwatch)
         yield StreamEvent(generation=generation)
 
@@ -501,3 +489,43 @@ def _eos_ids(weights, tokenizer) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
+
+
+class _Run:
+    """One `model.generate` call on a worker thread, which can be cancelled between tokens.
+
+    Generation runs on its own thread with its own intra-op thread count (see GENERATION_THREADS).
+    """
+
+    def __init__(self, weights, inputs: dict[str, Any], streamer, threads: int):
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        self._cancelled = threading.Event()
+        self.output = None
+        self.error: BaseException | None = None
+        cancelled = self._cancelled
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool)
+
+        def target() -> None:
+            torch.set_num_threads(threads)  # an OpenMP setting of this thread
+            try:
+                self.output = weights.generate(
+                    **inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()])
+                )
+            except Exception as exc:  # re-raised as BackendError by the caller
+                self.error = exc
+                streamer.end()
+
+        self._thread = threading.Thread(target=target, name="kb-generate", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def wait(self):
+        self._thread.join()
+        return self.output

@@ -35,7 +35,9 @@ def _sha256(path: Path) -> str:
 def export_collection(col: Collection, archive: Path) -> dict[str, Any]:
     """Write `archive` (.tar.gz) with the collection as it is now; returns the manifest."""
     archive = Path(archive)
-    with tempfile.TemporaryDirectory(dir=archive.parent if archive.parent.exists() else None) as tmp:
+    with tempfile.TemporaryDirectory(
+        dir=archive.parent if archive.parent.exists() else None
+    ) as tmp:
         stage = Path(tmp) / "collection"
         stage.mkdir()
         dst = sqlite3.connect(stage / "store.sqlite")
@@ -78,7 +80,9 @@ def export_collection(col: Collection, archive: Path) -> dict[str, Any]:
     return manifest
 
 
-def import_collection(archive: Path, collections_dir: Path, name: str | None = None, *, force: bool = False) -> dict[str, Any]:
+def import_collection(
+    archive: Path, collections_dir: Path, name: str | None = None, *, force: bool = False
+) -> dict[str, Any]:
     """Restore an exported collection (optionally under a new name); returns its manifest."""
     archive = Path(archive)
     if not archive.is_file():
@@ -89,18 +93,26 @@ def import_collection(archive: Path, collections_dir: Path, name: str | None = N
             with tarfile.open(archive, "r:gz") as tar:
                 tar.extractall(tmp, filter="data")  # refuses absolute paths, links out, devices
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise InvalidInput(f"{archive} is not a readable kb export ({exc}); export it again") from exc
+            raise InvalidInput(
+                f"{archive} is not a readable kb export ({exc}); export it again"
+            ) from exc
         stage = Path(tmp) / "collection"
         try:
             manifest = json.loads((stage / "manifest.json").read_text())
         except (OSError, ValueError) as exc:
-            raise InvalidInput(f"{archive} has no valid manifest.json; is it a `kb export` archive?") from exc
+            raise InvalidInput(
+                f"{archive} has no valid manifest.json; is it a `kb export` archive?"
+            ) from exc
         if manifest.get("format") != FORMAT:
-            raise InvalidInput(f"{archive} has format {manifest.get('format')!r}; this kb reads {FORMAT}")
+            raise InvalidInput(
+                f"{archive} has format {manifest.get('format')!r}; this kb reads {FORMAT}"
+            )
         for rel, digest in manifest["files"].items():
             path = stage / rel
             if not path.is_file() or _sha256(path) != digest:
-                raise InvalidInput(f"{archive}: {rel} is missing or damaged (checksum mismatch); export it again")
+                raise InvalidInput(
+                    f"{archive}: {rel} is missing or damaged (checksum mismatch); export it again"
+                )
         db = sqlite3.connect(stage / "store.sqlite")
         ok = db.execute("PRAGMA integrity_check").fetchone()[0]
         db.close()

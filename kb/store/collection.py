@@ -25,7 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from kb.errors import CollectionBusy, CollectionNotFound, DocumentNotFound, EmbeddingMismatch, InvalidInput
+from kb.errors import (
+    CollectionBusy,
+    CollectionNotFound,
+    EmbeddingMismatch,
+    InvalidInput,
+)
 from kb.store.bm25 import BM25Index
 from kb.store.index import VectorIndex, build_index, rebuild, resolve_kind
 from kb.types import Chunk
@@ -152,7 +157,9 @@ class WriteLock:
 class Collection:
     """One named knowledge base on disk. Safe for many reader threads and one writer process."""
 
-    def __init__(self, root: Path, name: str, *, index_kind: str = "auto", exact_max: int = 200_000):
+    def __init__(
+        self, root: Path, name: str, *, index_kind: str = "auto", exact_max: int = 200_000
+    ):
         self.name = validate_name(name)
         self.root = root
         self.index_kind = index_kind
@@ -167,19 +174,30 @@ class Collection:
     def create(cls, root: Path, name: str, *, embedder: str, dimension: int, **kw) -> Collection:
         validate_name(name)
         root.mkdir(parents=True, exist_ok=True)
-        col = cls(root, name, **kw)
-        col._db().executescript(SCHEMA)
-        with col._tx() as db:
-            now = str(time.time())
-            for key, value in (
-                ("embedder", embedder),
-                ("dimension", str(dimension)),
-                ("generation", "0"),
-                ("next_chunk_id", "1"),
-                ("created_at", now),
-            ):
-                db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
-        return col
+        store = root / "store.sqlite"
+        if not store.exists():
+            # built aside and linked into place: a crash never leaves a store without its tables
+            # (which every later open would trip over), and a racing creator keeps the first
+            _remove_dead_creations(root)
+            tmp = root / f".store-{os.getpid()}-{threading.get_ident()}.sqlite"
+            db = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+                now = str(time.time())
+                meta = {"embedder": embedder, "dimension": str(dimension), "generation": "0"}
+                meta |= {"next_chunk_id": "1", "created_at": now}
+                db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+            finally:
+                db.close()
+            try:
+                os.link(tmp, store)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+            _fsync_dir(root)
+        return cls(root, name, **kw)
 
     @classmethod
     def open(cls, root: Path, name: str, **kw) -> Collection:
@@ -394,14 +412,18 @@ class Collection:
     def _rebuilt_snapshot(self, gen: int, meta: dict[str, str]) -> Snapshot:
         """Index files of the current generation are missing or damaged: derive them from SQLite."""
         ids, vecs = self.vectors()
-        dense = rebuild(int(meta["dimension"]), ids, vecs, kind=self.index_kind, exact_max=self.exact_max)
+        dense = rebuild(
+            int(meta["dimension"]), ids, vecs, kind=self.index_kind, exact_max=self.exact_max
+        )
         bm25 = self._bm25_from_rows()
         return Snapshot(gen, meta["embedder"], dense, bm25)
 
     def _bm25_from_rows(self, skip: set[int] | None = None, extra=()) -> BM25Index:
         ids: list[int] = []
         texts: list[str] = []
-        for row in self._db().execute("SELECT c.id, c.text, d.title FROM chunks c JOIN documents d ON d.id=c.doc_id ORDER BY c.id"):
+        for row in self._db().execute(
+            "SELECT c.id, c.text, d.title FROM chunks c JOIN documents d ON d.id=c.doc_id ORDER BY c.id"
+        ):
             if skip and row[0] in skip:
                 continue
             ids.append(row[0])
@@ -434,7 +456,11 @@ class Collection:
         meta = self.meta()
         gen = int(meta["generation"])
         new_gen = gen + 1
-        dim = int(meta["dimension"]) if replace_all_vectors is None else replace_all_vectors[1].shape[1]
+        dim = (
+            int(meta["dimension"])
+            if replace_all_vectors is None
+            else replace_all_vectors[1].shape[1]
+        )
         self._remove_orphan_generations(keep=gen)
 
         delete = set(delete_doc_ids)
@@ -464,7 +490,13 @@ class Collection:
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         if replace_all_vectors is not None:
-            dense = rebuild(dim, replace_all_vectors[0], replace_all_vectors[1], kind=self.index_kind, exact_max=self.exact_max)
+            dense = rebuild(
+                dim,
+                replace_all_vectors[0],
+                replace_all_vectors[1],
+                kind=self.index_kind,
+                exact_max=self.exact_max,
+            )
         else:
             dense = self._next_dense(gen, meta, removed_chunks, add_ids, add_vecs)
         dense.save(folder / "dense.faiss")
@@ -490,15 +522,32 @@ class Collection:
                 db.execute(
                     "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (
-                        did, doc.source, doc.origin, doc.origin_hash, doc.title,
-                        json.dumps(doc.metadata, default=str), doc.chars, len(doc.chunks), now, now,
+                        did,
+                        doc.source,
+                        doc.origin,
+                        doc.origin_hash,
+                        doc.title,
+                        json.dumps(doc.metadata, default=str),
+                        doc.chars,
+                        len(doc.chunks),
+                        now,
+                        now,
                     ),
                 )
                 db.executemany(
                     "INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?)",
                     [
-                        (cid, did, c.ordinal, c.text, c.start, c.end, c.page, c.heading,
-                         np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                        (
+                            cid,
+                            did,
+                            c.ordinal,
+                            c.text,
+                            c.start,
+                            c.end,
+                            c.page,
+                            c.heading,
+                            np.ascontiguousarray(v, dtype=np.float32).tobytes(),
+                        )
                         for cid, c, v in zip(ids, doc.chunks, doc.vectors, strict=True)
                     ],
                 )
@@ -531,10 +580,16 @@ class Collection:
             ]
         return np.asarray(out, dtype=np.int64)
 
-    def _next_dense(self, gen, meta, removed: np.ndarray, add_ids: np.ndarray, add_vecs: np.ndarray) -> VectorIndex:
+    def _next_dense(
+        self, gen, meta, removed: np.ndarray, add_ids: np.ndarray, add_vecs: np.ndarray
+    ) -> VectorIndex:
         """The writer's own copy of the index with this commit applied (readers keep theirs)."""
         dim = int(meta["dimension"])
-        total = self._db().execute("SELECT COUNT(*) FROM chunks").fetchone()[0] - len(removed) + len(add_ids)
+        total = (
+            self._db().execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+            - len(removed)
+            + len(add_ids)
+        )
         current = None
         if gen > 0:
             try:
@@ -576,6 +631,17 @@ def _kind_family(kind: str) -> str:
 
 def _bm25_text(text: str, title: str | None) -> str:
     return f"{title}\n{text}" if title else text
+
+
+def _remove_dead_creations(root: Path) -> None:
+    """Half-made stores (`.store-PID-...`) left by creators that were killed."""
+    for path in root.glob(".store-*"):
+        try:
+            os.kill(int(path.name.split("-")[1]), 0)
+        except (ProcessLookupError, ValueError, IndexError):
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def _fsync_dir(path: Path) -> None:

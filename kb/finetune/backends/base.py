@@ -32,6 +32,7 @@ class FineTuneSpec:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] | None = None  # None: every linear layer but the output head
+    lora_layers: int | None = None  # adapt only the last N decoder layers (faster backward)
     warmup_ratio: float = 0.05
     seed: int = 0
     dtype: str = "float32"  # "bfloat16" trains under bf16 autocast (faster on CPUs with bf16)
@@ -68,7 +69,7 @@ class FineTuneSpec:
             raise InvalidInput(f"dropout={self.dropout} is out of range: use 0 <= dropout < 1")
         if not 0 <= self.warmup_ratio < 1:
             raise InvalidInput(f"warmup_ratio={self.warmup_ratio} is out of range: use 0..0.5")
-        for key in ("max_train_examples", "max_eval_examples"):
+        for key in ("max_train_examples", "max_eval_examples", "lora_layers"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise InvalidInput(f"{key}={value} must be at least 1, or unset for all")

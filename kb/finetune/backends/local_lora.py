@@ -42,6 +42,7 @@ class LocalLoraBackend(FineTuneBackend):
         work = self.work_dir(ctx)
         ctx.event(f"loading base model {spec.base_model}")
         model, tokenizer = self._load_base(spec.base_model)
+        ctx.check_cancelled()
         train, val = self._encode(ctx, spec, tokenizer)
         model = _with_lora(model, spec)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -83,10 +84,9 @@ class LocalLoraBackend(FineTuneBackend):
                 ctx.check_cancelled()
                 input_ids, attention, labels = _collate(batch, pad_id)
                 with autocast:
-                    out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
-                (out.loss / spec.grad_accumulation).backward()
-                tokens = int((labels[:, 1:] != IGNORE).sum())
-                epoch_loss += float(out.loss) * tokens
+                    loss, tokens = _batch_loss(model, input_ids, attention, labels)
+                (loss / spec.grad_accumulation).backward()
+                epoch_loss += float(loss.detach()) * tokens
                 epoch_tokens += tokens
                 seen += len(batch)
                 if (i + 1) % spec.grad_accumulation == 0 or i + 1 == len(batches):
@@ -106,7 +106,7 @@ class LocalLoraBackend(FineTuneBackend):
                     epochs=spec.epochs,
                     examples=seen,
                     total_examples=total_examples,
-                    loss=round(float(out.loss), 4),
+                    loss=round(float(loss.detach()), 4),
                     eval_loss=eval_loss,
                     examples_per_s=round(rate, 3),
                     eta_s=round((total_examples - seen) / rate, 1) if rate else None,
@@ -156,8 +156,8 @@ class LocalLoraBackend(FineTuneBackend):
     def _load_base(self, model: str) -> tuple[Any, Any]:
         from kb.generators.local import load_base_model
 
-        loaded, tokenizer = load_base_model(model, self.settings.cache_dir)
-        return loaded.float(), tokenizer
+        loaded, tokenizer = load_base_model(model, self.settings.cache_dir, dtype="float32")
+        return loaded, tokenizer
 
     def _encode(
         self, ctx: JobContext, spec: FineTuneSpec, tokenizer: Any
@@ -208,12 +208,26 @@ def _seed(seed: int) -> None:
 def _with_lora(model: Any, spec: FineTuneSpec) -> Any:
     from peft import LoraConfig, get_peft_model
 
+    targets: Any = spec.target_modules or "all-linear"
+    extra: dict[str, Any] = {}
+    if spec.lora_layers:
+        layers = model.config.num_hidden_layers
+        if spec.lora_layers > layers:
+            raise InvalidInput(
+                f"lora_layers={spec.lora_layers} exceeds the model's {layers} layers: use "
+                f"1..{layers}, or leave it unset for all"
+            )
+        # peft accepts a layer subset only with named modules
+        if targets == "all-linear":
+            targets = _linear_module_names(model)
+        extra["layers_to_transform"] = list(range(layers - spec.lora_layers, layers))
     config = LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
-        target_modules=spec.target_modules or "all-linear",
+        target_modules=targets,
         task_type="CAUSAL_LM",
+        **extra,
     )
     try:
         return get_peft_model(model, config)
@@ -222,6 +236,18 @@ def _with_lora(model: Any, spec: FineTuneSpec) -> Any:
             f"target modules {spec.target_modules} do not fit model {spec.base_model!r} ({exc}): "
             "leave them unset for every linear layer, or name layers such as q_proj,v_proj"
         ) from exc
+
+
+def _linear_module_names(model: Any) -> list[str]:
+    """Names of the linear layers inside the decoder blocks (what "all-linear" picks)."""
+    import torch
+
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".layers." in name
+    }
+    return sorted(names)
 
 
 def _linear_warmup_decay(step: int, warmup: int, total: int) -> float:
@@ -273,6 +299,22 @@ def _collate(batch: list[EncodedExample], pad_id: int):
     return ids, attention, labels
 
 
+def _batch_loss(model: Any, input_ids, attention, labels):
+    """Mean next-token loss over the answer tokens, and their count. Logits are computed only
+    where an answer token is predicted: the output layer over the whole vocabulary at every
+    prompt position is a fifth of the work and none of the signal."""
+    import torch
+
+    targets = labels[:, 1:]
+    wanted = (targets != IGNORE).any(dim=0).nonzero().flatten()
+    logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=wanted).logits
+    picked = targets[:, wanted]
+    loss = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), picked.reshape(-1), ignore_index=IGNORE
+    )
+    return loss, int((picked != IGNORE).sum())
+
+
 def _eval_loss(model: Any, examples: list[EncodedExample], batch_size: int, pad_id: int, autocast):
     """Mean loss per answer token over the validation examples."""
     import torch
@@ -284,9 +326,8 @@ def _eval_loss(model: Any, examples: list[EncodedExample], batch_size: int, pad_
         for lo in range(0, len(ordered), batch_size):
             input_ids, attention, labels = _collate(ordered[lo : lo + batch_size], pad_id)
             with autocast:
-                out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
-            n = int((labels[:, 1:] != IGNORE).sum())
-            total += float(out.loss) * n
+                loss, n = _batch_loss(model, input_ids, attention, labels)
+            total += float(loss) * n
             tokens += n
     model.train()
     return round(total / max(tokens, 1), 4)

@@ -1,0 +1,452 @@
+"""Fine-tuning path: LoRA jobs end to end over HTTP, cancellation, persistence, the OpenAI
+backend against a fake fine-tuning server (through the real openai client), and embedding
+fine-tuning with an atomic re-index."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kb.errors import Conflict
+from kb.finetune.backends import FineTuneSpec
+from kb.finetune.jobs import request_cancel, submit_finetune
+from kb.jobs import JobManager
+from kb.models import ModelRegistry
+from kb.settings import GeneratorSpec, Settings
+from tests.conftest import free_port, live_server
+
+COLOURS = ["red", "blue", "green", "amber", "violet", "teal", "ochre", "pink", "grey", "gold"]
+
+
+def _example(i: int) -> dict:
+    colour = COLOURS[i % len(COLOURS)]
+    return {
+        "messages": [
+            {"role": "user", "content": f"What colour is crate number {i}?"},
+            {"role": "assistant", "content": f"Crate {i} is {colour}."},
+        ],
+        "metadata": {"source": "test", "row": i},
+    }
+
+
+def _write_dataset(folder: Path, train: int, validation: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train.jsonl", range(train)), ("validation.jsonl", range(100, 100 + validation))):
+        (folder / name).write_text("".join(json.dumps(_example(i)) + "\n" for i in rows))
+    manifest = {"source": {"kind": "collection", "collection": {"name": "crates", "generation": 3}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def smollm2_cache(tmp_path_factory) -> Path:
+    """The bundled GGUF converted once for this module; test data dirs link to it."""
+    from kb.generators.local import bundled_smollm2_gguf, converted_model_dir, ensure_model_dir
+
+    cache = tmp_path_factory.mktemp("smollm2-cache")
+    ensure_model_dir("smollm2", cache)
+    return converted_model_dir(bundled_smollm2_gguf(), cache)
+
+
+def _settings(root: Path, smollm2_cache: Path, **extra) -> Settings:
+    data = root / "data"
+    link = data / "cache" / "models" / smollm2_cache.name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        link.symlink_to(smollm2_cache, target_is_directory=True)
+    return Settings(
+        data_dir=data,
+        generators=[GeneratorSpec(name="smollm2", model="smollm2", max_new_tokens=16)],
+        default_generator="smollm2",
+        ingest_roots=[root / "roots"],
+        **extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def lora_server(tmp_path_factory, smollm2_cache):
+    root = tmp_path_factory.mktemp("ft-http")
+    settings = _settings(root, smollm2_cache)
+    _write_dataset(root / "roots" / "tiny", train=8, validation=2)
+    _write_dataset(root / "roots" / "long", train=64, validation=2)
+    with live_server(settings, warm=False) as live:
+        yield live
+
+
+def _wait(client: httpx.Client, job_id: str, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/finetune/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job}")
+
+
+def test_lora_job_over_http_registers_a_model_that_answers(lora_server):
+    with httpx.Client(base_url=lora_server.url, timeout=120) as client:
+        created = client.post(
+            "/finetune/jobs",
+            json={
+                "train_file": "tiny/train.jsonl",
+                "validation_file": "tiny/validation.jsonl",
+                "name": "crates-lora",
+                "r": 4,
+                "alpha": 8,
+                "max_seq_len": 128,
+                "epochs": 1,
+                "batch_size": 4,
+            },
+        )
+        assert created.status_code == 202, created.text
+        assert created.headers["Location"] == f"/finetune/jobs/{created.json()['id']}"
+        job = _wait(client, created.json()["id"])
+        assert job["state"] == "succeeded", job
+        progress = job["progress"]
+        assert progress["step"] == progress["total_steps"] == 2
+        for key in ("epoch", "loss", "eval_loss", "examples_per_s", "eta_s"):
+            assert key in progress
+        assert any("epoch 1/1" in e["message"] for e in job["events"])
+
+        adapter = Path(job["result"]["model_record"]["adapter"])
+        assert (adapter / "adapter_config.json").is_file()
+        assert (adapter / "adapter_model.safetensors").is_file()
+        stored = json.loads((adapter.parent / "model.json").read_text())
+        assert stored["kind"] == "finetuned" and stored["job_id"] == job["id"]
+        assert len(stored["dataset"]["sha256"]) == 64
+        assert stored["dataset"]["collection"] == {"name": "crates", "generation": 3}
+        assert stored["metrics"]["eval_loss"] is not None
+
+        events = client.get(f"/finetune/jobs/{job['id']}/events", params={"after": 2}).json()
+        assert events["next_after"] == len(job["events"]) and events["state"] == "succeeded"
+
+        # registered into the live registry at once: the fine-tuned mode uses it
+        answer = client.post(
+            "/query", json={"question": "What colour is crate number 3?", "mode": "finetuned"}
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["model"]["name"] == "crates-lora"
+        assert body["answer"].strip()
+        listed = client.get("/models/finetuned").json()["models"]
+        assert [m["name"] for m in listed] == ["crates-lora"]
+
+    # the job record survives a new JobManager (a restart)
+    again = JobManager(lora_server.settings.jobs_dir).get(job["id"])
+    assert again.state == "succeeded" and again.result["model"] == "crates-lora"
+
+
+def test_cancel_right_after_start_ends_cancelled(lora_server):
+    with httpx.Client(base_url=lora_server.url, timeout=60) as client:
+        created = client.post(
+            "/finetune/jobs",
+            json={"train_file": "long/train.jsonl", "name": "never", "epochs": 3, "r": 4},
+        )
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/finetune/jobs/{job_id}").json()["state"] == "queued":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        cancelled = client.post(f"/finetune/jobs/{job_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        job = _wait(client, job_id)
+        assert job["state"] == "cancelled", job
+        assert "never" not in [m["name"] for m in client.get("/models/finetuned").json()["models"]]
+        again = client.post(f"/finetune/jobs/{job_id}/cancel")
+        assert again.status_code == 409
+    assert JobManager(lora_server.settings.jobs_dir).get(job_id).state == "cancelled"
+
+
+def test_models_survive_restart_and_can_be_deleted(lora_server):
+    with live_server(lora_server.settings, warm=False) as second:
+        with httpx.Client(base_url=second.url, timeout=60) as client:
+            names = [m["name"] for m in client.get("/models").json()["models"]]
+            if "crates-lora" not in names:
+                pytest.skip("needs the model trained by the first test")
+            spec = next(m for m in client.get("/models").json()["models"] if m["name"] == "crates-lora")
+            assert spec["kind"] == "finetuned"
+            gone = client.delete("/models/crates-lora")
+            assert gone.status_code == 200, gone.text
+            assert "crates-lora" not in [m["name"] for m in client.get("/models").json()["models"]]
+            missing = client.delete("/models/crates-lora")
+            assert missing.status_code == 404
+            assert "kb models list" in missing.json()["error"]["message"]
+
+
+def test_bad_requests_name_the_fix(lora_server):
+    with httpx.Client(base_url=lora_server.url, timeout=60) as client:
+        outside = client.post("/finetune/jobs", json={"train_file": "/etc/passwd"})
+        assert outside.status_code == 403
+        unknown = client.post(
+            "/finetune/jobs", json={"train_file": "tiny/train.jsonl", "name": "bad name!"}
+        )
+        assert unknown.status_code == 422 and "invalid model name" in unknown.text
+        no_dataset = client.post("/finetune/jobs", json={"dataset": "nope"})
+        assert no_dataset.status_code == 404 and "/finetune/datasets/prepare" in no_dataset.text
+
+
+# -- the OpenAI backend against a fake fine-tuning server -----------------------------------
+
+
+class FakeFineTuning:
+    """An OpenAI-compatible fine-tuning API in memory: a job moves one state per retrieve."""
+
+    def __init__(self, steps_to_finish: int = 3):
+        self.files: dict[str, bytes] = {}
+        self.jobs: dict[str, dict] = {}
+        self.retrieves: dict[str, int] = {}
+        self.steps = steps_to_finish
+        self.ids = itertools.count(1)
+
+    def app(self):
+        from fastapi import FastAPI, Form, UploadFile
+
+        app = FastAPI()
+
+        @app.post("/v1/files")
+        async def upload(file: UploadFile, purpose: str = Form(...)):
+            fid = f"file-{next(self.ids)}"
+            self.files[fid] = await file.read()
+            return {
+                "id": fid, "object": "file", "bytes": len(self.files[fid]), "created_at": 0,
+                "filename": file.filename, "purpose": purpose, "status": "processed",
+            }
+
+        @app.post("/v1/fine_tuning/jobs")
+        async def create(body: dict):
+            jid = f"ftjob-{next(self.ids)}"
+            self.jobs[jid] = {
+                "id": jid, "object": "fine_tuning.job", "created_at": 0, "model": body["model"],
+                "training_file": body["training_file"],
+                "validation_file": body.get("validation_file"), "status": "validating_files",
+                "fine_tuned_model": None, "trained_tokens": None, "error": None,
+                "hyperparameters": {"n_epochs": 1}, "organization_id": "org", "result_files": [],
+                "seed": body.get("seed", 0), "finished_at": None, "request": body,
+            }
+            self.retrieves[jid] = 0
+            return self.jobs[jid]
+
+        @app.get("/v1/fine_tuning/jobs/{jid}")
+        async def retrieve(jid: str):
+            job = self.jobs[jid]
+            self.retrieves[jid] += 1
+            if job["status"] not in ("cancelled", "succeeded"):
+                if self.retrieves[jid] >= self.steps:
+                    job.update(
+                        status="succeeded",
+                        fine_tuned_model=f"ft:{job['model']}:kb::{jid}",
+                        trained_tokens=1234,
+                    )
+                else:
+                    job["status"] = "running"
+            return job
+
+        @app.get("/v1/fine_tuning/jobs/{jid}/events")
+        async def events(jid: str, limit: int = 20):
+            n = self.retrieves[jid]
+            data = [
+                {
+                    "id": f"ev-{jid}-{i}", "object": "fine_tuning.job.event", "created_at": i,
+                    "level": "info", "message": f"Step {i}/{self.steps}",
+                    "data": {"step": i, "train_loss": 1.0 / i}, "type": "metrics",
+                }
+                for i in range(1, n + 1)
+            ]
+            return {"object": "list", "data": data[::-1][:limit], "has_more": False}
+
+        @app.post("/v1/fine_tuning/jobs/{jid}/cancel")
+        async def cancel(jid: str):
+            self.jobs[jid]["status"] = "cancelled"
+            return self.jobs[jid]
+
+        return app
+
+
+@pytest.fixture
+def fake_openai():
+    import uvicorn
+
+    fake = FakeFineTuning()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    fake.url = f"http://127.0.0.1:{port}/v1"
+    yield fake
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _openai_settings(tmp_path: Path, url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        generators=[
+            GeneratorSpec(name="smollm2", model="smollm2"),
+            GeneratorSpec(name="remote", backend="openai", model="gpt-4o-mini", base_url=url, api_key="sk-test"),
+        ],
+    )
+
+
+class _Generators:
+    """A stand-in live registry recording what gets registered (the real one loads models)."""
+
+    def __init__(self):
+        self.specs: dict[str, GeneratorSpec] = {}
+
+    def register(self, spec: GeneratorSpec) -> None:
+        self.specs[spec.name] = spec
+
+    def unregister(self, name: str) -> None:
+        self.specs.pop(name)
+
+
+def test_openai_backend_trains_remotely_and_registers_the_remote_model(tmp_path, fake_openai):
+    settings = _openai_settings(tmp_path, fake_openai.url)
+    data = _write_dataset(tmp_path / "ds", train=10, validation=2)
+    live = _Generators()
+    models = ModelRegistry(settings, live)
+    jobs = JobManager(settings.jobs_dir)
+    spec = FineTuneSpec(
+        train_file=str(data / "train.jsonl"),
+        validation_file=str(data / "validation.jsonl"),
+        backend="openai",
+        base_model="gpt-4o-mini-2024-07-18",
+        generator="remote",
+        name="remote-ft",
+        epochs=2,
+        poll_interval=0.05,
+    )
+    record = jobs.wait(submit_finetune(jobs, spec, settings, models).id, timeout=60)
+    assert record.state == "succeeded", record.error
+
+    (remote_job,) = fake_openai.jobs.values()
+    assert remote_job["request"]["method"]["supervised"]["hyperparameters"]["n_epochs"] == 2
+    uploaded = fake_openai.files[remote_job["training_file"]].decode().splitlines()
+    assert len(uploaded) == 10 and set(json.loads(uploaded[0])) == {"messages"}
+    assert record.result["remote_model"] == f"ft:gpt-4o-mini-2024-07-18:kb::{remote_job['id']}"
+    assert any(e["message"] == "Step 2/3" for e in record.events)
+
+    registered = live.specs["remote-ft"]
+    assert (registered.backend, registered.kind) == ("openai", "finetuned")
+    assert registered.model == record.result["remote_model"]
+    assert registered.base_url == fake_openai.url and registered.api_key == "sk-test"
+    # a restart registers it again from models/remote-ft/model.json
+    fresh = _Generators()
+    assert ModelRegistry(settings).load_into(fresh) == ["remote-ft"]
+    assert fresh.specs["remote-ft"].model == registered.model
+
+
+def test_openai_job_cancelled_from_another_process_cancels_the_remote_job(tmp_path, fake_openai):
+    fake_openai.steps = 10_000  # never finishes by itself
+    settings = _openai_settings(tmp_path, fake_openai.url)
+    data = _write_dataset(tmp_path / "ds", train=10, validation=0)
+    models = ModelRegistry(settings)
+    jobs = JobManager(settings.jobs_dir)
+    spec = FineTuneSpec(
+        train_file=str(data / "train.jsonl"),
+        backend="openai",
+        base_model="gpt-4o-mini",
+        generator="remote",
+        poll_interval=0.05,
+    )
+    job_id = submit_finetune(jobs, spec, settings, models).id
+    deadline = time.monotonic() + 30
+    while not fake_openai.jobs:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # the CLI (`kb finetune cancel ID`) runs in another process: it has no JobManager of the job
+    request_cancel(settings.jobs_dir, job_id)
+    record = jobs.wait(job_id, timeout=30)
+    assert record.state == "cancelled"
+    assert [j["status"] for j in fake_openai.jobs.values()] == ["cancelled"]
+    assert models.list() == []
+
+
+def test_openai_backend_unknown_generator_lists_the_configured_ones(tmp_path):
+    settings = _openai_settings(tmp_path, "http://127.0.0.1:9/v1")
+    data = _write_dataset(tmp_path / "ds", train=4, validation=0)
+    spec = FineTuneSpec(
+        train_file=str(data / "train.jsonl"), backend="openai", base_model="gpt-4o-mini", generator="nope"
+    )
+    with pytest.raises(Exception, match="configured: remote"):
+        submit_finetune(JobManager(settings.jobs_dir), spec, settings, ModelRegistry(settings))
+
+
+# -- embedding fine-tuning -------------------------------------------------------------------
+
+TOPICS = {
+    "tea": "Zorblax tea is brewed from purple moss and steeped for seven minutes at 81 degrees.",
+    "bike": "The Veltrani bicycle has square wheels and was invented in 1893 by Ada Prunk.",
+    "fest": "The Glimmerfen lantern festival floats kelp lanterns on the harbour until dawn.",
+    "heron": "Pemberton's clockwork heron is a brass automaton that catches paper fish.",
+    "ice": "Frostmere ice caves glow blue because of luminous algae trapped in the walls.",
+    "clock": "The Ondrel tower clock runs backwards every leap year by municipal decree.",
+}
+QUERIES = {
+    "tea": ["how long is zorblax tea steeped", "what is zorblax tea made from"],
+    "bike": ["who invented the square wheeled bicycle", "when was the veltrani bicycle made"],
+    "fest": ["what are glimmerfen lanterns made of", "when do the harbour lanterns float"],
+    "heron": ["what does the clockwork heron catch", "who built the brass heron automaton"],
+    "ice": ["why do frostmere caves glow", "what lives in the ice cave walls"],
+    "clock": ["which clock runs backwards", "what happens to the ondrel clock in leap years"],
+}
+
+
+def _tiny_beir(folder: Path) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    with (folder / "corpus.jsonl").open("w") as f:
+        for key, text in TOPICS.items():
+            f.write(json.dumps({"_id": key, "title": key.title(), "text": text}) + "\n")
+    with (folder / "queries.jsonl").open("w") as f, (folder / "qrels" / "train.tsv").open("w") as q:
+        q.write("query-id\tcorpus-id\tscore\n")
+        for key, texts in QUERIES.items():
+            for i, text in enumerate(texts):
+                f.write(json.dumps({"_id": f"{key}{i}", "text": text}) + "\n")
+                q.write(f"{key}{i}\t{key}\t1\n")
+    return folder
+
+
+def test_embedding_finetune_reindexes_the_collection(tmp_path):
+    from kb.eval.beir import beir_documents, load_beir
+    from kb.finetune.embeddings import JOB_KIND, EmbeddingFineTuneSpec, embeddings_job
+    from kb.service import KnowledgeBase
+
+    beir = _tiny_beir(tmp_path / "beir")
+    settings = Settings(data_dir=tmp_path / "data")
+    kb = KnowledgeBase(settings)
+    kb.ingest_documents(beir_documents(load_beir(beir, "train").corpus), collection="tiny")
+    before = kb.collection("tiny").info()
+    assert before["embedder"] == "minilm"
+
+    models = ModelRegistry(settings)
+    jobs = JobManager(settings.jobs_dir)
+    spec = EmbeddingFineTuneSpec(
+        collection="tiny", beir=str(beir), batch_size=6, hard_negatives=1, out="tiny-emb"
+    )
+    record = jobs.wait(jobs.submit(JOB_KIND, spec.to_dict(), embeddings_job(kb, spec, models)).id, 120)
+    assert record.state == "succeeded", record.error
+    assert record.result["reindexed"] and record.result["metrics"]["pairs"] == 12
+
+    after = kb.collection("tiny").info()
+    stored = models.get("tiny-emb")
+    assert stored.kind == "embedding" and Path(stored.path).is_dir()
+    assert after["embedder"] == stored.embedder_name == f"st:{settings.models_dir / 'embeddings' / 'tiny-emb'}"
+    assert after["generation"] == before["generation"] + 1
+    assert after["chunks"] == before["chunks"]
+    hits = kb.search("how long is zorblax tea steeped", collection="tiny", k=3, method="dense")
+    assert hits[0].source == "tea"
+    # a model a collection searches with cannot be deleted from under it
+    with pytest.raises(Conflict, match="tiny"):
+        models.delete("tiny-emb")
+    # a fresh process (new KnowledgeBase) searches with the new model too
+    hits = KnowledgeBase(settings).search("which clock runs backwards", collection="tiny", k=1)
+    assert hits[0].source == "clock"
