@@ -28,7 +28,7 @@ from kb.settings import Settings
 log = logging.getLogger("kb.api")
 
 #: open to every caller, even when API keys are configured
-PUBLIC_ROUTERS = ["api.routers.health"]
+PUBLIC_ROUTERS = ["api.routers.health", "api.routers.ui"]
 #: behind the API key check (when KB_API_KEYS is set)
 ROUTERS = [
     "api.routers.search",
@@ -39,6 +39,7 @@ ROUTERS = [
     "api.routers.models",
     "api.routers.openai_compat",
     "api.routers.finetune",
+    "api.routers.evals",
 ]
 
 DESCRIPTION = """\
@@ -51,9 +52,8 @@ configured (KB_API_KEYS), send `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 
 def build_services(settings: Settings) -> Services:
     """The core objects every request shares; nothing loads a model here."""
-    from kb.generators import GeneratorRegistry
-
     from kb.answering import Answerer
+    from kb.generators import GeneratorRegistry
     from kb.jobs import JobManager
     from kb.service import KnowledgeBase
 

@@ -44,7 +44,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, port: int) -> subprocess.Popen:
+def start_server(data_dir: Path, port: int, model_cache: Path | None) -> subprocess.Popen:
+    if model_cache is not None:  # reuse converted weights instead of converting the GGUF again
+        model_cache.mkdir(parents=True, exist_ok=True)
+        (data_dir / "cache").symlink_to(model_cache.resolve(), target_is_directory=True)
     env = {**os.environ, "KB_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
     subprocess.run(
         [sys.executable, "-m", "kb", "ingest", str(ROOT / "data" / "sample"), "--json"],
@@ -121,6 +124,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=len(QUESTIONS))
     parser.add_argument(
+        "--model-cache", type=Path, help="a cache folder of converted weights to reuse"
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "http_generation.json"
     )
     args = parser.parse_args()
@@ -133,7 +139,7 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         setup = time.perf_counter()
-        server = start_server(Path(tmp.name), port)
+        server = start_server(Path(tmp.name), port, args.model_cache)
     try:
         if server is not None:
             wait_ready(url)

@@ -45,7 +45,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "newsgroups_lora.json"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with train/ and test/")
-    p.add_argument("--work", type=Path, default=Path("/tmp/kb-bench-newsgroups"), help="KB data dir")
+    p.add_argument(
+        "--work", type=Path, default=Path("/tmp/kb-bench-newsgroups"), help="KB data dir"
+    )
     p.add_argument("--max-train", type=int, default=400, help="training examples (stratified)")
     p.add_argument("--max-test", type=int, default=None, help="test examples (default: all)")
     p.add_argument("--text-budget", type=int, default=150, help="tokens of each message kept")
@@ -68,11 +70,15 @@ def prepare(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path, l
     options = PrepareOptions(
         text_budget=args.text_budget, max_examples=args.max_train, val_fraction=0.05, seed=args.seed
     )
-    train = prepare_dataset(args.data / "train", args.work / "data" / "train", options=options, settings=settings)
+    train = prepare_dataset(
+        args.data / "train", args.work / "data" / "train", options=options, settings=settings
+    )
     test_options = PrepareOptions(
         text_budget=args.text_budget, max_examples=args.max_test, val_fraction=0.0, seed=args.seed
     )
-    test = prepare_dataset(args.data / "test", args.work / "data" / "test", options=test_options, settings=settings)
+    test = prepare_dataset(
+        args.data / "test", args.work / "data" / "test", options=test_options, settings=settings
+    )
     labels = train.manifest["source"]["labels"]
     return train.out_dir, test.train_path, labels
 
@@ -193,7 +199,14 @@ def print_table(result: dict) -> None:
     for label, key in (("base SmolLM2-135M", "base"), ("LoRA fine-tuned", "finetuned")):
         r = result[key]
         if r:
-            rows.append((label, f"{r['accuracy']:.4f}", f"{r['correct']}/{r['examples']}", str(r["eval_seconds"])))
+            rows.append(
+                (
+                    label,
+                    f"{r['accuracy']:.4f}",
+                    f"{r['correct']}/{r['examples']}",
+                    str(r["eval_seconds"]),
+                )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))

@@ -48,7 +48,9 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def dataset_info(train_file: str | Path, validation_file: str | Path | None = None) -> dict[str, Any]:
+def dataset_info(
+    train_file: str | Path, validation_file: str | Path | None = None
+) -> dict[str, Any]:
     """Path and sha256 of the training data, and the collection snapshot it came from when the
     folder's `manifest.json` (written by `kb finetune prepare`) names one."""
     train = Path(train_file).resolve()
@@ -143,7 +145,8 @@ class ModelRegistry:
 
     def exists(self, name: str) -> bool:
         return any(
-            (self._folder(name, kind) / RECORD_FILE).is_file() for kind in ("finetuned", "embedding")
+            (self._folder(name, kind) / RECORD_FILE).is_file()
+            for kind in ("finetuned", "embedding")
         )
 
     def check_new_name(self, name: str) -> str:
@@ -171,7 +174,9 @@ class ModelRegistry:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def register(self, record: ModelRecord, *, adapter_from: str | Path | None = None) -> ModelRecord:
+    def register(
+        self, record: ModelRecord, *, adapter_from: str | Path | None = None
+    ) -> ModelRecord:
         """Store a model. A local adapter given by `adapter_from` is copied into the model's
         folder first; the record is written last, so a crash leaves no half-registered model.
         A generation model goes into the live GeneratorRegistry too."""
@@ -213,14 +218,8 @@ class ModelRegistry:
             trash = folder.with_name(f".deleted-{folder.name}-{os.getpid()}")
             folder.replace(trash)
             shutil.rmtree(trash, ignore_errors=True)
-        if record.kind == "finetuned" and self.generators is not None:
-            try:
-                self.generators.unregister(name)
-            except KeyError:
-                pass
-            except Exception as exc:  # noqa: BLE001 - a registry without it is what we want
-                if type(exc).__name__ not in ("ModelNotFound", "NotFound"):
-                    raise
+        if record.kind == "finetuned" and self.generators is not None and name in self.generators:
+            self.generators.unregister(name)
         return record
 
     def _collections_using(self, embedder: str) -> list[str]:

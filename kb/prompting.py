@@ -39,6 +39,8 @@ class PromptTemplate:
     user: str
     passage: str | None = None
     not_covered: str | None = None
+    #: worked examples sent as earlier turns: {"question", "passages": [{"source", "text"}], "answer"}
+    examples: tuple[dict, ...] = ()
 
     def render_system(self) -> str:
         return self.system.format(not_covered=self.not_covered or "").strip()
@@ -98,6 +100,7 @@ def load_prompt(name: str) -> PromptTemplate:
         user=data["user"],
         passage=data.get("passage"),
         not_covered=data.get("not_covered"),
+        examples=tuple(data.get("examples") or ()),
     )
 
 
@@ -135,6 +138,20 @@ def _attribute(value: str) -> str:
     return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _example_messages(prompt: PromptTemplate) -> list[dict]:
+    """The template's worked examples as user/assistant turns, formatted like the real question."""
+    messages: list[dict] = []
+    for example in prompt.examples:
+        blocks = [
+            fence_passage(prompt, n, Passage(0, "", p["source"], p["text"], 0.0, 0, 0))
+            for n, p in enumerate(example.get("passages") or [], start=1)
+        ]
+        answer = example["answer"].format(not_covered=prompt.not_covered or "").strip()
+        messages.append({"role": "user", "content": prompt.render_user(example["question"], "\n\n".join(blocks))})
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
 def build_rag_messages(
     question: str,
     passages: Sequence[Passage],
@@ -154,10 +171,12 @@ def build_rag_messages(
     prompt = _template(template)
     question = question.strip()
     system = prompt.render_system()
+    examples = _example_messages(prompt)
     fixed = (
         count_tokens(system)
+        + sum(count_tokens(m["content"]) for m in examples)
         + count_tokens(prompt.render_user(question))
-        + 2 * MESSAGE_OVERHEAD
+        + (2 + len(examples)) * MESSAGE_OVERHEAD
     )
     budget = context_window - max_new_tokens - fixed - SAFETY_MARGIN
     if budget < 0:
@@ -184,7 +203,8 @@ def build_rag_messages(
             used.append(replace(passage, text=text, end=passage.start + len(text)))
         break
     user = prompt.render_user(question, "\n\n".join(blocks))
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}], used
+    messages = [{"role": "system", "content": system}, *examples, {"role": "user", "content": user}]
+    return messages, used
 
 
 def _truncate(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> str:

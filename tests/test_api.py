@@ -111,11 +111,17 @@ def test_stream_is_read_to_the_end(http: httpx.Client) -> None:
 
 def test_a_client_hanging_up_frees_the_model(http: httpx.Client, server: LiveServer) -> None:
     long = {"question": "Tell me everything about the heron.", "mode": "base", "stream": True}
-    with httpx.Client(base_url=server.url, timeout=120) as other:
-        with other.stream("POST", "/query", json={**long, "max_new_tokens": 400}) as r:
-            for line in r.iter_lines():
-                if line.startswith("event: delta"):
-                    break  # hang up after the first piece of the answer
+    with (
+        httpx.Client(base_url=server.url, timeout=120) as other,
+        other.stream("POST", "/query", json={**long, "max_new_tokens": 400}) as r,
+    ):
+        for line in r.iter_lines():
+            if line.startswith("event: delta"):
+                break
+        # while that answer is being generated, other requests are served
+        search = http.post("/search", json={"query": "heron", "k": 1})
+        assert search.status_code == 200 and search.json()["results"]
+        # then hang up in the middle of the answer
     started = time.monotonic()
     r = http.post("/query", json={"question": TEA_QUESTION, "max_new_tokens": 8})
     assert r.status_code == 200
@@ -285,13 +291,27 @@ def test_upload_reports_failed_files_and_keeps_the_rest(http: httpx.Client) -> N
     assert any("empty.txt" in e["message"] for e in job["events"])
 
 
-def test_upload_limits_are_413(http: httpx.Client) -> None:
+def test_upload_limits_are_413(http: httpx.Client, server: LiveServer) -> None:
     too_many = [("files", (f"f{i}.txt", b"x")) for i in range(4)]
     r = http.post("/collections/uploads/documents", files=too_many)
     assert r.status_code == 413 and "KB_MAX_UPLOAD_FILES" in r.json()["error"]["message"]
     too_big = [("files", ("big.txt", b"x" * (65 * 1024)))]
     r = http.post("/collections/uploads/documents", files=too_big)
     assert r.status_code == 413 and "KB_MAX_UPLOAD_BYTES" in r.json()["error"]["message"]
+
+    def chunked_body():  # no Content-Length: the limit must hold while the body streams in
+        yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="big.txt"\r\n\r\n'
+        for _ in range(100):
+            yield b"x" * 1024
+        yield b"\r\n--b--\r\n"
+
+    r = http.post(
+        "/collections/uploads/documents",
+        content=chunked_body(),
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert r.status_code == 413 and "KB_MAX_UPLOAD_BYTES" in r.json()["error"]["message"]
+    assert not list((server.settings.data_dir / "uploads" / "uploads").glob("big*"))
 
 
 def test_upload_to_a_bad_collection_name_is_422(http: httpx.Client) -> None:

@@ -411,6 +411,8 @@ def test_parse_qa_handles_common_model_outputs():
     assert parse_qa("Question: <the question>\nAnswer: <the answer>")[0] is None
     assert parse_qa("I cannot help with that.")[0] is None
     assert parse_qa("Question: What?\nAnswer: ")[0] is None
+    assert parse_qa("Question: Question: Is it red?\nAnswer: Yes.")[0].question == "Is it red?"
+    assert parse_qa("Question: Is it red?\nAnswer: The answer is:")[0] is None
 
 
 # --- collections -------------------------------------------------------------------------------

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI, Form, UploadFile
 
 from kb.errors import Conflict
 from kb.finetune.backends import FineTuneSpec
 from kb.finetune.jobs import request_cancel, submit_finetune
+from kb.generators import GeneratorRegistry
 from kb.jobs import JobManager
 from kb.models import ModelRegistry
 from kb.settings import GeneratorSpec, Settings
@@ -37,7 +39,10 @@ def _example(i: int) -> dict:
 
 def _write_dataset(folder: Path, train: int, validation: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train.jsonl", range(train)), ("validation.jsonl", range(100, 100 + validation))):
+    for name, rows in (
+        ("train.jsonl", range(train)),
+        ("validation.jsonl", range(100, 100 + validation)),
+    ):
         (folder / name).write_text("".join(json.dumps(_example(i)) + "\n" for i in rows))
     manifest = {"source": {"kind": "collection", "collection": {"name": "crates", "generation": 3}}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -56,10 +61,16 @@ def smollm2_cache(tmp_path_factory) -> Path:
 
 def _settings(root: Path, smollm2_cache: Path, **extra) -> Settings:
     data = root / "data"
-    link = data / "cache" / "models" / smollm2_cache.name
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.exists():
-        link.symlink_to(smollm2_cache, target_is_directory=True)
+    from kb.finetune.tokens import _gguf_cache_folder, bundled_gguf_path
+
+    # the converted model folder holds its tokenizer too: link it where each looks it up
+    for link in (
+        data / "cache" / "models" / smollm2_cache.name,
+        _gguf_cache_folder(bundled_gguf_path(), data / "cache"),
+    ):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(smollm2_cache, target_is_directory=True)
     return Settings(
         data_dir=data,
         generators=[GeneratorSpec(name="smollm2", model="smollm2", max_new_tokens=16)],
@@ -165,19 +176,50 @@ def test_cancel_right_after_start_ends_cancelled(lora_server):
 
 
 def test_models_survive_restart_and_can_be_deleted(lora_server):
-    with live_server(lora_server.settings, warm=False) as second:
-        with httpx.Client(base_url=second.url, timeout=60) as client:
-            names = [m["name"] for m in client.get("/models").json()["models"]]
-            if "crates-lora" not in names:
-                pytest.skip("needs the model trained by the first test")
-            spec = next(m for m in client.get("/models").json()["models"] if m["name"] == "crates-lora")
-            assert spec["kind"] == "finetuned"
-            gone = client.delete("/models/crates-lora")
-            assert gone.status_code == 200, gone.text
-            assert "crates-lora" not in [m["name"] for m in client.get("/models").json()["models"]]
-            missing = client.delete("/models/crates-lora")
-            assert missing.status_code == 404
-            assert "kb models list" in missing.json()["error"]["message"]
+    """A second app over the same data dir (a restart) registers the stored model again."""
+    with (
+        live_server(lora_server.settings, warm=False) as second,
+        httpx.Client(base_url=second.url, timeout=60) as client,
+    ):
+        models = {m["name"]: m for m in client.get("/models").json()["models"]}
+        if "crates-lora" not in models:
+            pytest.skip("needs the model trained by test_lora_job_over_http_...")
+        assert models["crates-lora"]["kind"] == "finetuned"
+        gone = client.delete("/models/crates-lora")
+        assert gone.status_code == 200, gone.text
+        assert "crates-lora" not in [m["name"] for m in client.get("/models").json()["models"]]
+        missing = client.delete("/models/crates-lora")
+        assert missing.status_code == 404
+        assert "kb models list" in missing.json()["error"]["message"]
+
+
+def test_prepare_and_validate_datasets_over_http(lora_server):
+    folder = Path(lora_server.settings.ingest_roots[0]) / "labelled"
+    for label, words in (("cats", "purr whiskers meow"), ("dogs", "bark fetch wag")):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(8):
+            (folder / label / f"{i}.txt").write_text(f"Message {i}: {words} {i}.")
+    with httpx.Client(base_url=lora_server.url, timeout=120) as client:
+        prepared = client.post(
+            "/finetune/datasets/prepare",
+            json={"name": "pets", "source": "labelled", "val_fraction": 0.25},
+        )
+        assert prepared.status_code == 200, prepared.text
+        body = prepared.json()
+        assert body["dataset"] == "pets" and body["counts"]["examples"] == 16
+        assert (
+            Path(body["files"]["train"]).parent
+            == lora_server.settings.data_dir / "finetune" / "pets"
+        )
+        checked = client.post("/finetune/datasets/validate", json={"dataset": "pets"})
+        assert checked.status_code == 200, checked.text
+        report = checked.json()
+        assert report["ok"] is True and report["label_counts"] == {"cats": 6, "dogs": 6}
+        lines = [json.dumps(_example(i)) for i in range(3)] + ["{not json"]
+        inline = client.post("/finetune/datasets/validate", json={"lines": lines})
+        assert inline.status_code == 200 and inline.json()["ok"] is False
+        both = client.post("/finetune/datasets/validate", json={"dataset": "pets", "lines": lines})
+        assert both.status_code == 422 and "exactly one" in both.text
 
 
 def test_bad_requests_name_the_fix(lora_server):
@@ -205,9 +247,7 @@ class FakeFineTuning:
         self.steps = steps_to_finish
         self.ids = itertools.count(1)
 
-    def app(self):
-        from fastapi import FastAPI, Form, UploadFile
-
+    def app(self) -> FastAPI:
         app = FastAPI()
 
         @app.post("/v1/files")
@@ -215,20 +255,35 @@ class FakeFineTuning:
             fid = f"file-{next(self.ids)}"
             self.files[fid] = await file.read()
             return {
-                "id": fid, "object": "file", "bytes": len(self.files[fid]), "created_at": 0,
-                "filename": file.filename, "purpose": purpose, "status": "processed",
+                "id": fid,
+                "object": "file",
+                "bytes": len(self.files[fid]),
+                "created_at": 0,
+                "filename": file.filename,
+                "purpose": purpose,
+                "status": "processed",
             }
 
         @app.post("/v1/fine_tuning/jobs")
         async def create(body: dict):
             jid = f"ftjob-{next(self.ids)}"
             self.jobs[jid] = {
-                "id": jid, "object": "fine_tuning.job", "created_at": 0, "model": body["model"],
+                "id": jid,
+                "object": "fine_tuning.job",
+                "created_at": 0,
+                "model": body["model"],
                 "training_file": body["training_file"],
-                "validation_file": body.get("validation_file"), "status": "validating_files",
-                "fine_tuned_model": None, "trained_tokens": None, "error": None,
-                "hyperparameters": {"n_epochs": 1}, "organization_id": "org", "result_files": [],
-                "seed": body.get("seed", 0), "finished_at": None, "request": body,
+                "validation_file": body.get("validation_file"),
+                "status": "validating_files",
+                "fine_tuned_model": None,
+                "trained_tokens": None,
+                "error": None,
+                "hyperparameters": {"n_epochs": 1},
+                "organization_id": "org",
+                "result_files": [],
+                "seed": body.get("seed", 0),
+                "finished_at": None,
+                "request": body,
             }
             self.retrieves[jid] = 0
             return self.jobs[jid]
@@ -253,13 +308,34 @@ class FakeFineTuning:
             n = self.retrieves[jid]
             data = [
                 {
-                    "id": f"ev-{jid}-{i}", "object": "fine_tuning.job.event", "created_at": i,
-                    "level": "info", "message": f"Step {i}/{self.steps}",
-                    "data": {"step": i, "train_loss": 1.0 / i}, "type": "metrics",
+                    "id": f"ev-{jid}-{i}",
+                    "object": "fine_tuning.job.event",
+                    "created_at": i,
+                    "level": "info",
+                    "message": f"Step {i}/{self.steps}",
+                    "data": {"step": i, "train_loss": 1.0 / i},
+                    "type": "metrics",
                 }
                 for i in range(1, n + 1)
             ]
             return {"object": "list", "data": data[::-1][:limit], "has_more": False}
+
+        @app.post("/v1/chat/completions")
+        async def chat(body: dict):
+            return {
+                "id": "chat-1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": f"answer from {body['model']}"},
+                    }
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+            }
 
         @app.post("/v1/fine_tuning/jobs/{jid}/cancel")
         async def cancel(jid: str):
@@ -275,7 +351,9 @@ def fake_openai():
 
     fake = FakeFineTuning()
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -291,28 +369,21 @@ def _openai_settings(tmp_path: Path, url: str) -> Settings:
         data_dir=tmp_path / "data",
         generators=[
             GeneratorSpec(name="smollm2", model="smollm2"),
-            GeneratorSpec(name="remote", backend="openai", model="gpt-4o-mini", base_url=url, api_key="sk-test"),
+            GeneratorSpec(
+                name="remote",
+                backend="openai",
+                model="gpt-4o-mini",
+                base_url=url,
+                api_key="sk-test",
+            ),
         ],
     )
-
-
-class _Generators:
-    """A stand-in live registry recording what gets registered (the real one loads models)."""
-
-    def __init__(self):
-        self.specs: dict[str, GeneratorSpec] = {}
-
-    def register(self, spec: GeneratorSpec) -> None:
-        self.specs[spec.name] = spec
-
-    def unregister(self, name: str) -> None:
-        self.specs.pop(name)
 
 
 def test_openai_backend_trains_remotely_and_registers_the_remote_model(tmp_path, fake_openai):
     settings = _openai_settings(tmp_path, fake_openai.url)
     data = _write_dataset(tmp_path / "ds", train=10, validation=2)
-    live = _Generators()
+    live = GeneratorRegistry(settings)
     models = ModelRegistry(settings, live)
     jobs = JobManager(settings.jobs_dir)
     spec = FineTuneSpec(
@@ -335,14 +406,16 @@ def test_openai_backend_trains_remotely_and_registers_the_remote_model(tmp_path,
     assert record.result["remote_model"] == f"ft:gpt-4o-mini-2024-07-18:kb::{remote_job['id']}"
     assert any(e["message"] == "Step 2/3" for e in record.events)
 
-    registered = live.specs["remote-ft"]
+    registered = live.spec("remote-ft")
     assert (registered.backend, registered.kind) == ("openai", "finetuned")
     assert registered.model == record.result["remote_model"]
     assert registered.base_url == fake_openai.url and registered.api_key == "sk-test"
+    reply = live.get("remote-ft").generate([{"role": "user", "content": "hi"}])
+    assert reply.text == f"answer from {registered.model}"
     # a restart registers it again from models/remote-ft/model.json
-    fresh = _Generators()
+    fresh = GeneratorRegistry(settings)
     assert ModelRegistry(settings).load_into(fresh) == ["remote-ft"]
-    assert fresh.specs["remote-ft"].model == registered.model
+    assert fresh.spec("remote-ft").model == registered.model
 
 
 def test_openai_job_cancelled_from_another_process_cancels_the_remote_job(tmp_path, fake_openai):
@@ -375,7 +448,10 @@ def test_openai_backend_unknown_generator_lists_the_configured_ones(tmp_path):
     settings = _openai_settings(tmp_path, "http://127.0.0.1:9/v1")
     data = _write_dataset(tmp_path / "ds", train=4, validation=0)
     spec = FineTuneSpec(
-        train_file=str(data / "train.jsonl"), backend="openai", base_model="gpt-4o-mini", generator="nope"
+        train_file=str(data / "train.jsonl"),
+        backend="openai",
+        base_model="gpt-4o-mini",
+        generator="nope",
     )
     with pytest.raises(Exception, match="configured: remote"):
         submit_finetune(JobManager(settings.jobs_dir), spec, settings, ModelRegistry(settings))
@@ -432,14 +508,20 @@ def test_embedding_finetune_reindexes_the_collection(tmp_path):
     spec = EmbeddingFineTuneSpec(
         collection="tiny", beir=str(beir), batch_size=6, hard_negatives=1, out="tiny-emb"
     )
-    record = jobs.wait(jobs.submit(JOB_KIND, spec.to_dict(), embeddings_job(kb, spec, models)).id, 120)
+    record = jobs.wait(
+        jobs.submit(JOB_KIND, spec.to_dict(), embeddings_job(kb, spec, models)).id, 120
+    )
     assert record.state == "succeeded", record.error
     assert record.result["reindexed"] and record.result["metrics"]["pairs"] == 12
 
     after = kb.collection("tiny").info()
     stored = models.get("tiny-emb")
     assert stored.kind == "embedding" and Path(stored.path).is_dir()
-    assert after["embedder"] == stored.embedder_name == f"st:{settings.models_dir / 'embeddings' / 'tiny-emb'}"
+    assert (
+        after["embedder"]
+        == stored.embedder_name
+        == f"st:{settings.models_dir / 'embeddings' / 'tiny-emb'}"
+    )
     assert after["generation"] == before["generation"] + 1
     assert after["chunks"] == before["chunks"]
     hits = kb.search("how long is zorblax tea steeped", collection="tiny", k=3, method="dense")
@@ -450,3 +532,51 @@ def test_embedding_finetune_reindexes_the_collection(tmp_path):
     # a fresh process (new KnowledgeBase) searches with the new model too
     hits = KnowledgeBase(settings).search("which clock runs backwards", collection="tiny", k=1)
     assert hits[0].source == "clock"
+
+
+def test_cli_runs_lists_and_deletes(tmp_path, fake_openai, monkeypatch):
+    from typer.testing import CliRunner
+
+    from kb.cli.finetune import finetune_app
+    from kb.cli.models import models_app
+
+    fake_openai.steps = 1
+    generators = [
+        {"name": "smollm2", "model": "smollm2"},
+        {
+            "name": "remote",
+            "backend": "openai",
+            "model": "gpt-4o-mini",
+            "base_url": fake_openai.url,
+            "api_key": "sk-test",
+        },
+    ]
+    monkeypatch.setenv("KB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("KB_GENERATORS", json.dumps(generators))
+    data = _write_dataset(tmp_path / "ds", train=6, validation=2)
+    runner = CliRunner()
+    args = ["run", str(data), "--backend", "openai", "--base-model", "gpt-4o-mini"]
+    ran = runner.invoke(
+        finetune_app, [*args, "--generator", "remote", "--name", "cli-ft", "--json"]
+    )
+    assert ran.exit_code == 0, ran.output
+    job = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert job["state"] == "succeeded" and job["result"]["model"] == "cli-ft"
+
+    listed = json.loads(runner.invoke(finetune_app, ["jobs", "--json"]).stdout)
+    assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+    status = json.loads(runner.invoke(finetune_app, ["status", job["id"], "--json"]).stdout)
+    assert status["result"]["remote_model"].startswith("ft:gpt-4o-mini")
+    late = runner.invoke(finetune_app, ["cancel", job["id"]])
+    assert late.exit_code == 1 and "already succeeded" in " ".join(late.output.split())
+
+    models = json.loads(runner.invoke(models_app, ["list", "--json"]).stdout)
+    assert [m["name"] for m in models["finetuned"]] == ["cli-ft"]
+    assert all("api_key" not in g for g in models["generators"])
+    assert runner.invoke(models_app, ["delete", "cli-ft"]).exit_code == 0
+    unknown = runner.invoke(models_app, ["delete", "cli-ft"])
+    assert unknown.exit_code == 1 and "no fine-tuned model 'cli-ft'" in " ".join(
+        unknown.output.split()
+    )
+    bad = runner.invoke(finetune_app, ["run", str(tmp_path / "missing")])
+    assert bad.exit_code == 1 and "finetune prepare" in " ".join(bad.output.split())

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from api.auth import Caller
 from api.deps import JobsDep, KBDep, Services, SettingsDep
 from api.errors import ERROR_RESPONSES
-from api.ingest_jobs import resolve_ingest_path
+from api.ingest_jobs import lane, resolve_ingest_path
 from api.schemas import JobEvent, JobList, JobOut, Strict
 from kb.errors import Conflict, InvalidInput, NotFound
 from kb.models import ModelRegistry, validate_model_name
@@ -41,7 +41,9 @@ def get_model_registry(request: Request) -> ModelRegistry:
     services: Services = request.app.state.services
     registry = services.extras.get(MODELS_KEY)
     if registry is None:  # an app built without this router's startup hook
-        registry = services.extras[MODELS_KEY] = ModelRegistry(services.settings, services.generators)
+        registry = services.extras[MODELS_KEY] = ModelRegistry(
+            services.settings, services.generators
+        )
     return registry
 
 
@@ -181,7 +183,9 @@ def _prepared(settings: Settings, name: str) -> Path:
 
 
 @router.post("/finetune/datasets/prepare", summary="Prepare a fine-tuning dataset")
-def prepare_dataset(body: PrepareRequest, settings: SettingsDep, kb: KBDep, request: Request, caller: Caller) -> dict:
+def prepare_dataset(
+    body: PrepareRequest, settings: SettingsDep, kb: KBDep, request: Request, caller: Caller
+) -> dict:
     """Build train/validation JSONL + manifest from a server-side table or labelled folder, or
     from a collection; the result includes both validation reports."""
     from kb.finetune import PrepareOptions
@@ -192,7 +196,9 @@ def prepare_dataset(body: PrepareRequest, settings: SettingsDep, kb: KBDep, requ
     source = resolve_ingest_path(body.source, settings.ingest_roots) if body.source else None
     options = PrepareOptions(**body.model_dump(exclude={"name", "source"}))
     services: Services = request.app.state.services
-    result = prepare(source, out, options=options, settings=settings, kb=kb, generators=services.generators)
+    result = prepare(
+        source, out, options=options, settings=settings, kb=kb, generators=services.generators
+    )
     return {"dataset": body.name, **result.to_dict()}
 
 
@@ -205,7 +211,9 @@ def validate_dataset(body: ValidateRequest, settings: SettingsDep, caller: Calle
     if len(given) != 1:
         raise InvalidInput("send exactly one of 'dataset', 'path' or 'lines'")
     if body.lines is not None:
-        report = validate_lines(body.lines, source="<request>", max_tokens=body.max_tokens, settings=settings)
+        report = validate_lines(
+            body.lines, source="<request>", max_tokens=body.max_tokens, settings=settings
+        )
     elif body.dataset is not None:
         folder = _prepared(settings, body.dataset)
         validation = folder / "validation.jsonl"
@@ -257,7 +265,9 @@ def create_job(
             else None
         )
         train, validation = resolve_training_files(train_path, validation_path)
-    fields = body.model_dump(exclude={"dataset", "train_file", "validation_file", "max_train_examples"})
+    fields = body.model_dump(
+        exclude={"dataset", "train_file", "validation_file", "max_train_examples"}
+    )
     spec = FineTuneSpec(
         train_file=train,
         validation_file=validation,
@@ -302,7 +312,10 @@ def create_embeddings_job(
     spec = EmbeddingFineTuneSpec(**fields)
     check_embeddings_spec(spec, kb, models)
     record = jobs.submit(
-        JOB_KIND, spec.to_dict(), embeddings_job(kb, spec, models), lane=f"collection:{body.collection}"
+        JOB_KIND,
+        spec.to_dict(),
+        embeddings_job(kb, spec, models),
+        lane=lane(body.collection),  # after (and before) ingests of the same collection
     )
     response.headers["Location"] = f"/finetune/jobs/{record.id}"
     return record.to_dict()
@@ -311,7 +324,9 @@ def create_embeddings_job(
 def _job(jobs, job_id: str):
     record = jobs.get(job_id)
     if record.kind not in JOB_KINDS:
-        raise NotFound(f"job {job_id!r} is a {record.kind} job, not a fine-tuning job: see /jobs/{job_id}")
+        raise NotFound(
+            f"job {job_id!r} is a {record.kind} job, not a fine-tuning job: see /jobs/{job_id}"
+        )
     return record
 
 
@@ -331,9 +346,7 @@ def get_job(job_id: str, jobs: JobsDep, caller: Caller) -> dict:
     return _job(jobs, job_id).to_dict()
 
 
-@router.get(
-    "/finetune/jobs/{job_id}/events", response_model=EventList, summary="A job's events"
-)
+@router.get("/finetune/jobs/{job_id}/events", response_model=EventList, summary="A job's events")
 def job_events(
     job_id: str,
     jobs: JobsDep,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -102,7 +102,9 @@ def _finish(record: JobRecord, json_out: bool) -> None:
         print_json(record.to_dict())
     if record.state == "succeeded":
         result = record.result or {}
-        console.print(f"[green]{record.id} succeeded[/]: model {result.get('model')}", highlight=False)
+        console.print(
+            f"[green]{record.id} succeeded[/]: model {result.get('model')}", highlight=False
+        )
         return
     message = record.error or record.state
     if not json_out:
@@ -119,7 +121,9 @@ def run(
         Path | None,
         typer.Option(help="Validation JSONL (default: validation.jsonl beside the training file)."),
     ] = None,
-    backend: Annotated[str, typer.Option(help="'local' (LoRA on this machine) or 'openai'.")] = "local",
+    backend: Annotated[
+        str, typer.Option(help="'local' (LoRA on this machine) or 'openai'.")
+    ] = "local",
     name: Annotated[
         str | None, typer.Option(help="Name of the registered model (default: derived).")
     ] = None,
@@ -147,7 +151,9 @@ def run(
     max_examples: Annotated[
         int | None, typer.Option(help="Train on a seeded sample of this many examples.")
     ] = None,
-    max_seq_len: Annotated[int, typer.Option(help="Tokens per example; longer ones are cut.")] = 512,
+    max_seq_len: Annotated[
+        int, typer.Option(help="Tokens per example; longer ones are cut.")
+    ] = 512,
     dtype: Annotated[
         str, typer.Option(help="float32, or bfloat16 (autocast; faster on CPUs with bf16).")
     ] = "float32",
@@ -182,7 +188,9 @@ def run(
             r=r,
             alpha=alpha,
             dropout=dropout,
-            target_modules=[m.strip() for m in target_modules.split(",")] if target_modules else None,
+            target_modules=[m.strip() for m in target_modules.split(",")]
+            if target_modules
+            else None,
             lora_layers=lora_layers,
             dtype=dtype,
             seed=seed,
@@ -194,7 +202,9 @@ def run(
         fail(str(exc))
     bar = _JobBar(console.is_terminal and not json_out, "examples", "total_examples")
     with bar:
-        record = jobs.run_inline(JOB_KIND, spec.to_dict(), bar.wrap(finetune_job(spec, settings, models)))
+        record = jobs.run_inline(
+            JOB_KIND, spec.to_dict(), bar.wrap(finetune_job(spec, settings, models))
+        )
     _finish(record, json_out)
 
 
@@ -214,7 +224,9 @@ def embeddings(
     hard_negatives: Annotated[
         int, typer.Option(help="Hard negatives mined from the collection per pair.")
     ] = 1,
-    mine_method: Annotated[str, typer.Option(help="Mining search: dense, bm25 or hybrid.")] = "hybrid",
+    mine_method: Annotated[
+        str, typer.Option(help="Mining search: dense, bm25 or hybrid.")
+    ] = "hybrid",
     batch_size: Annotated[int, typer.Option(help="Pairs per batch (in-batch negatives).")] = 32,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-5,
     max_pairs: Annotated[int | None, typer.Option(help="Train on a sample of this many.")] = None,
@@ -262,7 +274,9 @@ def embeddings(
         fail(str(exc))
     bar = _JobBar(console.is_terminal and not json_out, "step", "total_steps")
     with bar:
-        record = jobs.run_inline(JOB_KIND, spec.to_dict(), bar.wrap(embeddings_job(kb, spec, models)))
+        record = jobs.run_inline(
+            JOB_KIND, spec.to_dict(), bar.wrap(embeddings_job(kb, spec, models))
+        )
     _finish(record, json_out)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,15 +52,19 @@ class SentenceTransformerEmbedder(Embedder):
         self.max_seq_length = int(self._model.max_seq_length)
         self.model_id = model_id or f"st:{Path(model).name}"
         self.path = model
+        # counting gets a tokenizer of its own: a fast tokenizer keeps padding and truncation as
+        # shared state, so counting (no truncation) on the ingest loader thread while another
+        # thread embeds (padding, truncation) corrupts that batch ("Unable to create tensor")
+        self._counter = copy.deepcopy(self._model.tokenizer)
+        self._counter_lock = threading.Lock()
 
     @property
     def tokenizer(self):
         return self._model.tokenizer
 
     def count_tokens(self, text: str) -> int:
-        return len(
-            self._model.tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
-        )
+        with self._counter_lock:
+            return len(self._counter(text, add_special_tokens=False, truncation=False)["input_ids"])
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         import torch

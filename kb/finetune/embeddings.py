@@ -49,7 +49,9 @@ class EmbeddingFineTuneSpec:
     warmup_ratio: float = 0.1
     hard_negatives: int = 1
     mine_method: str = "hybrid"
-    mine_skip: int = 0  # non-relevant hits skipped before taking negatives (likely unjudged positives)
+    mine_skip: int = (
+        0  # non-relevant hits skipped before taking negatives (likely unjudged positives)
+    )
     max_pairs: int | None = None
     max_seq_len: int | None = None  # default: the model's own limit
     dtype: str = "float32"  # "bfloat16": train under bf16 autocast
@@ -143,16 +145,22 @@ def file_pairs(path: str | Path, collection: Any) -> tuple[list[TrainPair], int]
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InvalidInput(f"{path}:{number} is not valid JSON ({exc.msg}): fix it") from exc
+                raise InvalidInput(
+                    f"{path}:{number} is not valid JSON ({exc.msg}): fix it"
+                ) from exc
             if isinstance(record.get("query"), str) and isinstance(record.get("positive"), str):
                 pairs.append(TrainPair(record["query"], record["positive"], set()))
                 continue
             messages = record.get("messages") or []
-            users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+            users = [
+                m.get("content")
+                for m in messages
+                if isinstance(m, dict) and m.get("role") == "user"
+            ]
             ids = (record.get("metadata") or {}).get("chunk_ids") or []
             if not users or not ids:
                 raise InvalidInput(
-                    f"{path}:{number} is neither {{\"query\", \"positive\"}} nor a chat example "
+                    f'{path}:{number} is neither {{"query", "positive"}} nor a chat example '
                     "with metadata.chunk_ids: use the synthetic Q/A data of `kb finetune "
                     "prepare --from-collection`"
                 )
@@ -243,7 +251,9 @@ def batches_without_duplicates(
     while order:
         batch, taken, rest = [], set(), []
         for pair in order:
-            keys = {"q:" + pair.query, "p:" + _key(pair.positive)} | {"r:" + r for r in pair.relevant}
+            keys = {"q:" + pair.query, "p:" + _key(pair.positive)} | {
+                "r:" + r for r in pair.relevant
+            }
             if len(batch) < batch_size and not (keys & taken):
                 batch.append(pair)
                 taken |= keys
@@ -287,7 +297,7 @@ def train_embedder(
 
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     random.seed(spec.seed)
     torch.manual_seed(spec.seed)
@@ -303,7 +313,9 @@ def train_embedder(
     warmup = int(total * spec.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)),
+        lambda s: (
+            (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+        ),
     )
     autocast = (
         torch.autocast("cpu", dtype=torch.bfloat16)
@@ -347,7 +359,9 @@ def train_embedder(
                 )
         losses.append(sum(epoch_losses) / max(len(epoch_losses), 1))
         if ctx:
-            ctx.event(f"epoch {epoch}/{spec.epochs}: loss {losses[-1]:.4f}", epoch=epoch, loss=losses[-1])
+            ctx.event(
+                f"epoch {epoch}/{spec.epochs}: loss {losses[-1]:.4f}", epoch=epoch, loss=losses[-1]
+            )
     seconds = time.monotonic() - started
     model.eval()
     _save_atomically(model, out_dir)
@@ -476,7 +490,10 @@ def finetune_embeddings(
             f"mined {spec.hard_negatives} hard negative(s) per pair with {spec.mine_method} "
             f"search ({short} pair(s) topped up at random)"
         )
-    name = spec.out or f"{spec.collection}-emb-{(ctx.id if ctx else str(int(time.time()))).rsplit('-', 1)[-1][:8]}"
+    name = (
+        spec.out
+        or f"{spec.collection}-emb-{(ctx.id if ctx else str(int(time.time()))).rsplit('-', 1)[-1][:8]}"
+    )
     models.check_new_name(name)
     out_dir = models.folder(name, "embedding")
     metrics = train_embedder(base_path, pairs, spec, out_dir, ctx)

@@ -23,7 +23,9 @@ TRAIN_FILE = "train.jsonl"
 VALIDATION_FILE = "validation.jsonl"
 
 
-def resolve_training_files(path: str | Path, validation: str | Path | None = None) -> tuple[str, str | None]:
+def resolve_training_files(
+    path: str | Path, validation: str | Path | None = None
+) -> tuple[str, str | None]:
     """(train file, validation file) from a `kb finetune prepare` folder or a train file; a
     folder's non-empty validation.jsonl is used unless `validation` is given."""
     source = Path(path).expanduser()
@@ -43,7 +45,9 @@ def resolve_training_files(path: str | Path, validation: str | Path | None = Non
         raise InvalidInput(
             f"no training data at {str(path)!r}: run `kb finetune prepare SOURCE OUT_DIR` first"
         )
-    return str(train.resolve()), str(Path(validation).expanduser().resolve()) if validation else None
+    return str(train.resolve()), str(
+        Path(validation).expanduser().resolve()
+    ) if validation else None
 
 
 def default_model_name(spec: FineTuneSpec, job_id: str) -> str:
@@ -148,7 +152,9 @@ def read_job_record(jobs_dir: Path, job_id: str) -> JobRecord:
     except FileNotFoundError:
         raise JobNotFound(f"no job {job_id!r}: list jobs with `kb finetune jobs`") from None
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"the record of job {job_id!r} is damaged ({exc}): delete {path}") from exc
+        raise InvalidInput(
+            f"the record of job {job_id!r} is damaged ({exc}): delete {path}"
+        ) from exc
 
 
 def read_job_records(jobs_dir: Path, kinds: list[str] | None = None) -> list[JobRecord]:

@@ -24,6 +24,7 @@ ATTEMPTS_PER_EXAMPLE = 2  # chunks tried per wanted example, since a small model
 _LABEL = r"^[\s>*#\-\d.)]*\**\s*{name}\s*\**\s*[:.)\-]\s*\**\s*(.*)$"
 _QUESTION = re.compile(_LABEL.format(name=r"(?:question|q)"), re.IGNORECASE)
 _ANSWER = re.compile(_LABEL.format(name=r"(?:answer|a)"), re.IGNORECASE)
+_REPEATED_LABEL = re.compile(r"^(?:\s*(?:question|q)\s*:\s*)+", re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"<\s*(?:the\s+)?(?:question|answer)\s*>", re.IGNORECASE)
 
 
@@ -38,7 +39,7 @@ def parse_qa(text: str) -> tuple[QAPair | None, str]:
     pair = _parse_json_qa(text) or _parse_labelled_qa(text) or _parse_bare_qa(text)
     if pair is None:
         return None, "no question and answer found in the model output"
-    question = pair.question.strip().strip("\"'*").strip()
+    question = _REPEATED_LABEL.sub("", pair.question.strip().strip("\"'*").strip())
     answer = pair.answer.strip().strip("\"'*").strip()[:MAX_ANSWER_CHARS]
     if _PLACEHOLDER.search(question) or _PLACEHOLDER.search(answer):
         return None, "the model copied the reply template instead of filling it"
@@ -50,6 +51,8 @@ def parse_qa(text: str) -> tuple[QAPair | None, str]:
         return None, "the question is too short"
     if not answer:
         return None, "the answer is empty"
+    if answer.endswith(":"):
+        return None, "the answer is only a lead-in"
     if answer.casefold() == question.casefold():
         return None, "the answer repeats the question"
     return QAPair(question, answer), ""

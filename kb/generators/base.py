@@ -173,9 +173,15 @@ class StopFilter:
             self.stopped = True
             out, self._pending = self._pending[:cut], ""
             return out
-        keep = len(self._pending) - self._hold
-        if keep <= 0:
-            return ""
+        held = next(
+            (
+                k
+                for k in range(min(self._hold, len(self._pending)), 0, -1)
+                if any(s.startswith(self._pending[-k:]) for s in self.stops)
+            ),
+            0,
+        )
+        keep = len(self._pending) - held
         out, self._pending = self._pending[:keep], self._pending[keep:]
         return out
 

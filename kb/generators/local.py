@@ -315,6 +315,11 @@ class LocalGenerator(Generator):
     def loaded(self) -> bool:
         return self._model.loaded
 
+    @property
+    def local_model(self) -> LocalModel:
+        """The (possibly shared) weights and tokenizer this generator runs."""
+        return self._model
+
     def load(self) -> None:
         """Load the weights and run one token through them, so the first request is not slow."""
         self.generate([{"role": "user", "content": "Hi"}], max_new_tokens=1, temperature=0)

@@ -106,7 +106,7 @@ class OpenAIFineTuneBackend(FineTuneBackend):
             base_model=spec.base_model,
             remote_model=job.fine_tuned_model,
             remote_job=job.id,
-            base_url=str(client.base_url),
+            base_url=str(client.base_url).rstrip("/"),
             metrics={**metrics, "trained_tokens": job.trained_tokens},
         )
 
@@ -178,4 +178,6 @@ def _message(exc: Any) -> str:
         error = body.get("error", body)
         if isinstance(error, dict) and error.get("message"):
             return str(error["message"])
+        if body.get("detail"):
+            return str(body["detail"])[:500]
     return str(getattr(exc, "message", exc))
