@@ -23,6 +23,7 @@ from api import errors
 from api.auth import authenticate
 from api.deps import Services
 from api.limits import UploadLimit
+from api.routers.health import version
 from kb.settings import Settings
 
 log = logging.getLogger("kb.api")
@@ -115,7 +116,7 @@ def create_app(settings: Settings | None = None, *, warm: bool = True) -> FastAP
         title="kb",
         summary="Self-hosted knowledge base",
         description=DESCRIPTION,
-        version=_version(),
+        version=version(),
         lifespan=lifespan,
     )
     errors.install(app)
@@ -133,9 +134,3 @@ def create_app(settings: Settings | None = None, *, warm: bool = True) -> FastAP
             expose_headers=["Location"],
         )
     return app
-
-
-def _version() -> str:
-    from api.routers.health import _version as version
-
-    return version()

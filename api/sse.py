@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
+import anyio
 from fastapi.responses import StreamingResponse
 
 from api.errors import error_body, status_of
@@ -62,5 +63,25 @@ def first_then_rest(events: Iterator) -> tuple[Any, Iterator]:
     return first, events
 
 
-def stream_response(lines: Callable[[], Iterator[str]]) -> StreamingResponse:
-    return StreamingResponse(lines(), media_type="text/event-stream", headers=SSE_HEADERS)
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes its (sync) iterator when the response ends, however it ends.
+
+    A client that hangs up leaves the iterator suspended; closing it at once, in a worker
+    thread, runs its cleanup (stopping the model's generation) instead of leaving that to
+    the garbage collector, which may run it on any thread.
+    """
+
+    def __init__(self, lines: Iterator[str], **kwargs: Any):
+        super().__init__(lines, **kwargs)
+        self._lines = lines
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._lines.close)
+
+
+def stream_response(lines: Callable[[], Generator[str, None, None]]) -> StreamingResponse:
+    return ClosingStreamingResponse(lines(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -9,14 +9,21 @@ Data (default, "scifact-mixture"):
      all-MiniLM-L6-v2 (kb.embedders "minilm", bfloat16) for about --embed-seconds (the rate is
      measured on a first batch and the sample sized to fit).
   2. Queries: the first --queries SciFact queries (queries.jsonl), embedded with the same model.
-  3. Each of the --n database vectors is a noisy local mixture of real embeddings:
-       v = normalise((1 - t) * e_i + t * e_j + sigma * z)
-     with e_i a random base vector, e_j one of e_i's 10 nearest base neighbours, t ~ U(0, 0.5),
-     and z = sum_{r=1..4} (e_a_r - e_b_r) / sqrt(8) for random base vectors a_r, b_r, i.e. noise
-     with the covariance of the real embeddings (anisotropic, like real text), sigma = --sigma.
+  3. Each of the --n database vectors is a noisy local mixture of real embeddings
+     (--mixture walk, the default):
+       v = normalise(w_1 e_1 + w_2 e_2 + w_3 e_3 + sigma * z)
+     with e_1 a random base vector, e_2 a random one of e_1's 10 nearest base neighbours, e_3 one
+     of e_2's (a short walk on the neighbour graph), w ~ Dirichlet(1, 1, 1), and
+     z = sum_{r=1..4} (e_a_r - e_b_r) / sqrt(8) for random base vectors a_r, b_r, i.e. noise with
+     the covariance of the real embeddings (anisotropic, like real text), sigma = --sigma (0.5).
+     --mixture pair is the clumpier variant v = normalise((1 - t) e_1 + t e_2 + sigma z),
+     t ~ U(0, 0.5): with ~200 vectors per base sentence at 1M, half or more of a query's top 10
+     then derive from one sentence (near-duplicate clumps), which is hard for HNSW.
   Uniform random vectors would be unrealistically hard for IVF; this keeps the cluster structure
   and spectrum of real sentence embeddings. The JSON records how close queries come to the
-  synthetic data and to the real sentences (mean top-1 / top-10 cosine) as a realism check.
+  synthetic data and to the real sentences (mean top-1 / top-10 cosine) and the share of each
+  query's exact top 10 that derives from the same base sentence as its top 1 (clumpiness) as
+  realism checks.
 
 Data (--synthetic, implied by --tiny): 2*sqrt(n) Gaussian cluster centres on the sphere, points =
 centre + isotropic noise, queries drawn the same way; no model needed.
@@ -77,9 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
     if args.synthetic:
-        data, queries, data_info = synthetic_data(args.n, args.dim, args.queries, rng)
+        data, queries, data_info, sources = synthetic_data(args.n, args.dim, args.queries, rng)
     else:
-        data, queries, data_info = scifact_data(args, rng)
+        data, queries, data_info, sources = scifact_data(args, rng)
     print(
         f"data: {data.shape[0]:,} x {data.shape[1]}, {len(queries)} queries "
         f"({data_info['source']}), {time.perf_counter() - started:.0f}s",
@@ -89,6 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     truth = exact_top_k(queries, data, K)
     gt_seconds = time.perf_counter() - t0
+    # clumpiness: how much of a query's exact top 10 derives from its top 1's sentence / centre
+    data_info["top10_same_source_share"] = float(np.mean(sources[truth] == sources[truth[:, :1]]))
+    del sources
     data_info["queries_top1_cosine_mean"] = float(
         faiss.knn(queries, data, 1, metric=faiss.METRIC_INNER_PRODUCT)[0].mean()
     )
@@ -153,6 +163,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--embed-seconds", type=float, default=150, help="time budget for base sentences"
     )
     p.add_argument("--sigma", type=float, default=0.5, help="noise scale of the mixtures")
+    p.add_argument(
+        "--mixture", choices=sorted(MIXTURE_METHODS), default="walk", help="how vectors are mixed"
+    )
     p.add_argument("--cache", type=Path, help="npz to reuse embeddings between runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
@@ -174,16 +187,18 @@ def synthetic_data(n: int, dim: int, n_queries: int, rng: np.random.Generator):
     centres = normalised(rng.standard_normal((n_centres, dim), dtype=np.float32))
     spread = 0.8  # noise norm relative to the unit centre: neighbours share a cluster loosely
 
-    def draw(count: int) -> np.ndarray:
+    def draw(count: int) -> tuple[np.ndarray, np.ndarray]:
         noise = rng.standard_normal((count, dim), dtype=np.float32) * (spread / math.sqrt(dim))
-        return normalised(centres[rng.integers(0, n_centres, count)] + noise)
+        which = rng.integers(0, n_centres, count)
+        return normalised(centres[which] + noise), which
 
     info = {
         "source": "synthetic-clusters",
         "method": f"{n_centres} Gaussian centres on the unit sphere; point = normalise(centre + "
         f"N(0, ({spread}^2/dim) I)); queries drawn the same way",
     }
-    return draw(n), draw(n_queries), info
+    data, sources = draw(n)
+    return data, draw(n_queries)[0], info, sources
 
 
 def scifact_data(args: argparse.Namespace, rng: np.random.Generator):
@@ -194,12 +209,11 @@ def scifact_data(args: argparse.Namespace, rng: np.random.Generator):
             "drop --dim or add --synthetic"
         )
     t0 = time.perf_counter()
-    data, sources = mix(base, args.n, args.sigma, rng)
+    data, sources = mix(base, args.n, args.sigma, rng, args.mixture)
     info = {
         "source": "scifact-mixture",
-        "method": "v = normalise((1-t) e_i + t e_j + sigma z); e_i random real SciFact sentence "
-        "embedding, e_j one of its 10 nearest real neighbours, t ~ U(0, 0.5), z = "
-        "sum_{r=1..4}(e_a - e_b)/sqrt(8) over random real embeddings (data covariance)",
+        "mixture": args.mixture,
+        "method": MIXTURE_METHODS[args.mixture],
         "sigma": args.sigma,
         "base_sentences": len(base),
         "queries_source": "SciFact queries.jsonl (first N), all-MiniLM-L6-v2",
@@ -211,7 +225,7 @@ def scifact_data(args: argparse.Namespace, rng: np.random.Generator):
     info["queries_top10_cosine_mean_real_sentences"] = float(top[:, K - 1].mean())
     cos_to_base = np.einsum("ij,ij->i", data[:2000], base[sources[:2000]])
     info["mean_cosine_to_source_sentence"] = float(cos_to_base.mean())
-    return data, queries, info
+    return data, queries, info, sources
 
 
 def scifact_embeddings(args: argparse.Namespace, rng: np.random.Generator):
@@ -264,22 +278,39 @@ def scifact_sentences() -> list[str]:
     return sentences
 
 
-def mix(base: np.ndarray, n: int, sigma: float, rng: np.random.Generator):
-    """n noisy local mixtures of the rows of `base` (see the module docstring), and their e_i."""
+MIXTURE_METHODS = {
+    "walk": "v = normalise(w1 e1 + w2 e2 + w3 e3 + sigma z); e1 a random real SciFact sentence "
+    "embedding, e2 one of e1's 10 nearest real neighbours, e3 one of e2's, w ~ Dirichlet(1,1,1), "
+    "z = sum_{r=1..4}(e_a - e_b)/sqrt(8) over random real embeddings (data covariance)",
+    "pair": "v = normalise((1-t) e1 + t e2 + sigma z); e1 a random real SciFact sentence "
+    "embedding, e2 one of its 10 nearest real neighbours, t ~ U(0, 0.5), z = "
+    "sum_{r=1..4}(e_a - e_b)/sqrt(8) over random real embeddings (data covariance)",
+}
+
+
+def mix(base: np.ndarray, n: int, sigma: float, rng: np.random.Generator, mixture: str = "walk"):
+    """n noisy local mixtures of the rows of `base` (see the module docstring), and their e1."""
     m, dim = base.shape
     _, neighbours = faiss.knn(base, base, 11, metric=faiss.METRIC_INNER_PRODUCT)
     neighbours = neighbours[:, 1:]
     out = np.empty((n, dim), dtype=np.float32)
     sources = rng.integers(0, m, n)
     for lo in range(0, n, 50_000):
-        hi = min(n, lo + 50_000)
-        i = sources[lo:hi]
-        j = neighbours[i, rng.integers(0, neighbours.shape[1], hi - lo)]
-        t = rng.uniform(0, 0.5, (hi - lo, 1)).astype(np.float32)
-        z = np.zeros((hi - lo, dim), dtype=np.float32)
+        size = min(n, lo + 50_000) - lo
+        i = sources[lo : lo + size]
+        if mixture == "pair":
+            t = rng.uniform(0, 0.5, (size, 1)).astype(np.float32)
+            weights, steps = np.hstack([1 - t, t]), 2
+        else:
+            weights, steps = rng.dirichlet(np.ones(3), size).astype(np.float32), 3
+        v = weights[:, :1] * base[i]
+        for step in range(1, steps):
+            i = neighbours[i, rng.integers(0, neighbours.shape[1], size)]
+            v += weights[:, step : step + 1] * base[i]
+        z = np.zeros((size, dim), dtype=np.float32)
         for _ in range(4):
-            z += base[rng.integers(0, m, hi - lo)] - base[rng.integers(0, m, hi - lo)]
-        out[lo:hi] = normalised((1 - t) * base[i] + t * base[j] + (sigma / math.sqrt(8)) * z)
+            z += base[rng.integers(0, m, size)] - base[rng.integers(0, m, size)]
+        out[lo : lo + size] = normalised(v + (sigma / math.sqrt(8)) * z)
     return out, sources
 
 

@@ -163,6 +163,16 @@ class Answerer:
         self.generators = generators
         self.settings = kb.settings
 
+    @classmethod
+    def from_settings(cls, settings) -> Answerer:
+        """An Answerer over the data folder, with every stored fine-tuned model registered."""
+        from kb.models import ModelRegistry
+        from kb.service import KnowledgeBase
+
+        generators = GeneratorRegistry(settings)
+        ModelRegistry(settings).load_into(generators)
+        return cls(KnowledgeBase(settings), generators)
+
     # -- public ----------------------------------------------------------------------------
 
     def answer(
@@ -333,10 +343,13 @@ class Answerer:
             question, name, plan, relevant, dict(timings), started, max_new_tokens, temperature,
             stream,
         )  # fmt: skip
-        for event in runner:
-            if event.type == "result":
-                event = AnswerEvent("done", plan.mode, result=event.result)
-            yield event
+        try:
+            for event in runner:
+                if event.type == "result":
+                    event = AnswerEvent("done", plan.mode, result=event.result)
+                yield event
+        finally:
+            runner.close()
 
     def _compare(
         self,
@@ -371,10 +384,13 @@ class Answerer:
                 question, collection, plan, relevant, dict(timings), mode_started,
                 max_new_tokens, temperature, stream, announce=False,
             )  # fmt: skip
-            for event in runner:
-                if event.type == "result" and event.result is not None:
-                    answers.append(event.result)
-                yield event
+            try:
+                for event in runner:
+                    if event.type == "result" and event.result is not None:
+                        answers.append(event.result)
+                    yield event
+            finally:
+                runner.close()
         total = time.perf_counter() - started
         result = AnswerResult(
             question=question,
@@ -461,14 +477,19 @@ class Answerer:
         if messages is not None:
             generation = None
             if stream:
-                for event in generator.stream(
+                events = generator.stream(
                     messages, max_new_tokens=budget, temperature=temp, stop=None
-                ):
-                    if event.delta:
-                        timings.setdefault("first_token", time.perf_counter() - started)
-                        yield AnswerEvent("delta", plan.mode, text=event.delta)
-                    if event.generation is not None:
-                        generation = event.generation
+                )
+                try:
+                    for event in events:
+                        if event.delta:
+                            timings.setdefault("first_token", time.perf_counter() - started)
+                            yield AnswerEvent("delta", plan.mode, text=event.delta)
+                        if event.generation is not None:
+                            generation = event.generation
+                finally:  # a closed stream (client gone) stops the model now, not at GC
+                    if hasattr(events, "close"):
+                        events.close()
                 if generation is None:
                     raise KBError(f"model {plan.generator!r} ended its stream without a result")
             else:

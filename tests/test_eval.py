@@ -437,9 +437,12 @@ def test_a_failing_question_is_recorded_and_the_rest_still_scored(tmp_path, ques
 # --- `kb eval answers` end to end through the real answering core ---------------------------
 
 
-def test_eval_answers_cli_runs_the_real_modes(tmp_path, cli, monkeypatch):
+def test_eval_answers_cli_runs_the_real_modes(tmp_path, cli, monkeypatch, model_cache):
     from kb.service import KnowledgeBase
     from kb.types import Document, Section
+    from tests.conftest import data_dir_with_cache
+
+    data_dir_with_cache(tmp_path / "data", model_cache)  # converted SmolLM2 weights, shared
 
     # a short answer budget keeps the bundled SmolLM2 quick on CPU
     generators = [{"name": "smollm2", "backend": "local", "model": "smollm2", "max_new_tokens": 8}]

@@ -39,7 +39,7 @@ def page(browser, server):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.goto(f"{server.url}/ui")
-    page.wait_for_selector("#ask-collection option")
+    page.wait_for_selector("#ask-collection option", state="attached")
     yield page
     context.close()
 

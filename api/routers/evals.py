@@ -106,7 +106,9 @@ def start_eval(body: EvalRequest, services: ServicesDep, caller: Caller) -> dict
 def get_eval_job(job_id: str, services: ServicesDep, caller: Caller) -> dict[str, Any]:
     record = services.jobs.get(job_id)
     if record.kind != "eval":
-        raise NotFound(f"job {job_id!r} is a {record.kind} job, not an evaluation: see /jobs/{job_id}")
+        raise NotFound(
+            f"job {job_id!r} is a {record.kind} job, not an evaluation: see /jobs/{job_id}"
+        )
     return record.to_dict()
 
 
@@ -117,8 +119,12 @@ def list_saved(settings: SettingsDep, caller: Caller) -> dict[str, Any]:
     return {
         "evals": [
             {
-                "id": s.eval_id, "kind": s.kind, "created_at": s.created_at, "name": s.name,
-                "collection": s.collection, "metrics": s.metrics,
+                "id": s.eval_id,
+                "kind": s.kind,
+                "created_at": s.created_at,
+                "name": s.name,
+                "collection": s.collection,
+                "metrics": s.metrics,
             }  # fmt: skip
             for s in list_evals(settings)
         ]

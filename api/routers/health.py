@@ -12,7 +12,8 @@ from api.schemas import Health
 router = APIRouter(tags=["health"])
 
 
-def _version() -> str:
+def version() -> str:
+    """The installed kb package's version."""
     try:
         return metadata.version("kb")
     except metadata.PackageNotFoundError:
@@ -23,7 +24,7 @@ def _version() -> str:
 def health(services: ServicesDep) -> Health:
     default = services.settings.default_generator
     return Health(
-        version=_version(),
+        version=version(),
         default_generator=default,
         generator_loaded=services.generators.is_loaded(default),
     )

@@ -132,8 +132,8 @@ def chat_completions(body: ChatCompletionRequest, answerer: AnswererDep, caller:
                 }
             )
 
-        yield chunk({"role": "assistant", "content": ""})
         try:
+            yield chunk({"role": "assistant", "content": ""})
             for event in chain([first], rest):
                 if event.type == "delta" and event.text:
                     yield chunk({"content": event.text})
@@ -161,6 +161,8 @@ def chat_completions(body: ChatCompletionRequest, answerer: AnswererDep, caller:
                         )
         except Exception as exc:
             yield sse(error_event_body(exc))
+        finally:
+            rest.close()
         yield sse("[DONE]")
 
     return stream_response(lines)

@@ -62,12 +62,14 @@ def query(body: QueryRequest, answerer: AnswererDep, caller: Caller):
     first, rest = first_then_rest(answerer.stream(body.question, **args))
 
     def lines() -> Iterator[str]:
-        yield _event(first)
         try:
+            yield _event(first)
             for event in rest:
                 yield _event(event)
         except Exception as exc:  # the status line is sent: report the error as an event
             yield sse(error_event_body(exc), "error")
+        finally:
+            rest.close()
 
     return stream_response(lines)
 

@@ -65,11 +65,8 @@ def ask(
 ) -> None:
     """Answer a question: the answer streams to the terminal, then its numbered sources."""
     from kb.answering import Answerer
-    from kb.generators import GeneratorRegistry
-    from kb.service import KnowledgeBase
 
-    settings = Settings()
-    answerer = Answerer(KnowledgeBase(settings), GeneratorRegistry(settings))
+    answerer = Answerer.from_settings(Settings())
     args = {
         "mode": mode,
         "collection": collection,
