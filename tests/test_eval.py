@@ -437,6 +437,7 @@ def test_a_failing_question_is_recorded_and_the_rest_still_scored(tmp_path, ques
 # --- `kb eval answers` end to end through the real answering core ---------------------------
 
 
+@pytest.mark.slow  # loads and runs the bundled SmolLM2
 def test_eval_answers_cli_runs_the_real_modes(tmp_path, cli, monkeypatch, model_cache):
     from kb.service import KnowledgeBase
     from kb.types import Document, Section
