@@ -41,6 +41,8 @@ class PromptTemplate:
     not_covered: str | None = None
     #: worked examples sent as earlier turns: {"question", "passages": [{"source", "text"}], "answer"}
     examples: tuple[dict, ...] = ()
+    #: stop strings to pass to the generator with these messages
+    stop: tuple[str, ...] = ()
 
     def render_system(self) -> str:
         return self.system.format(not_covered=self.not_covered or "").strip()
@@ -101,6 +103,7 @@ def load_prompt(name: str) -> PromptTemplate:
         passage=data.get("passage"),
         not_covered=data.get("not_covered"),
         examples=tuple(data.get("examples") or ()),
+        stop=tuple(data.get("stop") or ()),
     )
 
 

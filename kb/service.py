@@ -58,10 +58,10 @@ class KnowledgeBase:
         return CrossEncoderReranker(self.settings.reranker)
 
     def chunker_for(self, embedder: Embedder) -> Chunker:
+        """Chunks sized in the embedder's tokens. A size past the model's window is allowed:
+        BM25 then sees the whole chunk while the dense vector covers its first window, which is
+        how BEIR treats abstracts as units; the default fits inside MiniLM's 256 tokens."""
         size = self.settings.chunk_size
-        limit = getattr(embedder, "max_seq_length", None)
-        if limit:
-            size = min(size, limit - 2)  # room for the model's [CLS] and [SEP]
         return Chunker(embedder.count_tokens, size, min(self.settings.chunk_overlap, size // 2))
 
     # -- collections -----------------------------------------------------------------------

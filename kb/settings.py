@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     embed_base_url: str | None = None
     embed_api_key: str | None = None
 
-    chunk_size: int = 256  # tokens of the embedder's tokenizer
+    chunk_size: int = 250  # tokens of the embedder's tokenizer (MiniLM reads 256 with its 2 special tokens)
     chunk_overlap: int = 32
     commit_every_chunks: int = 20_000  # a long ingest commits a generation this often
 
