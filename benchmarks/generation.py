@@ -47,7 +47,11 @@ def rag_messages(generator: LocalGenerator) -> list[dict]:
         for i, t in enumerate(texts)
     ]
     messages, _ = build_rag_messages(
-        QUESTION, passages, count_tokens=generator.count_tokens, context_window=1200, max_new_tokens=100
+        QUESTION,
+        passages,
+        count_tokens=generator.count_tokens,
+        context_window=1200,
+        max_new_tokens=100,
     )
     return messages
 
@@ -116,7 +120,9 @@ def main() -> None:
 
     print()
     print(f"load: cold {results.get('load_cold_s', '-')} s, cached {results['load_cached_s']} s")
-    print(f"{'dtype':9} {'thr':>3} {'prompt':6} {'p_tok':>5} {'c_tok':>5} {'ttft_s':>7} {'tok/s':>6}")
+    print(
+        f"{'dtype':9} {'thr':>3} {'prompt':6} {'p_tok':>5} {'c_tok':>5} {'ttft_s':>7} {'tok/s':>6}"
+    )
     for row in rows:
         print(_line(row))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -39,8 +39,6 @@ class PromptTemplate:
     user: str
     passage: str | None = None
     not_covered: str | None = None
-    #: worked examples sent as earlier turns: {"question", "passages": [{"source", "text"}], "answer"}
-    examples: tuple[dict, ...] = ()
     #: stop strings to pass to the generator with these messages
     stop: tuple[str, ...] = ()
 
@@ -86,7 +84,7 @@ def prompt_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_prompt(name: str) -> PromptTemplate:
     """Read kb/prompts/<name>.yaml; an unknown name lists the prompts that exist."""
     resource = resources.files("kb").joinpath("prompts", f"{name}.yaml")
@@ -95,14 +93,15 @@ def load_prompt(name: str) -> PromptTemplate:
     data = yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
     missing = [key for key in ("system", "user") if not data.get(key)]
     if missing:
-        raise InvalidInput(f"prompt {name!r} lacks {', '.join(missing)}: add them to kb/prompts/{name}.yaml")
+        raise InvalidInput(
+            f"prompt {name!r} lacks {', '.join(missing)}: add them to kb/prompts/{name}.yaml"
+        )
     return PromptTemplate(
         name=name,
         system=data["system"],
         user=data["user"],
         passage=data.get("passage"),
         not_covered=data.get("not_covered"),
-        examples=tuple(data.get("examples") or ()),
         stop=tuple(data.get("stop") or ()),
     )
 
@@ -115,7 +114,9 @@ def not_covered_answer(template: str | PromptTemplate = "rag") -> str:
     """The fixed answer for a question no retrieved passage covers (no model call needed)."""
     prompt = _template(template)
     if not prompt.not_covered:
-        raise InvalidInput(f"prompt {prompt.name!r} has no not_covered sentence: add one to its YAML file")
+        raise InvalidInput(
+            f"prompt {prompt.name!r} has no not_covered sentence: add one to its YAML file"
+        )
     return prompt.not_covered.strip()
 
 
@@ -131,28 +132,18 @@ def build_base_messages(question: str, *, template: str | PromptTemplate = "base
 def fence_passage(prompt: PromptTemplate, n: int, passage: Passage, text: str | None = None) -> str:
     """One passage as a fenced, numbered data block; fence tags inside its text are defused."""
     if not prompt.passage:
-        raise InvalidInput(f"prompt {prompt.name!r} has no passage block: add `passage:` to its YAML file")
+        raise InvalidInput(
+            f"prompt {prompt.name!r} has no passage block: add `passage:` to its YAML file"
+        )
     body = _FENCE_TAG.sub(r"&lt;\1", passage.text if text is None else text).strip()
     return prompt.passage.format(n=n, source=_attribute(passage.source), text=body).strip()
 
 
 def _attribute(value: str) -> str:
     value = " ".join(str(value).split())
-    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _example_messages(prompt: PromptTemplate) -> list[dict]:
-    """The template's worked examples as user/assistant turns, formatted like the real question."""
-    messages: list[dict] = []
-    for example in prompt.examples:
-        blocks = [
-            fence_passage(prompt, n, Passage(0, "", p["source"], p["text"], 0.0, 0, 0))
-            for n, p in enumerate(example.get("passages") or [], start=1)
-        ]
-        answer = example["answer"].format(not_covered=prompt.not_covered or "").strip()
-        messages.append({"role": "user", "content": prompt.render_user(example["question"], "\n\n".join(blocks))})
-        messages.append({"role": "assistant", "content": answer})
-    return messages
+    return (
+        value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+    )
 
 
 def build_rag_messages(
@@ -174,13 +165,7 @@ def build_rag_messages(
     prompt = _template(template)
     question = question.strip()
     system = prompt.render_system()
-    examples = _example_messages(prompt)
-    fixed = (
-        count_tokens(system)
-        + sum(count_tokens(m["content"]) for m in examples)
-        + count_tokens(prompt.render_user(question))
-        + (2 + len(examples)) * MESSAGE_OVERHEAD
-    )
+    fixed = count_tokens(system) + count_tokens(prompt.render_user(question)) + 2 * MESSAGE_OVERHEAD
     budget = context_window - max_new_tokens - fixed - SAFETY_MARGIN
     if budget < 0:
         raise InvalidInput(
@@ -206,8 +191,7 @@ def build_rag_messages(
             used.append(replace(passage, text=text, end=passage.start + len(text)))
         break
     user = prompt.render_user(question, "\n\n".join(blocks))
-    messages = [{"role": "system", "content": system}, *examples, {"role": "user", "content": user}]
-    return messages, used
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}], used
 
 
 def _truncate(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> str:

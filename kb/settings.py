@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     # embeddings: "minilm" (bundled all-MiniLM-L6-v2), "st:<name-or-path>", "openai:<model>"
     embedder: str = "minilm"
     embed_batch_size: int = 64
-    embed_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    # local models: bfloat16/float32 run in torch; int8 runs an ONNX Runtime export (cache_dir)
+    embed_dtype: Literal["float32", "bfloat16", "int8"] = "bfloat16"
     embed_base_url: str | None = None
     embed_api_key: str | None = None
 

@@ -18,11 +18,46 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WORDS = (
-    "amber basalt cobalt delta ember fjord garnet harbor indigo jasper kelp lantern meadow "
-    "nectar opal pelican quartz raven saffron tundra umber velvet walrus xenon yarrow zephyr "
-    "acorn bramble cinder dune estuary fennel glacier heron iris juniper kestrel lichen"
-).split()
+WORDS = [
+    "amber",
+    "basalt",
+    "cobalt",
+    "delta",
+    "ember",
+    "fjord",
+    "garnet",
+    "harbor",
+    "indigo",
+    "jasper",
+    "kelp",
+    "lantern",
+    "meadow",
+    "nectar",
+    "opal",
+    "pelican",
+    "quartz",
+    "raven",
+    "saffron",
+    "tundra",
+    "umber",
+    "velvet",
+    "walrus",
+    "xenon",
+    "yarrow",
+    "zephyr",
+    "acorn",
+    "bramble",
+    "cinder",
+    "dune",
+    "estuary",
+    "fennel",
+    "glacier",
+    "heron",
+    "iris",
+    "juniper",
+    "kestrel",
+    "lichen",
+]
 
 
 def write_distinct_corpus(folder: Path, n: int, *, seed: int = 7) -> list[Path]:

@@ -76,7 +76,14 @@ def test_a_waiting_writer_runs_after_the_holder(tmp_path: Path, embedders: dict)
     lock = kb.collection("queue").write_lock()
     with lock:  # this test process is the writer in the way
         waiting = start_kb(
-            data, "ingest", str(second), "-c", "queue", "--wait", "600", "--json",
+            data,
+            "ingest",
+            str(second),
+            "-c",
+            "queue",
+            "--wait",
+            "600",
+            "--json",
             log=tmp_path / "waiting.log",
         )
         refused = start_kb(data, "ingest", str(second), "-c", "queue", log=tmp_path / "r.log")
@@ -93,9 +100,7 @@ def test_a_waiting_writer_runs_after_the_holder(tmp_path: Path, embedders: dict)
     assert state.documents == state.chunks == 35
 
 
-def test_searches_are_answered_while_an_ingest_commits(
-    server: LiveServer, tmp_path: Path
-) -> None:
+def test_searches_are_answered_while_an_ingest_commits(server: LiveServer, tmp_path: Path) -> None:
     kb = server.services.kb
     seed, corpus = tmp_path / "seed", tmp_path / "corpus"
     write_distinct_corpus(seed, 10, seed=3)
@@ -104,8 +109,14 @@ def test_searches_are_answered_while_an_ingest_commits(
     start_generation = kb.collection("busy").generation
 
     ingest = start_kb(
-        server.settings.data_dir, "ingest", str(corpus), "-c", "busy", "--json",
-        log=tmp_path / "ingest.log", KB_COMMIT_EVERY_CHUNKS="50",
+        server.settings.data_dir,
+        "ingest",
+        str(corpus),
+        "-c",
+        "busy",
+        "--json",
+        log=tmp_path / "ingest.log",
+        KB_COMMIT_EVERY_CHUNKS="50",
     )
     stop = threading.Event()
     latencies: list[float] = []

@@ -129,7 +129,9 @@ def test_sigkilled_ingest_leaves_a_consistent_store(tmp_path: Path, embedders: d
     log = tmp_path / "final.log"
     final = run_kb(data, *args, "--json", log=log, **env)
     assert final.returncode == 0, final.output[-3000:]
-    assert final.result["failed"] == [] and final.result["added"] + final.result["unchanged"] == FILES
+    assert (
+        final.result["failed"] == [] and final.result["added"] + final.result["unchanged"] == FILES
+    )
     state = check_store(data, COLLECTION, embedders, "tok0123")
     assert state.documents == state.chunks == FILES
     assert state.sources == sorted(str(p.resolve()) for p in files)

@@ -48,15 +48,17 @@ def expected(outcome: str) -> str:
 # -- bad input through the CLI -------------------------------------------------------------------
 
 
-def test_cli_ingest_of_bad_files_goes_on_in_bounded_memory(
-    tmp_path, corpora, embedders
-) -> None:
+def test_cli_ingest_of_bad_files_goes_on_in_bounded_memory(tmp_path, corpora, embedders) -> None:
     from kb.service import KnowledgeBase
 
     folder, good, bad = corpora
     data = tmp_path / "data"
     done = run_kb(
-        data, "ingest", str(folder), "--json", log=tmp_path / "ingest.log",
+        data,
+        "ingest",
+        str(folder),
+        "--json",
+        log=tmp_path / "ingest.log",
         KB_MAX_FILE_BYTES=str(MAX_FILE_BYTES),
     )
     assert done.returncode == 0, done.output[-3000:]
@@ -227,7 +229,9 @@ def test_a_collection_limited_key_stays_in_its_collections(http: httpx.Client) -
         headers=TEAM,
     )
     assert r.status_code in (403, 404), r.text
-    assert "kb:other:rag" not in {m["id"] for m in http.get("/v1/models", headers=TEAM).json()["data"]}
+    assert "kb:other:rag" not in {
+        m["id"] for m in http.get("/v1/models", headers=TEAM).json()["data"]
+    }
 
 
 def jobs(http: httpx.Client, headers: dict) -> list[dict]:
@@ -319,9 +323,7 @@ def test_cors_headers_on_preflight_and_on_errors(http: httpx.Client) -> None:
 # -- bad input through the HTTP upload ----------------------------------------------------------
 
 
-def test_upload_of_bad_files_reports_each_and_keeps_the_good(
-    http: httpx.Client, corpora
-) -> None:
+def test_upload_of_bad_files_reports_each_and_keeps_the_good(http: httpx.Client, corpora) -> None:
     folder, good, bad = corpora
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
     taken: set[str] = set()

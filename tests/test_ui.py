@@ -11,7 +11,9 @@ playwright = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():  # scripts/test.sh installs it; a bare machine may lack it
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
+    )
 
 # flags for a machine with no network and no display (see the env notes)
 CHROMIUM_ARGS = [

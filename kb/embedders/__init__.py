@@ -14,23 +14,11 @@ EMBEDDER_KINDS = ("minilm", "st:<path>", "openai:<model>")
 def load_embedder(name: str, settings: Settings) -> Embedder:
     """Build the embedder a name refers to; an unknown name lists the known kinds."""
     if name == "minilm":
-        from kb.embedders.sentence_transformers import (
-            SentenceTransformerEmbedder,
-            bundled_minilm_path,
-        )
+        from kb.embedders.sentence_transformers import bundled_minilm_path
 
-        return SentenceTransformerEmbedder(
-            bundled_minilm_path(),
-            batch_size=settings.embed_batch_size,
-            dtype=settings.embed_dtype,
-            model_id="st:all-MiniLM-L6-v2",
-        )
+        return _local(bundled_minilm_path(), settings, model_id="st:all-MiniLM-L6-v2")
     if name.startswith("st:"):
-        from kb.embedders.sentence_transformers import SentenceTransformerEmbedder
-
-        return SentenceTransformerEmbedder(
-            name[3:], batch_size=settings.embed_batch_size, dtype=settings.embed_dtype
-        )
+        return _local(name[3:], settings)
     if name.startswith("openai:"):
         from kb.embedders.openai_compat import OpenAIEmbedder
 
@@ -38,3 +26,21 @@ def load_embedder(name: str, settings: Settings) -> Embedder:
             name[7:], base_url=settings.embed_base_url, api_key=settings.embed_api_key
         )
     raise InvalidInput(f"unknown embedder {name!r}: use one of {', '.join(EMBEDDER_KINDS)}")
+
+
+def _local(path: str, settings: Settings, model_id: str | None = None) -> Embedder:
+    """A local sentence-transformers folder: ONNX Runtime for int8, torch otherwise."""
+    if settings.embed_dtype == "int8":
+        from kb.embedders.onnx import OnnxEmbedder
+
+        return OnnxEmbedder(
+            path,
+            cache_dir=settings.cache_dir,
+            batch_size=settings.embed_batch_size,
+            model_id=model_id,
+        )
+    from kb.embedders.sentence_transformers import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(
+        path, batch_size=settings.embed_batch_size, dtype=settings.embed_dtype, model_id=model_id
+    )

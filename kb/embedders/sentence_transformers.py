@@ -54,7 +54,17 @@ class SentenceTransformerEmbedder(Embedder):
         self.path = model
         # counting gets a tokenizer of its own: a fast tokenizer keeps padding and truncation as
         # shared state, so counting (no truncation) on the ingest loader thread while another
-        # thread embeds (padding, truncation) corrupts that batch ("Unable to create tensor")
+        # thread embeds (padding, truncation) corrupts that batch ("Unable to create tensor").
+        # The Rust tokenizer alone, never reconfigured, needs no lock and skips transformers'
+        # per-call overhead (the chunker calls this ~20 times per document)
+        backend = getattr(self._model.tokenizer, "backend_tokenizer", None)
+        self._counter_rust = None
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self._counter_rust = Tokenizer.from_str(backend.to_str())
+            self._counter_rust.no_truncation()
+            self._counter_rust.no_padding()
         self._counter = copy.deepcopy(self._model.tokenizer)
         self._counter_lock = threading.Lock()
 
@@ -63,6 +73,8 @@ class SentenceTransformerEmbedder(Embedder):
         return self._model.tokenizer
 
     def count_tokens(self, text: str) -> int:
+        if self._counter_rust is not None:
+            return len(self._counter_rust.encode(text, add_special_tokens=False).ids)
         with self._counter_lock:
             return len(self._counter(text, add_special_tokens=False, truncation=False)["input_ids"])
 

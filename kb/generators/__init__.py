@@ -1,7 +1,7 @@
 """Generators by name: the specs in settings plus those registered at run time (fine-tuned models).
 
-    registry = GeneratorRegistry(settings)
-    answer = registry.get("smollm2").generate([{"role": "user", "content": "Hi"}])
+registry = GeneratorRegistry(settings)
+answer = registry.get("smollm2").generate([{"role": "user", "content": "Hi"}])
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def build_generator(spec: GeneratorSpec, cache_dir: Path, *, pool=None) -> Gener
         from kb.generators.openai_compat import OpenAIGenerator
 
         return OpenAIGenerator(spec)
-    raise InvalidInput(f"generator {spec.name!r} has backend {spec.backend!r}: use one of {', '.join(BACKENDS)}")
+    raise InvalidInput(
+        f"generator {spec.name!r} has backend {spec.backend!r}: use one of {', '.join(BACKENDS)}"
+    )
 
 
 class GeneratorRegistry:

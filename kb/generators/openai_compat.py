@@ -49,7 +49,9 @@ class OpenAIGenerator(Generator):
             from openai import OpenAI
 
             # local servers ignore the key, but the client insists on one
-            self._client = OpenAI(base_url=self.spec.base_url, api_key=self.spec.api_key or "unused")
+            self._client = OpenAI(
+                base_url=self.spec.base_url, api_key=self.spec.api_key or "unused"
+            )
         return self._client
 
     def count_tokens(self, text: str) -> int:
@@ -145,8 +147,12 @@ class OpenAIGenerator(Generator):
         completion_tokens = getattr(usage, "completion_tokens", None)
         return Generation(
             text=text,
-            prompt_tokens=prompt_tokens if prompt_tokens is not None else self.count_message_tokens(messages),
-            completion_tokens=completion_tokens if completion_tokens is not None else self.count_tokens(text),
+            prompt_tokens=prompt_tokens
+            if prompt_tokens is not None
+            else self.count_message_tokens(messages),
+            completion_tokens=completion_tokens
+            if completion_tokens is not None
+            else self.count_tokens(text),
             finish_reason="length" if finish_reason == "length" else "stop",
             model=self.model_id,
             timings=stopwatch.timings(),
