@@ -103,6 +103,11 @@ class QueryRequest(Strict):
         None, ge=1, le=4096, description="Most tokens to generate (default: the model's setting)."
     )
     temperature: float | None = Field(None, ge=0.0, le=2.0)
+    generate: bool = Field(
+        True,
+        description="false: retrieve and build the prompt, skip the model (empty answer, "
+        "finish_reason 'skipped'); measures retrieval without generation.",
+    )
 
 
 class ModelOut(BaseModel):

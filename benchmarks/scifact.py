@@ -58,30 +58,62 @@ TARGETS = {"hybrid_rrf": 0.71, "finetuned_hybrid_rrf": 0.73}
 # -- the tiny fixture ----------------------------------------------------------------------
 
 TINY_DOCS = {
-    "d1": ("Aspirin and heart attacks", "Daily low-dose aspirin reduces the risk of a first "
-           "myocardial infarction in men over fifty."),
-    "d2": ("Vitamin D and bone density", "Vitamin D supplementation increases bone mineral "
-           "density in elderly women with osteoporosis."),
-    "d3": ("Smoking and lung cancer", "Tobacco smoking is the leading cause of lung cancer; the "
-           "risk falls steadily after quitting."),
-    "d4": ("Exercise and depression", "Aerobic exercise three times a week lowers depressive "
-           "symptoms as much as antidepressant medication in mild depression."),
-    "d5": ("Sleep and memory", "Slow-wave sleep consolidates declarative memories learned "
-           "during the previous day."),
-    "d6": ("Antibiotic resistance", "Overuse of antibiotics in livestock drives resistant "
-           "bacterial strains that spread to humans."),
-    "d7": ("Coffee and liver disease", "Coffee consumption is associated with a lower risk of "
-           "liver cirrhosis and hepatocellular carcinoma."),
-    "d8": ("Gut microbiome and obesity", "Germ-free mice colonised with microbiota from obese "
-           "donors gain more fat than those given lean donor microbiota."),
-    "d9": ("Measles vaccination", "Two doses of the measles vaccine give lifelong immunity in "
-           "about 97 percent of children."),
-    "d10": ("Salt intake and blood pressure", "Reducing dietary sodium lowers systolic blood "
-            "pressure in people with hypertension."),
-    "d11": ("Statins and cholesterol", "Statins inhibit HMG-CoA reductase and lower LDL "
-            "cholesterol by up to half."),
-    "d12": ("Insulin resistance", "Visceral fat releases free fatty acids that impair insulin "
-            "signalling in muscle and liver."),
+    "d1": (
+        "Aspirin and heart attacks",
+        "Daily low-dose aspirin reduces the risk of a first "
+        "myocardial infarction in men over fifty.",
+    ),
+    "d2": (
+        "Vitamin D and bone density",
+        "Vitamin D supplementation increases bone mineral "
+        "density in elderly women with osteoporosis.",
+    ),
+    "d3": (
+        "Smoking and lung cancer",
+        "Tobacco smoking is the leading cause of lung cancer; the "
+        "risk falls steadily after quitting.",
+    ),
+    "d4": (
+        "Exercise and depression",
+        "Aerobic exercise three times a week lowers depressive "
+        "symptoms as much as antidepressant medication in mild depression.",
+    ),
+    "d5": (
+        "Sleep and memory",
+        "Slow-wave sleep consolidates declarative memories learned during the previous day.",
+    ),
+    "d6": (
+        "Antibiotic resistance",
+        "Overuse of antibiotics in livestock drives resistant "
+        "bacterial strains that spread to humans.",
+    ),
+    "d7": (
+        "Coffee and liver disease",
+        "Coffee consumption is associated with a lower risk of "
+        "liver cirrhosis and hepatocellular carcinoma.",
+    ),
+    "d8": (
+        "Gut microbiome and obesity",
+        "Germ-free mice colonised with microbiota from obese "
+        "donors gain more fat than those given lean donor microbiota.",
+    ),
+    "d9": (
+        "Measles vaccination",
+        "Two doses of the measles vaccine give lifelong immunity in about 97 percent of children.",
+    ),
+    "d10": (
+        "Salt intake and blood pressure",
+        "Reducing dietary sodium lowers systolic blood pressure in people with hypertension.",
+    ),
+    "d11": (
+        "Statins and cholesterol",
+        "Statins inhibit HMG-CoA reductase and lower LDL cholesterol by up to half.",
+    ),
+    "d12": (
+        "Insulin resistance",
+        "Visceral fat releases free fatty acids that impair insulin "
+        "signalling in muscle and liver.",
+    ),
 }
 TINY_TEST = {
     "t1": ("Does aspirin prevent heart attacks?", "d1"),
@@ -140,7 +172,9 @@ class Runner:
         """Run kb with `args` (plus --json); returns the JSON of its last stdout line."""
         overrides = {**self.base_env, **(env or {})}
         argv = [sys.executable, "-m", "kb", *args, "--json"]
-        shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in overrides.items() if k.startswith("KB_"))
+        shown = " ".join(
+            f"{k}={shlex.quote(v)}" for k, v in overrides.items() if k.startswith("KB_")
+        )
         shown += " .venv/bin/python -m kb " + " ".join(shlex.quote(a) for a in args + ["--json"])
         print(f"$ {shown}", file=sys.stderr, flush=True)
         started = time.perf_counter()
@@ -151,8 +185,7 @@ class Runner:
                 argv,
                 cwd=ROOT,
                 env={**os.environ, **overrides},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                capture_output=True,
                 text=True,
             )
         seconds = time.perf_counter() - started
@@ -160,8 +193,12 @@ class Runner:
             f.write(f"$ {shown}\n[rc {proc.returncode}, {seconds:.1f}s]\n")
             f.write(proc.stdout[-20000:] + "\n--- stderr ---\n" + proc.stderr[-20000:] + "\n\n")
         self.commands.append(
-            {"command": shown, "env": overrides, "returncode": proc.returncode,
-             "seconds": round(seconds, 1)}
+            {
+                "command": shown,
+                "env": overrides,
+                "returncode": proc.returncode,
+                "seconds": round(seconds, 1),
+            }
         )
         if self.verbose:
             sys.stderr.write(proc.stderr[-4000:])
@@ -222,8 +259,9 @@ def eval_runs(
         common += ["--max-queries", str(args.max_queries)]
     rows = []
     plans = [(methods, {"KB_FUSION": "rrf"}, None)]
-    plans += [(["hybrid"], {"KB_FUSION": "weighted", "KB_DENSE_WEIGHT": str(w)}, w)
-              for w in weights]
+    plans += [
+        (["hybrid"], {"KB_FUSION": "weighted", "KB_DENSE_WEIGHT": str(w)}, w) for w in weights
+    ]
     for plan_methods, env, weight in plans:
         out, seconds = run(
             [*common, "--methods", ",".join(plan_methods), "--name", f"scifact-{stage}"], env
@@ -274,8 +312,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     ]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for n, row in enumerate(table):
-        print("  ".join(str(c).ljust(w) if i < 5 else str(c).rjust(w)
-                        for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        print(
+            "  ".join(
+                str(c).ljust(w) if i < 5 else str(c).rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if n == 0:
             print("  ".join("-" * w for w in widths))
 
@@ -294,6 +336,66 @@ def prepare_data_dir(path: Path, reuse: bool) -> None:
     (path / MARKER).write_text("made by benchmarks/scifact.py; wiped on its next run\n")
 
 
+def build_report(
+    args: argparse.Namespace,
+    beir: Path,
+    data_dir: Path,
+    weights: list[float],
+    in_process: bool,
+    rows: list[dict[str, Any]],
+    run: Runner,
+    started: float,
+) -> dict[str, Any]:
+    results = {r["name"]: {m: r[m] for m in HEADLINE} for r in rows}
+    report = {
+        "benchmark": "scifact",
+        "dataset": str(beir),
+        "tiny": args.tiny,
+        "in_process": in_process,
+        "split": "test",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "duration_s": round(time.perf_counter() - started, 1),
+        "settings": {
+            "chunk_size": args.chunk_size,
+            "collection": args.collection,
+            "data_dir": str(data_dir),
+            "weights": weights,
+            "max_queries": args.max_queries,
+            "title_mode": "prepend",
+            "finetune": None
+            if args.skip_finetune
+            else {
+                "epochs": args.ft_epochs,
+                "batch_size": args.ft_batch_size,
+                "lr": args.ft_lr,
+                "hard_negatives": args.ft_hard_negatives,
+                "mine_method": args.ft_mine_method,
+                "max_pairs": args.ft_max_pairs,
+                "dtype": args.ft_dtype,
+            },
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
+        "results": results,
+        "targets": {
+            k: {
+                "target": v,
+                "measured": results.get(k, {}).get("ndcg@10"),
+                "met": (results.get(k, {}).get("ndcg@10") or 0) >= v,
+            }
+            for k, v in TARGETS.items()
+            if k in results
+        },
+        "references_ndcg@10": REFERENCES,
+        "runs": rows,
+        "commands": run.commands,
+    }
+    return report
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--beir", type=Path, default=SCIFACT, help="BEIR folder (default SciFact)")
@@ -301,8 +403,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     p.add_argument("--collection", default="scifact")
     p.add_argument("--chunk-size", type=int, default=512, help="KB_CHUNK_SIZE (tokens)")
-    p.add_argument("--weights", default="0.3,0.5,0.7",
-                   help="dense weights of the weighted-fusion hybrid runs (comma-separated)")
+    p.add_argument(
+        "--weights",
+        default="0.3,0.5,0.7",
+        help="dense weights of the weighted-fusion hybrid runs (comma-separated)",
+    )
     p.add_argument("--max-queries", type=int, default=None, help="seeded sample of test queries")
     p.add_argument("--skip-finetune", action="store_true")
     p.add_argument("--ft-epochs", type=int, default=1)
@@ -312,8 +417,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ft-mine-method", default="hybrid")
     p.add_argument("--ft-max-pairs", type=int, default=None)
     p.add_argument("--ft-dtype", default="float32", help="float32 or bfloat16")
-    p.add_argument("--tiny", action="store_true",
-                   help="a generated mini BEIR fixture, one weight, 5 fine-tuning pairs: seconds")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a generated mini BEIR fixture, one weight, 5 fine-tuning pairs: seconds",
+    )
     p.add_argument("--reuse", action="store_true", help="keep the data dir (incremental ingest)")
     p.add_argument(
         "--in-process",
@@ -349,76 +457,56 @@ def main(argv: list[str] | None = None) -> int:
     run = Runner(data_dir, args.chunk_size, log, args.verbose, in_process)
     print(f"data dir {data_dir}; each command's output in {log}", file=sys.stderr)
 
-    rows = eval_runs(run, args, beir, "base", ["dense", "bm25", "hybrid"], weights)
-    finetune: dict[str, Any] | None = None
-    if not args.skip_finetune:
-        ft_args = [
-            "finetune", "embeddings", "--collection", args.collection, "--beir", str(beir),
-            "--split", "train", "--epochs", str(args.ft_epochs),
-            "--batch-size", str(args.ft_batch_size), "--lr", str(args.ft_lr),
-            "--hard-negatives", str(args.ft_hard_negatives),
-            "--mine-method", args.ft_mine_method, "--dtype", args.ft_dtype,
-            "--out", f"{args.collection}-emb-bench",
-        ]  # fmt: skip
-        if args.ft_max_pairs:
-            ft_args += ["--max-pairs", str(args.ft_max_pairs)]
-        record, seconds = run(ft_args)
-        finetune = {
-            "job_id": record.get("id"),
-            "state": record.get("state"),
-            "result": record.get("result"),
-            "command": run.commands[-1]["command"],
-            "seconds": round(seconds, 1),
-        }
-        rows += eval_runs(run, args, beir, "finetuned", ["dense", "hybrid"], weights)
+    rows: list[dict[str, Any]] = []
+    state: dict[str, Any] = {"finetune": None, "error": None}
 
-    results = {r["name"]: {m: r[m] for m in HEADLINE} for r in rows}
-    report = {
-        "benchmark": "scifact",
-        "dataset": str(beir),
-        "tiny": args.tiny,
-        "in_process": in_process,
-        "split": "test",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "duration_s": round(time.perf_counter() - started, 1),
-        "settings": {
-            "chunk_size": args.chunk_size,
-            "collection": args.collection,
-            "data_dir": str(data_dir),
-            "weights": weights,
-            "max_queries": args.max_queries,
-            "title_mode": "prepend",
-            "finetune": None if args.skip_finetune else {
-                "epochs": args.ft_epochs,
-                "batch_size": args.ft_batch_size,
-                "lr": args.ft_lr,
-                "hard_negatives": args.ft_hard_negatives,
-                "mine_method": args.ft_mine_method,
-                "max_pairs": args.ft_max_pairs,
-                "dtype": args.ft_dtype,
-            },
-        },
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": os.cpu_count()},
-        "results": results,
-        "targets": {k: {"target": v, "measured": results.get(k, {}).get("ndcg@10"),
-                        "met": (results.get(k, {}).get("ndcg@10") or 0) >= v}
-                    for k, v in TARGETS.items() if k in results},
-        "references_ndcg@10": REFERENCES,
-        "runs": rows,
-        "finetune": finetune,
-        "commands": run.commands,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(args.out)
+    def save(complete: bool) -> dict[str, Any]:
+        """Write the JSON (after every stage, so a cut-off run keeps its figures)."""
+        report = build_report(args, beir, data_dir, weights, in_process, rows, run, started)
+        report.update(complete=complete, finetune=state["finetune"], error=state["error"])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.replace(args.out)
+        return report
+
+    try:
+        rows += eval_runs(run, args, beir, "base", ["dense", "bm25", "hybrid"], weights)
+        save(complete=False)
+        if not args.skip_finetune:
+            ft_args = [
+                "finetune", "embeddings", "--collection", args.collection, "--beir", str(beir),
+                "--split", "train", "--epochs", str(args.ft_epochs),
+                "--batch-size", str(args.ft_batch_size), "--lr", str(args.ft_lr),
+                "--hard-negatives", str(args.ft_hard_negatives),
+                "--mine-method", args.ft_mine_method, "--dtype", args.ft_dtype,
+                "--out", f"{args.collection}-emb-bench",
+            ]  # fmt: skip
+            if args.ft_max_pairs:
+                ft_args += ["--max-pairs", str(args.ft_max_pairs)]
+            record, seconds = run(ft_args)
+            state["finetune"] = {
+                "job_id": record.get("id"),
+                "state": record.get("state"),
+                "result": record.get("result"),
+                "command": run.commands[-1]["command"],
+                "seconds": round(seconds, 1),
+            }
+            save(complete=False)
+            ft_weights = [] if args.tiny else weights  # tiny: keep the test short
+            rows += eval_runs(run, args, beir, "finetuned", ["dense", "hybrid"], ft_weights)
+    except RuntimeError as exc:  # a failed kb command: keep and show what was measured
+        state["error"] = str(exc)
+        print(f"error: {exc}", file=sys.stderr)
+    report = save(complete=state["error"] is None)
 
     print_table(rows)
-    print(f"\nreference nDCG@10 (others, this machine): "
-          + "; ".join(f"{k} {v:.3f}" for k, v in REFERENCES.items()))
+    print(
+        "\nreference nDCG@10 (others, this machine): "
+        + "; ".join(f"{k} {v:.3f}" for k, v in REFERENCES.items())
+    )
     print(f"results: {args.out} ({report['duration_s']:.0f}s)")
-    return 0
+    return 0 if report["complete"] else 1
 
 
 if __name__ == "__main__":

@@ -107,6 +107,7 @@ class Ingestor:
         commit_every_chunks: int = 20_000,
         embed_batch_chunks: int = 512,
         progress: IngestProgress | None = None,
+        prefetch: bool = True,
     ):
         self.collection = collection
         self.embedder = embedder
@@ -115,6 +116,7 @@ class Ingestor:
         # commits happen between embed batches, so a batch may not outgrow the commit interval
         self.embed_batch = max(1, min(embed_batch_chunks, commit_every_chunks))
         self.progress = progress or IngestProgress()
+        self.prefetch = prefetch  # False loads in the caller's thread (benchmarks/ingest.py)
 
     def sync(
         self,
@@ -132,7 +134,8 @@ class Ingestor:
         batch: list[_Pending] = []  # loaded, waiting for vectors
         batch_chunks = 0
         ready_chunks = 0
-        for item in _prefetch(self._load(s, stored, report) for s in sources):
+        loaded = (self._load(s, stored, report) for s in sources)
+        for item in _prefetch(loaded) if self.prefetch else loaded:
             if item is None:
                 continue
             batch.append(item)

@@ -186,11 +186,13 @@ class Answerer:
         method: str | None = None,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
+        generate: bool = True,
     ) -> AnswerResult:
         """Answer one question and return the whole result (no deltas)."""
         events = self._events(
-            question, mode, collection, k, model, method, max_new_tokens, temperature, stream=False
-        )
+            question, mode, collection, k, model, method, max_new_tokens, temperature,
+            stream=False, generate=generate,
+        )  # fmt: skip
         result = None
         for event in events:
             if event.type == "done":
@@ -209,11 +211,13 @@ class Answerer:
         method: str | None = None,
         max_new_tokens: int | None = None,
         temperature: float | None = None,
+        generate: bool = True,
     ) -> Iterator[AnswerEvent]:
         """Answer one question as events: passages, then deltas, then done (see module doc)."""
         return self._events(
-            question, mode, collection, k, model, method, max_new_tokens, temperature, stream=True
-        )
+            question, mode, collection, k, model, method, max_new_tokens, temperature,
+            stream=True, generate=generate,
+        )  # fmt: skip
 
     def modes(self, model: str | None = None) -> dict[str, str | None]:
         """Every mode -> None if it can run now, else the reason it cannot."""
@@ -288,6 +292,7 @@ class Answerer:
         temperature: float | None,
         *,
         stream: bool,
+        generate: bool = True,
     ) -> Iterator[AnswerEvent]:
         started = time.perf_counter()
         question = (question or "").strip()
@@ -335,13 +340,13 @@ class Answerer:
         if mode == COMPARE:
             yield from self._compare(
                 question, name, plans, unavailable, relevant, timings, started,
-                max_new_tokens, temperature, stream,
+                max_new_tokens, temperature, stream, generate=generate,
             )  # fmt: skip
             return
         plan = plans[0]
         runner = self._run(
             question, name, plan, relevant, dict(timings), started, max_new_tokens, temperature,
-            stream,
+            stream, generate=generate,
         )  # fmt: skip
         try:
             for event in runner:
@@ -363,6 +368,8 @@ class Answerer:
         max_new_tokens: int | None,
         temperature: float | None,
         stream: bool,
+        *,
+        generate: bool = True,
     ) -> Iterator[AnswerEvent]:
         numbered = [_citation_stub(i, p) for i, p in enumerate(relevant, 1)]
         yield AnswerEvent(
@@ -382,7 +389,7 @@ class Answerer:
             mode_started = time.perf_counter()
             runner = self._run(
                 question, collection, plan, relevant, dict(timings), mode_started,
-                max_new_tokens, temperature, stream, announce=False,
+                max_new_tokens, temperature, stream, announce=False, generate=generate,
             )  # fmt: skip
             try:
                 for event in runner:
@@ -421,6 +428,7 @@ class Answerer:
         stream: bool,
         *,
         announce: bool = True,
+        generate: bool = True,
     ) -> Iterator[AnswerEvent]:
         """One mode: passages event (unless announced by compare), deltas, then a result event."""
         generator = self.generators.get(plan.generator)
@@ -474,7 +482,9 @@ class Answerer:
             )
 
         t = time.perf_counter()
-        if messages is not None:
+        if messages is not None and not generate:
+            result.finish_reason = "skipped"  # generate=False: retrieval and prompt only
+        elif messages is not None:
             generation = None
             if stream:
                 events = generator.stream(

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     embed_batch_size: int = 64
     # local models: bfloat16/float32 run in torch; int8 runs an ONNX Runtime export (cache_dir)
     embed_dtype: Literal["float32", "bfloat16", "int8"] = "bfloat16"
+    embed_query_cache: int = 1024  # query vectors kept for repeated searches; 0 disables
     embed_base_url: str | None = None
     embed_api_key: str | None = None
 

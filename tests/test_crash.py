@@ -17,8 +17,8 @@ import pytest
 
 from tests.reliability import check_store, reap, run_kb, start_kb, write_distinct_corpus
 
-FILES = 300
-COMMIT_EVERY = 50  # chunks; one per file, so a full ingest commits six generations
+FILES = 240
+COMMIT_EVERY = 40  # chunks; one per file, so a full ingest commits six generations
 COLLECTION = "crash"
 
 

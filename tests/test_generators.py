@@ -232,7 +232,7 @@ def test_rag_prompt_fits_a_small_budget_with_numbered_passages(smollm2):
     last = used[-1]
     assert passages[last.chunk_id].text.startswith(last.text)
     assert last.end == last.start + len(last.text)
-    assert user.rstrip().endswith("What do the passages say?")
+    assert "Question: What do the passages say?" in user.split("</passage>")[-1]
 
 
 def test_rag_prompt_refuses_when_nothing_fits():
@@ -281,6 +281,7 @@ def test_extract_citations():
 def test_prompt_files_and_not_covered():
     assert not_covered_answer() == load_prompt("rag").not_covered.strip()
     assert not_covered_answer() in load_prompt("rag").render_system()
+    assert "\nQuestion:" in load_prompt("rag").stop  # for callers to pass as stop=
     base = build_base_messages("  Hello?  ")
     assert base[-1] == {"role": "user", "content": "Hello?"}
     with pytest.raises(InvalidInput, match=r"'nope'.*rag"):

@@ -55,6 +55,7 @@ def query(body: QueryRequest, answerer: AnswererDep, caller: Caller):
         "method": body.method,
         "max_new_tokens": body.max_new_tokens,
         "temperature": body.temperature,
+        "generate": body.generate,
     }
     if not body.stream:
         return answerer.answer(body.question, **args).to_dict()

@@ -13,6 +13,12 @@ EMBEDDER_KINDS = ("minilm", "st:<path>", "openai:<model>")
 
 def load_embedder(name: str, settings: Settings) -> Embedder:
     """Build the embedder a name refers to; an unknown name lists the known kinds."""
+    embedder = _build(name, settings)
+    embedder.query_cache_size = settings.embed_query_cache
+    return embedder
+
+
+def _build(name: str, settings: Settings) -> Embedder:
     if name == "minilm":
         from kb.embedders.sentence_transformers import bundled_minilm_path
 

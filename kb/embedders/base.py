@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -15,6 +17,8 @@ class Embedder(ABC):
     model_id: str
     dimension: int
     batch_size: int = 64
+    #: query vectors kept, least recently used dropped first; 0 disables (KB_EMBED_QUERY_CACHE)
+    query_cache_size: int = 0
 
     @abstractmethod
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
@@ -43,7 +47,25 @@ class Embedder(ABC):
         return normalize(out)
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self.embed([text])[0]
+        """One query's vector (read-only: it may be shared through the query cache)."""
+        if self.query_cache_size <= 0:
+            return self.embed([text])[0]
+        with _CACHE_LOCK:
+            cache = self.__dict__.setdefault("_query_cache", OrderedDict())
+            vec = cache.get(text)
+            if vec is not None:
+                cache.move_to_end(text)
+                return vec
+        vec = self.embed([text])[0]
+        vec.setflags(write=False)
+        with _CACHE_LOCK:
+            cache[text] = vec
+            while len(cache) > self.query_cache_size:
+                cache.popitem(last=False)
+        return vec
+
+
+_CACHE_LOCK = threading.Lock()  # guards every embedder's query cache; held for dict work only
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

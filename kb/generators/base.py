@@ -131,11 +131,6 @@ class Generator(ABC):
     def load(self) -> None:  # noqa: B027 - optional hook, nothing to do for remote backends
         """Load weights and warm up now rather than on the first request."""
 
-    @property
-    def loaded(self) -> bool:
-        """Whether the generator can answer without loading anything first (remote: always)."""
-        return True
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, model_id={self.model_id!r})"
 

@@ -1,0 +1,66 @@
+"""Each performance benchmark runs end to end on a tiny input and writes the JSON it promises."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+
+pytestmark = pytest.mark.skipif(
+    not (SCIFACT / "corpus.jsonl").exists(), reason="needs ../shared/data/scifact"
+)
+
+
+def run_benchmark(script: str, *args: str, out: Path) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_ingest_benchmark_tiny(tmp_path):
+    report = run_benchmark(
+        "ingest.py",
+        "--limit", "12",
+        "--reps", "1",
+        "--lever-chunks", "8",
+        "--overlap-docs", "4",
+        "--quality", "int8",
+        out=tmp_path / "ingest.json",
+    )  # fmt: skip
+    assert report["documents"] == 12 and report["chunks"] >= 12
+    headline = report["headline"]
+    for side in ("plain", "kb"):
+        assert {"docs_per_s", "chunks_per_s", "tokens_per_s", "seconds"} <= set(headline[side])
+        assert headline[side]["chunks_per_s"] > 0
+    assert headline["ratio"] > 0
+    settings = [q["setting"] for q in report["quality"]]
+    assert settings[0] == "float32 (plain encode)" and any("int8" in s for s in settings)
+    assert all(0.0 <= q["ndcg@10"] <= 1.0 for q in report["quality"])
+    levers = {row["lever"] for row in report["levers"]}
+    assert {"baseline", "bfloat16", "onnx int8", "threads", "batch", "overlap"} <= levers
+
+
+def test_query_benchmark_tiny(tmp_path):
+    report = run_benchmark("query.py", "--tiny", out=tmp_path / "query.json")
+    assert report["collection"]["chunks"] >= 2000
+    cells = {(c["endpoint"], c["clients"]): c for c in report["cells"]}
+    assert set(cells) == {("search", 1), ("search", 4), ("query", 1), ("query", 4)}
+    for cell in cells.values():
+        assert cell["errors"] == 0 and cell["requests"] >= 16
+        assert 0 < cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"]
+        assert cell["throughput_rps"] > 0
