@@ -25,6 +25,7 @@ from kb.errors import (
 )
 from kb.generators import GeneratorRegistry
 from kb.prompting import (
+    load_prompt,
     Citation,
     build_base_messages,
     build_rag_messages,
@@ -482,13 +483,14 @@ class Answerer:
             )
 
         t = time.perf_counter()
+        stop = load_prompt("rag" if plan.grounded else "base").stop or None
         if messages is not None and not generate:
             result.finish_reason = "skipped"  # generate=False: retrieval and prompt only
         elif messages is not None:
             generation = None
             if stream:
                 events = generator.stream(
-                    messages, max_new_tokens=budget, temperature=temp, stop=None
+                    messages, max_new_tokens=budget, temperature=temp, stop=stop
                 )
                 try:
                     for event in events:
@@ -504,7 +506,7 @@ class Answerer:
                     raise KBError(f"model {plan.generator!r} ended its stream without a result")
             else:
                 generation = generator.generate(
-                    messages, max_new_tokens=budget, temperature=temp, stop=None
+                    messages, max_new_tokens=budget, temperature=temp, stop=stop
                 )
             result.answer = generation.text.strip()
             result.finish_reason = generation.finish_reason

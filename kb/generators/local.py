@@ -37,6 +37,7 @@ BUNDLED = {"smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 #: bfloat16 roughly halves prompt processing time against float32 on these CPUs, decodes as
 #: fast, and answers as sensibly (in slightly different words); benchmarks/generation.py compares
 INFERENCE_DTYPE = "bfloat16"
+REPETITION_PENALTY = 1.15
 DTYPES = ("float32", "bfloat16")
 #: torch threads for one generation. On a busy 2-core machine two OpenMP threads wait on each
 #: other at every layer and decoding fell from ~5 to ~0.5 tokens/s; one thread degrades gently
@@ -475,6 +476,8 @@ class LocalGenerator(Generator):
         config = GenerationConfig(
             max_new_tokens=min(limit, room),
             do_sample=temp > 0,
+            # a 135M model decoding greedily loops on its own phrases without this
+            repetition_penalty=REPETITION_PENALTY,
             eos_token_id=eos,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
             stop_strings=list(stop) if stop else None,
