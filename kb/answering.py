@@ -25,11 +25,11 @@ from kb.errors import (
 )
 from kb.generators import GeneratorRegistry
 from kb.prompting import (
-    load_prompt,
     Citation,
     build_base_messages,
     build_rag_messages,
     extract_citations,
+    load_prompt,
     not_covered_answer,
 )
 from kb.types import Passage
