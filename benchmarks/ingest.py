@@ -118,12 +118,16 @@ def main(argv: list[str] | None = None) -> dict:
         "plain_seconds": plain_s,
         "kb_seconds": kb_s,
     }
-    headline["ratio"] = round(statistics.median(p / k for p, k in zip(plain_s, kb_s)), 3)
+    headline["ratio"] = round(
+        statistics.median(p / k for p, k in zip(plain_s, kb_s, strict=True)), 3
+    )
 
     # -- quality -----------------------------------------------------------------------------
     chunk_docs = [s for s, _ in chunks]
     quality = {
-        "float32 (plain encode)": ndcg(plain_vecs, chunk_docs, plain_query_fn(plain), queries, qrels),
+        "float32 (plain encode)": ndcg(
+            plain_vecs, chunk_docs, plain_query_fn(plain), queries, qrels
+        ),
         f"kb default ({embedder_label(embedder)})": ndcg(
             kb_vecs, kb_chunk_docs, embedder.embed, queries, qrels
         ),
@@ -363,7 +367,7 @@ def lever_rows(model_path: str, plain, sample: list[str], work: Path, reps: int)
             seconds[i].append(time.perf_counter() - t)
     rows = []
     for i, (lever, label, _) in enumerate(settings):
-        ratio = statistics.median(b / s for b, s in zip(seconds[0], seconds[i]))
+        ratio = statistics.median(b / s for b, s in zip(seconds[0], seconds[i], strict=True))
         rows.append(
             {
                 "lever": lever,
@@ -384,7 +388,9 @@ def overlap_rows(
     for rep in range(reps):
         for prefetch in (False, True):
             folder = settings.data_dir / f"overlap-{rep}-{prefetch}"
-            kb = KnowledgeBase(settings.model_copy(update={"data_dir": folder}), embedders=embedders)
+            kb = KnowledgeBase(
+                settings.model_copy(update={"data_dir": folder}), embedders=embedders
+            )
             col = kb.create_collection("overlap")
             emb = kb.embedder_for(col.embedder)
             chunker = kb.chunker_for(emb)
@@ -400,7 +406,7 @@ def overlap_rows(
             "setting": f"kb ingest of {len(docs)} docs, parsing {how}",
             "docs_per_s": round(len(docs) / statistics.median(seconds[prefetch]), 2),
             "ratio_vs_serial": round(
-                statistics.median(b / s for b, s in zip(base, seconds[prefetch])), 3
+                statistics.median(b / s for b, s in zip(base, seconds[prefetch], strict=True)), 3
             ),
             "seconds": [round(s, 3) for s in seconds[prefetch]],
         }

@@ -96,7 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--embed-seconds", type=float, default=300, help="budget to embed real chunks")
     p.add_argument("--real-docs", type=int, help="a seeded sample of the real documents")
     p.add_argument("--clients", default="1,8,32", help="comma list of concurrent clients")
-    p.add_argument("--requests", type=int, default=400, help="requests per cell (at least 4/client)")
+    p.add_argument(
+        "--requests", type=int, default=400, help="requests per cell (at least 4/client)"
+    )
     p.add_argument("--warmup", type=int, default=20, help="requests before measuring")
     p.add_argument("--no-levers", action="store_true", help="only the endpoint x clients matrix")
     p.add_argument("--tiny", action="store_true", help="2,000 chunks, few requests, no levers")
@@ -182,7 +184,8 @@ def build_collection(args: argparse.Namespace) -> tuple[Path, dict]:
                 vecs = [synthesized((di, ci)) for ci in range(len(chunks))]
                 source = f"variant-{variant}/{doc.source}"
             new_chunks = [
-                type(c)(**{**c.__dict__, "text": text}) for c, text in zip(chunks, texts, strict=True)
+                type(c)(**{**c.__dict__, "text": text})
+                for c, text in zip(chunks, texts, strict=True)
             ]
             add.append(
                 NewDocument(
@@ -331,9 +334,7 @@ def measure(
 ) -> dict:
     """`requests` requests (at least 4 per client) by `clients` closed-loop workers."""
     total = max(requests, 4 * clients)
-    latencies, errors, wall, extra = asyncio.run(
-        _load(url, endpoint, clients, queries, total)
-    )
+    latencies, errors, wall, extra = asyncio.run(_load(url, endpoint, clients, queries, total))
     ms = sorted(x * 1000 for x in latencies)
     return {
         "label": label or "default",

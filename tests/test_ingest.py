@@ -165,8 +165,11 @@ def test_edit_and_delete_then_prune(newsgroups_kb, newsgroups_copy, embedders):
     listed = kb(data, "documents", "list", "--collection", "news")["documents"]
     sources = {d["source"] for d in listed}
     assert str(deleted.resolve()) not in sources
-    res = search(embedders, data, "zebra carburettor quokka", k=1, collection="news")
+    # the edit is searchable: first by its words, and among the fused results
+    res = search(embedders, data, "zebra carburettor quokka", k=1, collection="news", method="bm25")
     assert res[0]["source"] == str(edited.resolve())
+    fused = search(embedders, data, "zebra carburettor quokka", k=5, collection="news")
+    assert str(edited.resolve()) in [r["source"] for r in fused]
 
 
 def test_documents_delete_and_errors(tmp_path):

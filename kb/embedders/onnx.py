@@ -180,7 +180,9 @@ def _export(folder: Path, out: Path) -> None:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
-    example = model.tokenizer(["an example", "a longer example text"], padding=True, return_tensors="pt")
+    example = model.tokenizer(
+        ["an example", "a longer example text"], padding=True, return_tensors="pt"
+    )
     typed = "token_type_ids" in example  # BERT has segment ids, DistilBERT and others do not
     if not typed:
         example["token_type_ids"] = torch.zeros_like(example["input_ids"])
