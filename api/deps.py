@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from kb.generators import GeneratorRegistry
 
 from kb.answering import Answerer
+from kb.generators import GeneratorRegistry
 from kb.jobs import JobManager
 from kb.service import KnowledgeBase
 from kb.settings import Settings

@@ -6,8 +6,7 @@ reports test-split accuracy of the base and the fine-tuned model with the same p
 training time. Answers are read by constrained scoring (log-likelihood of each label as the
 whole answer, one prompt pass) or, with --eval generation, by greedy decoding.
 
-    OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python benchmarks/newsgroups_lora.py \\
-        --max-train 400 --max-test 794
+    nice -n 10 .venv/bin/python benchmarks/newsgroups_lora.py [--max-train N] [--max-test N]
 
 Writes benchmarks/results/newsgroups_lora.json and prints a table.
 """
@@ -48,16 +47,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--work", type=Path, default=Path("/tmp/kb-bench-newsgroups"), help="KB data dir"
     )
-    p.add_argument("--max-train", type=int, default=400, help="training examples (stratified)")
+    p.add_argument("--max-train", type=int, default=None, help="training examples (default: all)")
     p.add_argument("--max-test", type=int, default=None, help="test examples (default: all)")
-    p.add_argument("--text-budget", type=int, default=150, help="tokens of each message kept")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--text-budget", type=int, default=192, help="tokens of each message kept")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--r", type=int, default=8)
     p.add_argument("--alpha", type=int, default=16)
-    p.add_argument("--lora-layers", type=int, default=None, help="adapt only the last N layers")
+    p.add_argument("--lora-layers", type=int, default=16, help="adapt only the last N layers")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--max-seq-len", type=int, default=256)
+    p.add_argument("--max-seq-len", type=int, default=320)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--eval", dest="eval_mode", default="scoring", choices=["scoring", "generation"])
     p.add_argument("--skip-base", action="store_true", help="do not evaluate the base model")

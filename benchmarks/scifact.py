@@ -362,6 +362,7 @@ def build_report(
             "weights": weights,
             "max_queries": args.max_queries,
             "title_mode": "prepend",
+            "reuse": args.reuse,  # True: the collection came from an earlier run (no ingest)
             "finetune": None
             if args.skip_finetune
             else {

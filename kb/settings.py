@@ -47,10 +47,13 @@ class Settings(BaseSettings):
     # local models: bfloat16/float32 run in torch; int8 runs an ONNX Runtime export (cache_dir)
     embed_dtype: Literal["float32", "bfloat16", "int8"] = "bfloat16"
     embed_query_cache: int = 1024  # query vectors kept for repeated searches; 0 disables
+    # torch-run models embed single queries through an ONNX Runtime float32 export (same vectors)
+    embed_query_runtime: Literal["torch", "onnx"] = "onnx"
     embed_base_url: str | None = None
     embed_api_key: str | None = None
 
-    chunk_size: int = 250  # tokens of the embedder's tokenizer (MiniLM reads 256 with its 2 special tokens)
+    # tokens of the embedder's tokenizer (MiniLM reads 256 with its 2 special tokens)
+    chunk_size: int = 250
     chunk_overlap: int = 32
     commit_every_chunks: int = 20_000  # a long ingest commits a generation this often
 

@@ -17,6 +17,9 @@ from kb.settings import GeneratorSpec, Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# each fresh data folder would export MiniLM to ONNX for its queries (seconds each); the session
+# server and tests/test_embedders_onnx.py run the ONNX query path, the rest embed through torch
+os.environ.setdefault("KB_EMBED_QUERY_RUNTIME", "torch")
 
 #: a few short files on made-up topics, so an answer can only come from the right one
 CORPUS = {
@@ -124,6 +127,7 @@ def server(tmp_path_factory, model_cache: Path) -> Iterator[LiveServer]:
         cors_origins=["http://allowed.example"],
         max_upload_bytes=64 * 1024,
         max_upload_files=3,
+        embed_query_runtime="onnx",
     )
     with live_server(settings) as live:
         live.corpus = corpus

@@ -129,8 +129,12 @@ class EmbeddingsRequest(Strict):
     lr: float = Field(3e-5, gt=0, lt=1)
     hard_negatives: int = Field(1, ge=0, le=10)
     mine_method: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
     max_pairs: int | None = Field(None, ge=2)
     out: str | None = Field(None, description="Name of the saved model.")
+    base: str | None = Field(
+        None, description="Embedder to start from, e.g. 'minilm' (default: the collection's)."
+    )
     reindex: bool = True
     seed: int = 0
 

@@ -230,10 +230,16 @@ def embeddings(
     batch_size: Annotated[int, typer.Option(help="Pairs per batch (in-batch negatives).")] = 32,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-5,
     max_pairs: Annotated[int | None, typer.Option(help="Train on a sample of this many.")] = None,
-    dtype: Annotated[str, typer.Option(help="float32, or bfloat16 autocast.")] = "float32",
+    dtype: Annotated[
+        str, typer.Option(help="bfloat16 (autocast, faster) or float32.")
+    ] = "bfloat16",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     out: Annotated[
         str | None, typer.Option(help="Name of the saved model (default: <collection>-emb-<id>).")
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(help="Embedder to start from, e.g. minilm (default: the collection's own)."),
     ] = None,
     reindex: Annotated[
         bool, typer.Option(help="Re-index the collection with the new model when done.")
@@ -265,6 +271,7 @@ def embeddings(
         max_pairs=max_pairs,
         dtype=dtype,
         out=out,
+        base=base,
         reindex=reindex,
         seed=seed,
     )

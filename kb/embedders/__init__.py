@@ -48,5 +48,9 @@ def _local(path: str, settings: Settings, model_id: str | None = None) -> Embedd
     from kb.embedders.sentence_transformers import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(
-        path, batch_size=settings.embed_batch_size, dtype=settings.embed_dtype, model_id=model_id
+        path,
+        batch_size=settings.embed_batch_size,
+        dtype=settings.embed_dtype,
+        model_id=model_id,
+        query_onnx_cache=settings.cache_dir if settings.embed_query_runtime == "onnx" else None,
     )

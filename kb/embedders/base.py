@@ -49,20 +49,24 @@ class Embedder(ABC):
     def embed_query(self, text: str) -> np.ndarray:
         """One query's vector (read-only: it may be shared through the query cache)."""
         if self.query_cache_size <= 0:
-            return self.embed([text])[0]
+            return self.query_vector(text)
         with _CACHE_LOCK:
             cache = self.__dict__.setdefault("_query_cache", OrderedDict())
             vec = cache.get(text)
             if vec is not None:
                 cache.move_to_end(text)
                 return vec
-        vec = self.embed([text])[0]
+        vec = self.query_vector(text)
         vec.setflags(write=False)
         with _CACHE_LOCK:
             cache[text] = vec
             while len(cache) > self.query_cache_size:
                 cache.popitem(last=False)
         return vec
+
+    def query_vector(self, text: str) -> np.ndarray:
+        """One text's vector, uncached; a backend with a faster path for single texts overrides it."""
+        return self.embed([text])[0]
 
 
 _CACHE_LOCK = threading.Lock()  # guards every embedder's query cache; held for dict work only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -12,6 +13,8 @@ import numpy as np
 
 from kb.embedders.base import Embedder
 from kb.errors import InvalidInput
+
+log = logging.getLogger(__name__)
 
 
 def bundled_minilm_path() -> str:
@@ -28,6 +31,7 @@ class SentenceTransformerEmbedder(Embedder):
         batch_size: int = 64,
         dtype: str = "bfloat16",
         model_id: str | None = None,
+        query_onnx_cache: Path | None = None,
     ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -67,6 +71,12 @@ class SentenceTransformerEmbedder(Embedder):
             self._counter_rust.no_padding()
         self._counter = copy.deepcopy(self._model.tokenizer)
         self._counter_lock = threading.Lock()
+        # single queries through torch took ~300 ms on a busy 2-core machine (two intra-op
+        # threads waiting on each other) against ~10 ms in ONNX Runtime; the float32 export gives
+        # the same vectors as torch float32 (benchmarks/query.py)
+        self._query_onnx_cache = query_onnx_cache
+        self._query_onnx = None
+        self._query_onnx_lock = threading.Lock()
 
     @property
     def tokenizer(self):
@@ -77,6 +87,27 @@ class SentenceTransformerEmbedder(Embedder):
             return len(self._counter_rust.encode(text, add_special_tokens=False).ids)
         with self._counter_lock:
             return len(self._counter(text, add_special_tokens=False, truncation=False)["input_ids"])
+
+    def query_vector(self, text: str) -> np.ndarray:
+        if self._query_onnx_cache is None:
+            return super().query_vector(text)
+        if self._query_onnx is None:
+            with self._query_onnx_lock:
+                if self._query_onnx is None and self._query_onnx_cache is not None:
+                    self._query_onnx = self._load_query_onnx(self._query_onnx_cache)
+        if self._query_onnx is None:  # the model cannot be exported: torch serves queries
+            return super().query_vector(text)
+        return self._query_onnx.query_vector(text)
+
+    def _load_query_onnx(self, cache_dir: Path):
+        from kb.embedders.onnx import OnnxEmbedder
+
+        try:
+            return OnnxEmbedder(self.path, cache_dir=cache_dir, dtype="float32")
+        except Exception as exc:  # noqa: BLE001 - any export failure falls back to torch
+            log.warning("queries embed through torch: no ONNX export of %s (%s)", self.path, exc)
+            self._query_onnx_cache = None
+            return None
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         import torch

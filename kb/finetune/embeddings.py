@@ -45,6 +45,7 @@ class EmbeddingFineTuneSpec:
     pairs: str | None = None
     epochs: int = 1
     batch_size: int = 32
+    mini_batch_size: int = 16  # sequences embedded at once; bounds memory, not the batch
     lr: float = 3e-5
     warmup_ratio: float = 0.1
     hard_negatives: int = 1
@@ -54,9 +55,10 @@ class EmbeddingFineTuneSpec:
     )
     max_pairs: int | None = None
     max_seq_len: int | None = None  # default: the model's own limit
-    dtype: str = "float32"  # "bfloat16": train under bf16 autocast
+    dtype: str = "bfloat16"  # bf16 autocast: ~1.75x faster than float32 on this CPU
     scale: float = 20.0  # MultipleNegativesRankingLoss similarity scale
     out: str | None = None  # the model's name; default <collection>-emb-<job>
+    base: str | None = None  # embedder to start from (e.g. "minilm"); default: the collection's
     reindex: bool = True
     seed: int = 0
 
@@ -77,6 +79,7 @@ class EmbeddingFineTuneSpec:
         limits = {
             "epochs": (self.epochs, 1, 100),
             "batch_size": (self.batch_size, 2, 4096),
+            "mini_batch_size": (self.mini_batch_size, 1, 4096),
             "hard_negatives": (self.hard_negatives, 0, 10),
             "mine_skip": (self.mine_skip, 0, MINE_POOL - 1),
         }
@@ -297,14 +300,23 @@ def train_embedder(
 
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MultipleNegativesRankingLoss,
+    )
 
     random.seed(spec.seed)
     torch.manual_seed(spec.seed)
     model = SentenceTransformer(base_path, device="cpu")
     if spec.max_seq_len:
         model.max_seq_length = spec.max_seq_len
-    loss_fn = MultipleNegativesRankingLoss(model, scale=spec.scale)
+    if spec.batch_size > spec.mini_batch_size:
+        # GradCache: the same loss over the whole batch, with the memory of a mini-batch
+        loss_fn = CachedMultipleNegativesRankingLoss(
+            model, scale=spec.scale, mini_batch_size=spec.mini_batch_size
+        )
+    else:
+        loss_fn = MultipleNegativesRankingLoss(model, scale=spec.scale)
     encode = getattr(model, "preprocess", None) or model.tokenize  # renamed in v6
     rng = random.Random(spec.seed)
     per_epoch = len(batches_without_duplicates(pairs, spec.batch_size, random.Random(spec.seed)))
@@ -334,9 +346,9 @@ def train_embedder(
             columns = [[p.query for p in batch], [p.positive for p in batch]]
             columns += [[p.negatives[j] for p in batch] for j in range(spec.hard_negatives)]
             features = [encode(column) for column in columns]
-            with autocast:
+            with autocast:  # the cached loss re-runs the model inside backward()
                 loss = loss_fn(features, None)
-            loss.backward()
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
             optimizer.step()
             scheduler.step()
@@ -433,7 +445,7 @@ def check_embeddings_spec(spec: EmbeddingFineTuneSpec, kb: Any, models: ModelReg
     """Refuse a bad spec before any work: options, collection, embedder and the model name."""
     spec.check()
     col = kb.collection(spec.collection)
-    base_model_path(col.embedder)
+    base_model_path(spec.base or col.embedder)
     if spec.out:
         models.check_new_name(spec.out)
 
@@ -445,7 +457,7 @@ def finetune_embeddings(
     check_embeddings_spec(spec, kb, models)
     col = kb.collection(spec.collection)
     info = col.info()
-    base = col.embedder
+    base = spec.base or col.embedder
     base_path = base_model_path(base)
 
     def report(**values: Any) -> None:

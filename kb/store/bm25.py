@@ -72,8 +72,9 @@ class BM25Index:
         if allowed is not None:
             mask = np.isin(self.ids, allowed).astype(np.float32)
         k = min(k, len(self.ids))
+        # n_threads=0 scores in this thread; any other value starts a thread pool per call
         docs, scores = self._model.retrieve(
-            tokens, k=k, show_progress=False, n_threads=1, weight_mask=mask
+            tokens, k=k, show_progress=False, n_threads=0, weight_mask=mask
         )
         return [
             (int(self.ids[d]), float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0

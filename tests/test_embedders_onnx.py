@@ -1,0 +1,64 @@
+"""The ONNX Runtime paths: single queries (float32 export) and int8 ingest give torch's vectors."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from kb.embedders.sentence_transformers import SentenceTransformerEmbedder, bundled_minilm_path
+
+TEXTS = [
+    "Zorblax tea must steep for exactly seven minutes.",
+    "The Veltrani bicycle has square wheels and was invented in 1893.",
+    "How do I change the oil on a motorcycle?",
+    "x",
+]
+
+
+@pytest.fixture(scope="module")
+def torch_fp32():
+    return SentenceTransformerEmbedder(bundled_minilm_path(), dtype="float32")
+
+
+def test_query_runtime_onnx_gives_the_torch_vector(torch_fp32, model_cache):
+    onnx = SentenceTransformerEmbedder(
+        bundled_minilm_path(), dtype="bfloat16", query_onnx_cache=model_cache
+    )
+    reference = torch_fp32.embed(TEXTS)
+    for text, ref in zip(TEXTS, reference, strict=True):
+        vec = onnx.query_vector(text)
+        assert vec.dtype == np.float32 and vec.shape == (384,)
+        assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-4
+        assert float(vec @ ref) > 0.9999, text
+    assert onnx._query_onnx is not None  # the export really served the queries
+
+
+def test_onnx_export_is_cached(model_cache):
+    from kb.embedders.onnx import OnnxEmbedder
+
+    OnnxEmbedder(bundled_minilm_path(), cache_dir=model_cache, dtype="float32")  # warm
+    start = time.perf_counter()
+    again = OnnxEmbedder(bundled_minilm_path(), cache_dir=model_cache, dtype="float32")
+    assert time.perf_counter() - start < 10  # loads the cached file; an export takes longer
+    assert again.onnx_path.is_file() and again.onnx_path.is_relative_to(model_cache)
+
+
+def test_int8_embedder_stays_close_to_float32(torch_fp32, model_cache):
+    from kb.embedders.onnx import OnnxEmbedder
+
+    int8 = OnnxEmbedder(bundled_minilm_path(), cache_dir=model_cache, dtype="int8")
+    cosines = np.sum(int8.embed(TEXTS) * torch_fp32.embed(TEXTS), axis=1)
+    assert cosines.min() > 0.97, cosines
+    assert int8.count_tokens("Zorblax tea") == torch_fp32.count_tokens("Zorblax tea")
+
+
+def test_model_that_cannot_be_exported_falls_back_to_torch(tmp_path, torch_fp32):
+    emb = SentenceTransformerEmbedder(
+        bundled_minilm_path(), dtype="float32", query_onnx_cache=tmp_path / "cache"
+    )
+    (tmp_path / "cache").write_text("not a folder")  # the export cannot be written here
+    vec = emb.query_vector(TEXTS[0])
+    assert float(vec @ torch_fp32.embed(TEXTS[:1])[0]) > 0.9999
+    assert emb._query_onnx is None and emb._query_onnx_cache is None
