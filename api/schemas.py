@@ -180,6 +180,7 @@ class CollectionOut(BaseModel):
 
 class CollectionList(BaseModel):
     collections: list[CollectionOut]
+    default: str = Field(description="the collection a request without `collection` uses")
 
 
 class DocumentOut(BaseModel):

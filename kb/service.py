@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,25 @@ class KnowledgeBase:
                 )
             col.commit(delete_doc_ids=ids)
         return ids
+
+    def reindex(self, collection: str | None, index_kind: str, wait: float = 0.0) -> dict:
+        """Rebuild a collection's dense index from its stored vectors as `index_kind` ("auto",
+        "flat", "ivf", "ivf:nlist=1024,nprobe=32", "hnsw32", ...), kept as the collection's kind
+        from then on; readers keep the old index until the new generation is committed."""
+        col = self.collection(collection)
+        started = time.perf_counter()
+        with col.write_lock(wait):
+            col.commit(index_kind=index_kind)
+        dense = col.snapshot().dense
+        return {
+            "collection": col.name,
+            "index": dense.kind,
+            "search_params": dense.search_params(),
+            "index_kind": col.index_kind,
+            "vectors": dense.ntotal,
+            "memory_bytes": dense.memory_bytes(),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
 
     # -- search ----------------------------------------------------------------------------
 

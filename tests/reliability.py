@@ -103,11 +103,30 @@ class Finished:
     result: dict = field(default_factory=dict)  # the last JSON line, with --json
 
 
+def peak_rss(pid: int) -> int:
+    """VmHWM of a running process in bytes (0 once it has exited).
+
+    Not wait4's ru_maxrss: Linux carries a process's peak over exec, so a child forked from
+    this test process (hundreds of MB to GB, with models loaded) would report that as its own.
+    VmHWM belongs to the address space that exec created, so it counts only the child's work.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def reap(proc: subprocess.Popen, log: Path, timeout: float = 600) -> Finished:
-    """Wait for a child (killing it after `timeout`) and read its own peak RSS from wait4."""
+    """Wait for a child (killing it after `timeout`), sampling its own peak RSS as it runs."""
     deadline = time.monotonic() + timeout
+    peak = 0
     while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        peak = max(peak, peak_rss(proc.pid))
+        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         if time.monotonic() > deadline:
@@ -123,7 +142,7 @@ def reap(proc: subprocess.Popen, log: Path, timeout: float = 600) -> Finished:
                 break
             except ValueError:
                 continue
-    return Finished(proc.returncode, output, usage.ru_maxrss * 1024, result)
+    return Finished(proc.returncode, output, peak, result)
 
 
 def run_kb(data_dir: Path, *args: str, log: Path, timeout: float = 600, **env: str) -> Finished:

@@ -260,3 +260,49 @@ def test_scale_benchmark_tiny_writes_its_report(tmp_path):
             assert 0 <= row["recall_at_10"] <= 1
     exact = next(r for r in report["indexes"] if r["kind"] == "flat")
     assert exact["settings"][0]["recall_at_10"] > 0.999
+
+
+def _document(n: int, vectors: np.ndarray):
+    from kb.store.collection import NewDocument
+    from kb.types import Chunk
+
+    chunks = [Chunk(f"passage {n}-{i}", i, 0, 10) for i in range(len(vectors))]
+    return NewDocument(f"doc{n}.txt", f"doc{n}.txt", f"h{n}", None, {}, 10, chunks, vectors)
+
+
+def test_reindex_changes_a_collections_index_kind_and_keeps_it(data, tmp_path):
+    from kb.store.collection import Collection
+
+    vectors, _ = data
+    col = Collection.create(tmp_path / "c", "c", embedder="test", dimension=DIM)
+    with col.write_lock():
+        col.commit(add=[_document(i, vectors[i * 500 : (i + 1) * 500]) for i in range(5)])
+    flat = col.snapshot().dense
+    assert flat.kind == "flat"
+    gen = col.generation
+
+    with col.write_lock(), pytest.raises(InvalidInput, match="unknown index kind"):
+        col.commit(index_kind="annoy")
+    assert col.generation == gen and col.snapshot().dense.kind == "flat"
+
+    with col.write_lock():
+        col.commit(index_kind="ivf:nlist=16,nprobe=16")
+    ivf = col.snapshot().dense
+    assert ivf.kind.startswith("ivf16") and ivf.ntotal == 2500
+    _, exact = flat.search(vectors[:50], 1)
+    _, approx = ivf.search(vectors[:50], 1)
+    assert (exact == approx).all()  # nprobe = nlist: every list is scanned
+    stored_ids, stored = col.vectors()
+    assert stored.shape == (2500, DIM)  # the stored vectors are the source, left as they were
+
+    # a later write and a fresh open keep the collection's own kind, not the default "auto"
+    with col.write_lock():
+        col.commit(add=[_document(9, vectors[2500:2600])])
+    assert col.snapshot().dense.kind.startswith("ivf16")
+    again = Collection.open(tmp_path / "c", "c", index_kind="auto")
+    assert again.index_kind == "ivf:nlist=16,nprobe=16"
+    assert again.snapshot().dense.kind.startswith("ivf16") and again.snapshot().dense.ntotal == 2600
+
+    with col.write_lock():
+        col.commit(index_kind="auto")
+    assert col.snapshot().dense.kind == "flat"

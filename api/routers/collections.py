@@ -16,7 +16,7 @@ router = APIRouter(tags=["collections"], responses=ERROR_RESPONSES)
 def list_collections(kb: KBDep, caller: Caller) -> dict:
     """The collections this caller's key may read, with document and chunk counts."""
     infos = [c for c in kb.list_collections() if caller.allows(c["name"])]
-    return {"collections": infos}
+    return {"collections": infos, "default": kb.settings.default_collection}
 
 
 @router.get("/collections/{name}", response_model=CollectionOut, summary="Describe a collection")

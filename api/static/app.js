@@ -60,12 +60,14 @@ document.querySelectorAll(".tab").forEach((tab) =>
 
 async function loadCollections() {
   try {
-    const { collections } = await api("/collections");
+    const { collections, default: fallback } = await api("/collections");
     for (const select of document.querySelectorAll(".collection-picker")) {
       const current = select.value;
       select.replaceChildren(...collections.map((c) => el("option", { value: c.name }, `${c.name} (${c.documents} docs)`)));
-      if (!collections.length) select.append(el("option", { value: "default" }, "default (empty)"));
-      if (current && [...select.options].some((o) => o.value === current)) select.value = current;
+      if (!collections.some((c) => c.name === fallback)) select.append(el("option", { value: fallback }, `${fallback} (empty)`));
+      // keep what the user picked; otherwise start on the service's default collection
+      const options = [...select.options].map((o) => o.value);
+      select.value = current && options.includes(current) ? current : fallback;
     }
   } catch (err) {
     setStatus(`Could not list collections: ${err.message}`, true);

@@ -1,4 +1,4 @@
-"""`kb ingest`, `kb search`, `kb documents ...` and `kb collections`."""
+"""`kb ingest`, `kb search`, `kb documents ...`, `kb collections` and `kb reindex`."""
 
 from __future__ import annotations
 
@@ -146,6 +146,30 @@ def collections(json_out: JsonOpt = False) -> None:
     console.print(table)
 
 
+def reindex(
+    index: Annotated[
+        str,
+        typer.Option(
+            "--index",
+            help="auto (flat up to KB_EXACT_SEARCH_MAX vectors, then IVF), flat, ivf, "
+            "'ivf:nlist=1024,nprobe=32', 'hnsw32,sq8', ...",
+        ),
+    ] = "auto",
+    collection: CollectionOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rebuild a collection's vector index as another kind, from its stored vectors."""
+    result = knowledge_base().reindex(collection, index)
+    console.print(
+        f"{result['collection']}: {result['vectors']} vectors in {result['index']} "
+        f"{result['search_params'] or ''} ({result['memory_bytes'] / 2**20:.1f} MiB) "
+        f"in {result['seconds']:.1f} s",
+        highlight=False,
+    )
+    if json_out:
+        print_json(result)
+
+
 def export(
     archive: Annotated[Path, typer.Argument(help="Archive to write (.tar.gz).")],
     collection: CollectionOpt = None,
@@ -183,4 +207,5 @@ def register(app: typer.Typer) -> None:
     app.command()(ingest)
     app.command()(search)
     app.command()(collections)
+    app.command()(reindex)
     app.add_typer(documents_app, name="documents")

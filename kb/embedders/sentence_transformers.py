@@ -103,7 +103,9 @@ class SentenceTransformerEmbedder(Embedder):
         from kb.embedders.onnx import OnnxEmbedder
 
         try:
-            return OnnxEmbedder(self.path, cache_dir=cache_dir, dtype="float32")
+            # one thread per call: a single query gains little from more, and concurrent
+            # requests each run in their own caller thread instead of queueing on one pool
+            return OnnxEmbedder(self.path, cache_dir=cache_dir, dtype="float32", threads=1)
         except Exception as exc:  # noqa: BLE001 - any export failure falls back to torch
             log.warning("queries embed through torch: no ONNX export of %s (%s)", self.path, exc)
             self._query_onnx_cache = None

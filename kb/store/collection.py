@@ -32,7 +32,7 @@ from kb.errors import (
     InvalidInput,
 )
 from kb.store.bm25 import BM25Index
-from kb.store.index import VectorIndex, build_index, rebuild, resolve_kind
+from kb.store.index import VectorIndex, build_index, parse_kind, rebuild, resolve_kind
 from kb.types import Chunk
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -157,12 +157,10 @@ class WriteLock:
 class Collection:
     """One named knowledge base on disk. Safe for many reader threads and one writer process."""
 
-    def __init__(
-        self, root: Path, name: str, *, index_kind: str = "auto", exact_max: int = 200_000
-    ):
+    def __init__(self, root: Path, name: str, *, index_kind: str = "auto", exact_max: int = 25_000):
         self.name = validate_name(name)
         self.root = root
-        self.index_kind = index_kind
+        self.default_index_kind = index_kind
         self.exact_max = exact_max
         self._local = threading.local()
         self._snapshot: Snapshot | None = None
@@ -236,6 +234,12 @@ class Collection:
     @property
     def embedder(self) -> str:
         return self.meta()["embedder"]
+
+    @property
+    def index_kind(self) -> str:
+        """The collection's own index kind (set by `reindex`), else the settings' default."""
+        row = self._db().execute("SELECT value FROM meta WHERE key='index_kind'").fetchone()
+        return row[0] if row else self.default_index_kind
 
     @property
     def dimension(self) -> int:
@@ -445,13 +449,23 @@ class Collection:
         delete_doc_ids: Iterable[str] = (),
         embedder: str | None = None,
         replace_all_vectors: tuple[np.ndarray, np.ndarray] | None = None,
+        index_kind: str | None = None,
     ) -> int:
         """Apply deletions and additions as one new generation; returns its number.
 
         The caller holds `write_lock()`. Documents in `add` whose source exists already
         replace it. `replace_all_vectors` (ids, vectors) with `embedder` re-indexes the whole
-        collection under a new embedding model in the same atomic step.
+        collection under a new embedding model in the same atomic step. `index_kind` ("auto",
+        "flat", "ivf:nlist=1024", ...) rebuilds the dense index as that kind and keeps it as the
+        collection's own kind from then on.
         """
+        rewrite_vectors = replace_all_vectors is not None
+        if index_kind is not None:
+            if index_kind.strip().lower() != "auto":
+                parse_kind(index_kind)  # refuses a malformed kind before any work
+            if replace_all_vectors is None:
+                replace_all_vectors = self.vectors()
+                embedder = self.embedder
         db = self._db()
         meta = self.meta()
         gen = int(meta["generation"])
@@ -494,7 +508,7 @@ class Collection:
                 dim,
                 replace_all_vectors[0],
                 replace_all_vectors[1],
-                kind=self.index_kind,
+                kind=index_kind or self.index_kind,
                 exact_max=self.exact_max,
             )
         else:
@@ -551,7 +565,7 @@ class Collection:
                         for cid, c, v in zip(ids, doc.chunks, doc.vectors, strict=True)
                     ],
                 )
-            if replace_all_vectors is not None:
+            if rewrite_vectors:
                 db.executemany(
                     "UPDATE chunks SET vector=? WHERE id=?",
                     [
@@ -561,6 +575,8 @@ class Collection:
                 )
                 db.execute("UPDATE meta SET value=? WHERE key='embedder'", (embedder,))
                 db.execute("UPDATE meta SET value=? WHERE key='dimension'", (str(dim),))
+            if index_kind is not None:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('index_kind', ?)", (index_kind,))
             db.execute("UPDATE meta SET value=? WHERE key='generation'", (str(new_gen),))
             db.execute("UPDATE meta SET value=? WHERE key='next_chunk_id'", (str(next_id),))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('updated_at', ?)", (str(now),))

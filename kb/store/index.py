@@ -142,7 +142,7 @@ def parse_kind(kind: str) -> IndexSpec:
     return IndexSpec(**fields)
 
 
-def resolve_kind(kind: str, expected_size: int, exact_max: int = 200_000) -> IndexSpec:
+def resolve_kind(kind: str, expected_size: int, exact_max: int = 25_000) -> IndexSpec:
     """The spec `build_index` uses: "auto" is flat up to `exact_max` vectors, else ivf fp16."""
     if kind.strip().lower() == "auto":
         return IndexSpec("flat") if expected_size <= exact_max else IndexSpec("ivf", "fp16")
@@ -354,7 +354,7 @@ def build_index(
     expected_size: int,
     kind: str = "auto",
     *,
-    exact_max: int = 200_000,
+    exact_max: int = 25_000,
     train_vectors: np.ndarray | None = None,
 ) -> VectorIndex:
     """An empty index for about `expected_size` vectors; ivf and sq8/sq4 kinds need `train_vectors`.
@@ -391,7 +391,7 @@ def rebuild(
     vectors: np.ndarray,
     kind: str = "auto",
     *,
-    exact_max: int = 200_000,
+    exact_max: int = 25_000,
     train_size: int | None = None,
     seed: int = 0,
     batch_size: int = 100_000,
