@@ -26,6 +26,16 @@ def tokenize(texts: list[str]):
     return bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(), show_progress=False)
 
 
+def query_terms(query: str) -> list[str]:
+    """The stemmed, stop-word-free terms of one query, as the index was built from."""
+    import bm25s
+
+    terms = bm25s.tokenize(
+        [query], stopwords="en", stemmer=_stemmer(), show_progress=False, return_ids=False
+    )
+    return terms[0] if terms else []
+
+
 class BM25Index:
     """A bm25s index plus the chunk id of each of its rows."""
 
@@ -62,23 +72,25 @@ class BM25Index:
     def search(
         self, query: str, k: int, allowed: np.ndarray | None = None
     ) -> list[tuple[int, float]]:
-        """Top k (chunk id, score) pairs with a positive score; `allowed` masks rows by chunk id."""
+        """Top k (chunk id, score) pairs with a positive score; `allowed` masks rows by chunk id.
+
+        Scores come from bm25s; the top k are picked here among the rows that matched at all.
+        bm25s's own selection runs argpartition over every row, and with the ties of the
+        non-matching rows' zeros that took 8 ms of a 100,000-chunk search (0.2 ms this way).
+        """
         if not len(self.ids):
             return []
-        tokens = tokenize([query])
-        if not len(tokens.ids[0]):
+        term_ids = self._model.get_tokens_ids(query_terms(query))
+        if not term_ids:
             return []
-        mask = None
+        scores = self._model.get_scores_from_ids(term_ids)
         if allowed is not None:
-            mask = np.isin(self.ids, allowed).astype(np.float32)
-        k = min(k, len(self.ids))
-        # n_threads=0 scores in this thread; any other value starts a thread pool per call
-        docs, scores = self._model.retrieve(
-            tokens, k=k, show_progress=False, n_threads=0, weight_mask=mask
-        )
-        return [
-            (int(self.ids[d]), float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0
-        ]
+            scores = np.where(np.isin(self.ids, allowed), scores, 0)
+        rows = np.flatnonzero(scores > 0)
+        if len(rows) > k:
+            rows = rows[np.argpartition(-scores[rows], k - 1)[:k]]
+        rows = rows[np.lexsort((rows, -scores[rows]))]  # by score, ties by row: deterministic
+        return [(int(self.ids[r]), float(scores[r])) for r in rows]
 
 
 def _fsync(path: Path) -> None:
