@@ -281,7 +281,7 @@ class KnowledgeBase:
         return {
             "collection": col.name,
             "index": dense.kind,
-            "search_params": dense.search_params(),
+            "search_params": dense.search_params,
             "index_kind": col.index_kind,
             "vectors": dense.ntotal,
             "memory_bytes": dense.memory_bytes(),

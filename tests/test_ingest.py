@@ -139,6 +139,24 @@ def test_newsgroups_ingest_and_search(newsgroups_kb, newsgroups_copy):
     assert res[0]["source"] == str(target.resolve()), (sentence, res[0]["source"])
 
 
+def test_kb_reindex_switches_the_index_kind_and_back(newsgroups_kb):
+    data, _ = newsgroups_kb
+    query = ["search", "loud pipes on a touring bike", "-k", "5", "--collection", "news"]
+    before = [r["chunk_id"] for r in kb(data, *query, "--method", "dense")["results"]]
+
+    ivf = kb(data, "reindex", "--index", "ivf:nlist=16,nprobe=16", "--collection", "news")
+    assert ivf["index"].startswith("ivf16") and ivf["search_params"] == {"nprobe": 16}
+    assert ivf["index_kind"] == "ivf:nlist=16,nprobe=16" and ivf["vectors"] > 1000
+    # nprobe = nlist scans every list, so the answers are the exact ones
+    assert [r["chunk_id"] for r in kb(data, *query, "--method", "dense")["results"]] == before
+
+    bad = kb(data, "reindex", "--index", "annoy", "--collection", "news", check=False)
+    assert "unknown index kind" in bad.get("stderr", "") + json.dumps(bad)
+
+    flat = kb(data, "reindex", "--index", "auto", "--collection", "news")
+    assert flat["index"] == "flat" and flat["search_params"] == {}
+
+
 def test_reingest_unchanged_embeds_nothing(newsgroups_kb, newsgroups_copy):
     data, first = newsgroups_kb
     again = kb(data, "ingest", str(newsgroups_copy), "--collection", "news")

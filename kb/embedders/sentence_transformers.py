@@ -104,8 +104,11 @@ class SentenceTransformerEmbedder(Embedder):
 
         try:
             # one thread per call: a single query gains little from more, and concurrent
-            # requests each run in their own caller thread instead of queueing on one pool
-            return OnnxEmbedder(self.path, cache_dir=cache_dir, dtype="float32", threads=1)
+            # requests each run in their own caller thread instead of queueing on one pool;
+            # a lone query has nothing to align with, so no padding to a multiple of 8
+            return OnnxEmbedder(
+                self.path, cache_dir=cache_dir, dtype="float32", threads=1, pad_to_multiple_of=0
+            )
         except Exception as exc:  # noqa: BLE001 - any export failure falls back to torch
             log.warning("queries embed through torch: no ONNX export of %s (%s)", self.path, exc)
             self._query_onnx_cache = None
