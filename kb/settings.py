@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     min_score: float = 0.2  # dense cosine under which a passage does not count as relevant
     # "auto", "flat", "ivf", "hnsw" or a kind with options, e.g. "ivf:nlist=1024,nprobe=32"
     index_type: str = "auto"
-    # "auto" switches from exact search to IVF past this many vectors: exact search costs about
-    # 0.2 ms per thousand 384-d vectors per query here, IVF under 1 ms at recall@10 0.98
+    # "auto" switches from exact search to IVF past this many vectors: exact search costs
+    # 0.05-0.07 ms per thousand 384-d vectors per query here, IVF under 1 ms at recall@10 0.97
     # (benchmarks/scale.py), and /search must stay fast under concurrent load
     exact_search_max: int = 25_000
     reranker: str | None = None  # a cross-encoder name or path; None disables re-ranking
@@ -105,11 +105,9 @@ class Settings(BaseSettings):
     @field_validator("index_type")
     @classmethod
     def _known_index_kind(cls, value: str) -> str:
-        if value.strip().lower() != "auto":
-            from kb.store.index import parse_kind
+        from kb.store.index import check_kind
 
-            parse_kind(value)  # names the problem: unknown kind or option
-        return value
+        return check_kind(value)  # names the problem: unknown kind or option
 
     @property
     def cache_dir(self) -> Path:

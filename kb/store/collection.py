@@ -32,7 +32,7 @@ from kb.errors import (
     InvalidInput,
 )
 from kb.store.bm25 import BM25Index
-from kb.store.index import VectorIndex, build_index, parse_kind, rebuild, resolve_kind
+from kb.store.index import VectorIndex, build_index, check_kind, rebuild, resolve_kind
 from kb.types import Chunk
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -461,8 +461,7 @@ class Collection:
         """
         rewrite_vectors = replace_all_vectors is not None
         if index_kind is not None:
-            if index_kind.strip().lower() != "auto":
-                parse_kind(index_kind)  # refuses a malformed kind before any work
+            check_kind(index_kind)  # refuses a malformed kind before any work
             if replace_all_vectors is None:
                 replace_all_vectors = self.vectors()
                 embedder = self.embedder

@@ -142,6 +142,13 @@ def parse_kind(kind: str) -> IndexSpec:
     return IndexSpec(**fields)
 
 
+def check_kind(kind: str) -> str:
+    """`kind` unchanged when it is "auto" or a kind `parse_kind` accepts; else InvalidInput."""
+    if kind.strip().lower() != "auto":
+        parse_kind(kind)
+    return kind
+
+
 def resolve_kind(kind: str, expected_size: int, exact_max: int = 25_000) -> IndexSpec:
     """The spec `build_index` uses: "auto" is flat up to `exact_max` vectors, else ivf fp16."""
     if kind.strip().lower() == "auto":
@@ -522,6 +529,7 @@ __all__ = [
     "default_nprobe",
     "default_train_size",
     "omp_threads",
+    "check_kind",
     "parse_kind",
     "recall_at_k",
     "rebuild",
