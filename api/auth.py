@@ -64,7 +64,7 @@ def _match(keys: list[ApiKeySpec], sent: str) -> ApiKeySpec | None:
     return found
 
 
-def authenticate(
+async def authenticate(  # async: no thread-pool hop for a few comparisons
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_header)],

@@ -31,28 +31,32 @@ def app_services(app: FastAPI) -> Services:
     return app.state.services
 
 
-def get_services(request: Request) -> Services:
+# The dependencies are `async def` although they only read app state: FastAPI runs a plain `def`
+# dependency in the thread pool, one thread hop each, per request (benchmarks/query.py).
+
+
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-def get_settings(request: Request) -> Settings:
-    return get_services(request).settings
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.services.settings
 
 
-def get_kb(request: Request) -> KnowledgeBase:
-    return get_services(request).kb
+async def get_kb(request: Request) -> KnowledgeBase:
+    return request.app.state.services.kb
 
 
-def get_generators(request: Request) -> GeneratorRegistry:
-    return get_services(request).generators
+async def get_generators(request: Request) -> GeneratorRegistry:
+    return request.app.state.services.generators
 
 
-def get_jobs(request: Request) -> JobManager:
-    return get_services(request).jobs
+async def get_jobs(request: Request) -> JobManager:
+    return request.app.state.services.jobs
 
 
-def get_answerer(request: Request) -> Answerer:
-    return get_services(request).answerer
+async def get_answerer(request: Request) -> Answerer:
+    return request.app.state.services.answerer
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -1,7 +1,7 @@
 """LoRA fine-tuning benchmark: 20 Newsgroups rec.autos vs rec.motorcycles on the bundled SmolLM2.
 
-Prepares the labelled folders with the same code as `kb finetune prepare` (subject + the first
-TEXT_BUDGET tokens of the body), trains through the same job code as `kb finetune run`, then
+Prepares the labelled folders with the same code as `kb finetune prepare` (the Subject, From and
+Organization headers and the body, cut to TEXT_BUDGET tokens), trains through the same job code as `kb finetune run`, then
 reports test-split accuracy of the base and the fine-tuned model with the same prompt, and the
 training time. Answers are read by constrained scoring (log-likelihood of each label as the
 whole answer, one prompt pass) or, with --eval generation, by greedy decoding.
@@ -49,14 +49,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max-train", type=int, default=None, help="training examples (default: all)")
     p.add_argument("--max-test", type=int, default=None, help="test examples (default: all)")
-    p.add_argument("--text-budget", type=int, default=192, help="tokens of each message kept")
+    p.add_argument("--text-budget", type=int, default=256, help="tokens of each message kept")
+    p.add_argument(
+        "--keep-headers",
+        default="subject,from,organization",
+        help="comma-separated message headers kept in the prompt (kb finetune prepare "
+        "--keep-headers)",
+    )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--r", type=int, default=8)
     p.add_argument("--alpha", type=int, default=16)
     p.add_argument("--lora-layers", type=int, default=16, help="adapt only the last N layers")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--max-seq-len", type=int, default=320)
+    p.add_argument("--max-seq-len", type=int, default=384)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--eval", dest="eval_mode", default="scoring", choices=["scoring", "generation"])
     p.add_argument("--skip-base", action="store_true", help="do not evaluate the base model")
@@ -66,14 +72,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def prepare(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path, list[str]]:
+    headers = tuple(h for h in args.keep_headers.split(",") if h)
     options = PrepareOptions(
-        text_budget=args.text_budget, max_examples=args.max_train, val_fraction=0.05, seed=args.seed
+        text_budget=args.text_budget,
+        keep_headers=headers,
+        max_examples=args.max_train,
+        val_fraction=0.05,
+        seed=args.seed,
     )
     train = prepare_dataset(
         args.data / "train", args.work / "data" / "train", options=options, settings=settings
     )
     test_options = PrepareOptions(
-        text_budget=args.text_budget, max_examples=args.max_test, val_fraction=0.0, seed=args.seed
+        text_budget=args.text_budget,
+        keep_headers=headers,
+        max_examples=args.max_test,
+        val_fraction=0.0,
+        seed=args.seed,
     )
     test = prepare_dataset(
         args.data / "test", args.work / "data" / "test", options=test_options, settings=settings

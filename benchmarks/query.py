@@ -16,12 +16,17 @@ Collection (built once into benchmarks/.cache/query-<chunks>/, reused while it e
 Server: `uvicorn` serving `api.app.create_app` in a subprocess (so the load generator does not
 share its GIL), on the cached data dir, with the default settings (hybrid retrieval; the dense
 index is what KB_INDEX_TYPE=auto picks for the size, rebuilt first if the cache holds another).
-Client: httpx.AsyncClient, N workers in a closed loop over the SciFact claims (1,109 distinct),
-after a warm-up; per cell p50/p95/p99 latency and throughput. The matrix runs with the query
-cache off (KB_EMBED_QUERY_CACHE=0), so every request embeds its query as a new one would. Levers (8 clients, /search): one
-thread per library (OMP_NUM_THREADS=1), the anyio thread pool capped, queries embedded by torch
-instead of ONNX Runtime (KB_EMBED_QUERY_RUNTIME=torch), a workload of 20 repeated queries
-with the query-embedding cache off and on, and exact search (a flat index) instead of IVF.
+Client: N workers in a closed loop over the SciFact claims (1,109 distinct), after a warm-up,
+each on one keep-alive connection speaking HTTP/1.1 over asyncio streams (--client httpx for
+httpx.AsyncClient, which spent 1.4 ms of client CPU per request against 0.2 ms, on a machine
+where client and server share 2 cores). Per cell: p50/p95/p99 latency, throughput, and the CPU milliseconds the
+server process and the load generator each spent per request. The matrix runs with the query
+cache off (KB_EMBED_QUERY_CACHE=0), so every request embeds its query as a new one would.
+Levers (8 clients, /search): the httpx client, uvicorn on its pure-Python h11 + asyncio instead
+of httptools + uvloop, queries embedded by float32 ONNX or by torch instead of int8 ONNX, 20
+repeated queries with the query cache off and on, searches not held to one per core
+(KB_SEARCH_CONCURRENCY=0), one thread per library (OMP_NUM_THREADS=1),
+the anyio thread pool capped, and exact search (a flat index) instead of IVF.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,11 +73,13 @@ def main(argv: list[str] | None = None) -> dict:
     queries = load_queries()
     endpoints = ("search", "query")
     cells = []
-    with server(data_dir, NO_CACHE) as url:
-        warm_up(url, queries, args.warmup)
+    with server(data_dir, NO_CACHE) as srv:
+        warm_up(srv.url, queries, args.warmup)
         for endpoint in endpoints:
             for clients in args.clients:
-                cells.append(measure(url, endpoint, clients, queries, args.requests))
+                cells.append(
+                    measure(srv, endpoint, clients, queries, args.requests, client=args.client)
+                )
                 print_cell(cells[-1])
     levers = [] if args.no_levers else lever_cells(args, data_dir, queries)
     report = {
@@ -112,6 +120,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "query.json")
     p.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--max-threads", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--plain-http", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--client",
+        default="raw",
+        choices=["raw", "httpx"],
+        help="load generator: raw asyncio HTTP/1.1 (default, least client CPU) or httpx",
+    )
     args = p.parse_args(argv)
     if args.tiny:
         args.chunks, args.embed_seconds, args.requests, args.warmup = 2000, 5, 16, 4
@@ -302,18 +317,41 @@ def serve(args: argparse.Namespace) -> dict:
                 yield state
 
         app.router.lifespan_context = lifespan
-    uvicorn.run(app, host="127.0.0.1", port=args.serve, log_level="warning")
+    plain = {"http": "h11", "loop": "asyncio"} if args.plain_http else {}
+    uvicorn.run(app, host="127.0.0.1", port=args.serve, log_level="warning", **plain)
     return {}
 
 
+@dataclass
+class Server:
+    """A running benchmark server: its URL and process, whose CPU time each cell reads."""
+
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def server(data_dir: Path, env: dict[str, str] | None = None, max_threads: int | None = None):
+def server(
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    max_threads: int | None = None,
+    plain_http: bool = False,
+):
+    """uvicorn in a subprocess; `plain_http` makes it use h11 and asyncio (its pure-Python
+    fallbacks) instead of httptools and uvloop."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, __file__, "--serve", str(port), "--data-dir", str(data_dir)]
     if max_threads:
         cmd += ["--max-threads", str(max_threads)]
+    if plain_http:
+        cmd += ["--plain-http"]
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -331,7 +369,7 @@ def server(data_dir: Path, env: dict[str, str] | None = None, max_threads: int |
             if time.monotonic() > deadline:
                 raise RuntimeError("the benchmark server did not start in 300 s")
             time.sleep(0.5)
-        yield url
+        yield Server(url, proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -358,12 +396,24 @@ def warm_up(url: str, queries: list[str], n: int) -> None:
 
 
 def measure(
-    url: str, endpoint: str, clients: int, queries: list[str], requests: int, *, label: str = ""
+    srv: Server,
+    endpoint: str,
+    clients: int,
+    queries: list[str],
+    requests: int,
+    *,
+    label: str = "",
+    client: str = "raw",
 ) -> dict:
-    """`requests` requests (at least 4 per client) by `clients` closed-loop workers."""
+    """`requests` requests (at least 4 per client) by `clients` closed-loop workers, with the
+    CPU time the server and the load generator each spent per request."""
     total = max(requests, 4 * clients)
-    latencies, errors, wall, extra = asyncio.run(_load(url, endpoint, clients, queries, total))
+    load = _load_raw if client == "raw" else _load_httpx
+    server_cpu, client_cpu = srv.cpu_seconds(), time.process_time()
+    latencies, errors, wall, extra = asyncio.run(load(srv.url, endpoint, clients, queries, total))
+    server_cpu, client_cpu = srv.cpu_seconds() - server_cpu, time.process_time() - client_cpu
     ms = sorted(x * 1000 for x in latencies)
+    done = max(1, len(ms))
     return {
         "label": label or "default",
         "endpoint": endpoint,
@@ -375,46 +425,100 @@ def measure(
         "p99_ms": round(percentile(ms, 99), 1),
         "mean_ms": round(statistics.fmean(ms), 1) if ms else None,
         "throughput_rps": round(len(ms) / wall, 2),
+        "client": client,
+        "server_cpu_ms_per_request": round(server_cpu * 1000 / done, 2),
+        "client_cpu_ms_per_request": round(client_cpu * 1000 / done, 2),
         **extra,
     }
 
 
-async def _load(url: str, endpoint: str, clients: int, queries: list[str], total: int):
+class _Tally:
+    """What the workers of one cell saw: latencies, errors, server-side timings, finish reasons."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self.latencies: list[float] = []
+        self.server_s: list[float] = []
+        self.finish: dict[str, int] = {}  # /query: "skipped" (generate=false) or "not_covered"
+        self.errors = 0
+
+    def record(self, seconds: float, status: int, payload: bytes) -> None:
+        self.latencies.append(seconds)
+        if status != 200:
+            self.errors += 1
+            return
+        answer = json.loads(payload)
+        timings = answer.get("timings", {})
+        self.server_s.append(timings.get("search", timings.get("total", 0.0)))
+        if self.endpoint == "query":
+            reason = str(answer.get("finish_reason"))
+            self.finish[reason] = self.finish.get(reason, 0) + 1
+
+    def result(self, wall: float):
+        inside = sorted(x * 1000 for x in self.server_s)
+        extra = {"server_p50_ms": round(percentile(inside, 50), 1)} if inside else {}
+        if self.finish:
+            extra["finish_reasons"] = self.finish
+        return self.latencies, self.errors, wall, extra
+
+
+async def _load_httpx(url: str, endpoint: str, clients: int, queries: list[str], total: int):
     import httpx
 
-    latencies: list[float] = []
-    server_s: list[float] = []
-    finish: dict[str, int] = {}  # /query: "skipped" (generate=false) or "not_covered"
-    errors = 0
-    counter = iter(range(total))
+    tally, counter = _Tally(endpoint), iter(range(total))
 
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal errors
         for i in counter:
             body = request_body(endpoint, queries[i % len(queries)])
             t = time.perf_counter()
             r = await client.post(f"{url}/{endpoint}", json=body)
-            latencies.append(time.perf_counter() - t)
-            if r.status_code != 200:
-                errors += 1
-                continue
-            answer = r.json()
-            timings = answer.get("timings", {})
-            server_s.append(timings.get("search", timings.get("total", 0.0)))
-            if endpoint == "query":
-                reason = str(answer.get("finish_reason"))
-                finish[reason] = finish.get(reason, 0) + 1
+            tally.record(time.perf_counter() - t, r.status_code, r.content)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         t = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(clients)))
-        wall = time.perf_counter() - t
-    inside = sorted(x * 1000 for x in server_s)
-    extra = {"server_p50_ms": round(percentile(inside, 50), 1)} if inside else {}
-    if finish:
-        extra["finish_reasons"] = finish
-    return latencies, errors, wall, extra
+        return tally.result(time.perf_counter() - t)
+
+
+async def _load_raw(url: str, endpoint: str, clients: int, queries: list[str], total: int):
+    """Closed-loop workers, one keep-alive connection each, speaking HTTP/1.1 over asyncio
+    streams: about a tenth of httpx's client CPU per request, which on a 2-core machine would
+    otherwise be taken from the server being measured."""
+    host, port = url.removeprefix("http://").split(":")
+    tally, counter = _Tally(endpoint), iter(range(total))
+    head = f"POST /{endpoint} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for i in counter:
+                body = json.dumps(request_body(endpoint, queries[i % len(queries)])).encode()
+                t = time.perf_counter()
+                writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                status, payload = await _read_response(reader)
+                tally.record(time.perf_counter() - t, status, payload)
+        finally:
+            writer.close()
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return tally.result(time.perf_counter() - t)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response with a Content-Length (all of kb's JSON ones)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    length = None
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    if length is None:
+        raise RuntimeError(f"response without Content-Length: {lines[0]!r}")
+    return status, await reader.readexactly(length)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -426,30 +530,46 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def lever_cells(args: argparse.Namespace, data_dir: Path, queries: list[str]) -> list[dict]:
-    """/search at 8 clients under each server-side setting, the default measured again first."""
+    """/search at 8 clients under each setting, the default measured again first."""
     repeated = queries[:20]  # 20 distinct claims cycled: what a query cache could serve
-    torch_queries = {**NO_CACHE, "KB_EMBED_QUERY_RUNTIME": "torch"}
     configs = [
-        ("default (query cache off)", NO_CACHE, None, queries),
-        ("queries embedded by torch, not onnxruntime", torch_queries, None, queries),
-        ("20 repeated queries, query cache off", NO_CACHE, None, repeated),
-        ("20 repeated queries, query cache on (default)", {}, None, repeated),
-        ("OMP_NUM_THREADS=1", {**NO_CACHE, "OMP_NUM_THREADS": "1"}, None, queries),
-        ("thread pool capped at 2", NO_CACHE, 2, queries),
-        ("thread pool capped at 4", NO_CACHE, 4, queries),
+        {"label": "default (query cache off)"},
+        {"label": "load generator httpx.AsyncClient, not raw HTTP", "client": "httpx"},
+        {"label": "uvicorn on h11 + asyncio, not httptools + uvloop", "plain_http": True},
+        {"label": "queries embedded by float32 ONNX, not int8", "runtime": "onnx"},
+        {"label": "queries embedded by torch, not int8 ONNX", "runtime": "torch"},
+        {"label": "20 repeated queries, query cache off", "queries": repeated},
+        {"label": "20 repeated queries, query cache on (default)", "queries": repeated, "cache": 1},
+        {
+            "label": "searches not limited (KB_SEARCH_CONCURRENCY=0)",
+            "env": {"KB_SEARCH_CONCURRENCY": "0"},
+        },
+        {"label": "OMP_NUM_THREADS=1", "env": {"OMP_NUM_THREADS": "1"}},
+        {"label": "thread pool capped at 2", "max_threads": 2},
+        {"label": "thread pool capped at 4", "max_threads": 4},
     ]
     cells = []
-    for label, env, max_threads, qs in configs:
-        with server(data_dir, env, max_threads) as url:
-            warm_up(url, qs, args.warmup)
-            cells.append(measure(url, "search", 8, qs, args.requests, label=label))
+    for c in configs:
+        env = {} if c.get("cache") else dict(NO_CACHE)
+        env.update(c.get("env", {}))
+        if "runtime" in c:
+            env["KB_EMBED_QUERY_RUNTIME"] = c["runtime"]
+        qs = c.get("queries", queries)
+        client = c.get("client", args.client)
+        with server(data_dir, env, c.get("max_threads"), c.get("plain_http", False)) as srv:
+            warm_up(srv.url, qs, args.warmup)
+            cells.append(
+                measure(srv, "search", 8, qs, args.requests, label=c["label"], client=client)
+            )
             print_cell(cells[-1])
     # exact search, as "auto" chose below KB_EXACT_SEARCH_MAX (200,000 before it was lowered)
     index = set_index(data_dir, "flat")
-    with server(data_dir, NO_CACHE) as url:
-        warm_up(url, queries, args.warmup)
+    with server(data_dir, NO_CACHE) as srv:
+        warm_up(srv.url, queries, args.warmup)
         label = "exact search (flat index) instead of IVF"
-        cells.append(measure(url, "search", 8, queries, args.requests, label=label))
+        cells.append(
+            measure(srv, "search", 8, queries, args.requests, label=label, client=args.client)
+        )
         cells[-1]["index"] = index
         print_cell(cells[-1])
     set_index(data_dir, "auto")
@@ -458,9 +578,10 @@ def lever_cells(args: argparse.Namespace, data_dir: Path, queries: list[str]) ->
 
 def print_cell(c: dict) -> None:
     print(
-        f"{c['label'][:44]:44} /{c['endpoint']:6} {c['clients']:>3} clients  "
+        f"{c['label'][:48]:48} /{c['endpoint']:6} {c['clients']:>3} clients  "
         f"p50 {c['p50_ms']:>7.1f}  p95 {c['p95_ms']:>7.1f}  p99 {c['p99_ms']:>7.1f} ms  "
-        f"{c['throughput_rps']:>6.1f} req/s  errors {c['errors']}",
+        f"{c['throughput_rps']:>6.1f} req/s  cpu/req server {c['server_cpu_ms_per_request']:.1f} "
+        f"client {c['client_cpu_ms_per_request']:.1f} ms  errors {c['errors']}",
         flush=True,
     )
 
@@ -468,18 +589,23 @@ def print_cell(c: dict) -> None:
 def print_tables(r: dict) -> None:
     b = r["collection"]
     print(f"\nQuery latency: {b['chunks']} chunks in {b['documents']} documents over HTTP")
-    print(f"{'endpoint':10} {'clients':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>7}")
+    print(
+        f"{'endpoint':10} {'clients':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>7} "
+        f"{'server cpu/req':>14} {'client cpu/req':>14}"
+    )
     for c in r["cells"]:
         print(
             f"/{c['endpoint']:9} {c['clients']:>7} {c['p50_ms']:>8.1f} {c['p95_ms']:>8.1f} "
-            f"{c['p99_ms']:>8.1f} {c['throughput_rps']:>7.1f}"
+            f"{c['p99_ms']:>8.1f} {c['throughput_rps']:>7.1f} "
+            f"{c['server_cpu_ms_per_request']:>11.1f} ms {c['client_cpu_ms_per_request']:>11.1f} ms"
         )
     if r["levers"]:
         print("\nLevers (/search, 8 clients)")
         for c in r["levers"]:
             print(
-                f"  {c['label'][:44]:44} p50 {c['p50_ms']:>7.1f}  p99 {c['p99_ms']:>7.1f} ms  "
-                f"{c['throughput_rps']:>6.1f} req/s"
+                f"  {c['label'][:48]:48} p50 {c['p50_ms']:>7.1f}  p99 {c['p99_ms']:>7.1f} ms  "
+                f"{c['throughput_rps']:>6.1f} req/s  cpu/req server "
+                f"{c['server_cpu_ms_per_request']:.1f} client {c['client_cpu_ms_per_request']:.1f} ms"
             )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,12 +40,55 @@ class RetrievalOptions:
             raise InvalidInput(f"dense_weight {self.dense_weight} must be between 0 and 1")
 
 
-class Retriever:
-    """Runs one query against a collection snapshot; every passage carries its dense cosine."""
+class FairLimiter:
+    """At most `slots` holders at once; the others wait and are let in first come, first served.
 
-    def __init__(self, embedder_for: Callable[[str], Embedder], reranker=None):
+    A freed slot passes straight to the oldest waiter, so a newcomer cannot overtake it (a
+    threading.Semaphore lets it). `slots=0` admits everyone."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self._free = slots
+        self._lock = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+
+    def __enter__(self) -> FairLimiter:
+        if not self.slots:
+            return self
+        with self._lock:
+            if self._free and not self._waiters:
+                self._free -= 1
+                return self
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        turn.acquire()  # released by the holder that hands us its slot
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.slots:
+            return
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._free += 1
+
+
+class Retriever:
+    """Runs one query against a collection snapshot; every passage carries its dense cosine.
+
+    Concurrent searches pass a FairLimiter of `concurrency` slots (default: the core count)."""
+
+    def __init__(
+        self,
+        embedder_for: Callable[[str], Embedder],
+        reranker=None,
+        concurrency: int | None = None,
+    ):
         self._embedder_for = embedder_for
         self.reranker = reranker
+        self.limiter = FairLimiter((os.cpu_count() or 1) if concurrency is None else concurrency)
 
     def search(
         self,
@@ -53,6 +99,17 @@ class Retriever:
         source_glob: str | None = None,
     ) -> list[Passage]:
         options.check()
+        with self.limiter:
+            return self._search(collection, query, k, options, source_glob)
+
+    def _search(
+        self,
+        collection: Collection,
+        query: str,
+        k: int,
+        options: RetrievalOptions,
+        source_glob: str | None,
+    ) -> list[Passage]:
         if not query or not query.strip():
             raise InvalidInput("the query is empty: send some text to search for")
         snap = collection.snapshot()

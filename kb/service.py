@@ -37,7 +37,11 @@ class KnowledgeBase:
         self._embedders: dict[str, Embedder] = embedders if embedders is not None else {}
         self._collections: dict[str, Collection] = {}
         self._lock = threading.RLock()
-        self.retriever = Retriever(self.embedder_for, reranker=self._reranker())
+        self.retriever = Retriever(
+            self.embedder_for,
+            reranker=self._reranker(),
+            concurrency=self.settings.search_concurrency,
+        )
 
     # -- models ----------------------------------------------------------------------------
 

@@ -64,5 +64,7 @@ def test_query_benchmark_tiny(tmp_path):
         assert cell["errors"] == 0 and cell["requests"] >= 16
         assert 0 < cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"]
         assert cell["throughput_rps"] > 0
+        # the server embeds and searches each query: real CPU per request, more than the client's
+        assert cell["server_cpu_ms_per_request"] > cell["client_cpu_ms_per_request"] > 0
     for clients in (1, 4):  # generate=false: retrieval and prompt only, the model never ran
         assert set(cells[("query", clients)]["finish_reasons"]) <= {"skipped", "not_covered"}

@@ -35,6 +35,21 @@ def test_query_runtime_onnx_gives_the_torch_vector(torch_fp32, model_cache):
     assert onnx._query_onnx is not None  # the export really served the queries
 
 
+def test_query_runtime_onnx_int8_stays_close_to_the_torch_vector(torch_fp32, model_cache):
+    from kb.embedders import load_embedder
+    from kb.settings import Settings
+
+    settings = Settings(
+        data_dir=model_cache.parent / "int8-queries", embed_query_runtime="onnx-int8"
+    )
+    int8 = load_embedder("minilm", settings)
+    int8._query_onnx_cache = model_cache  # reuse the session's exported models
+    reference = torch_fp32.embed(TEXTS)
+    cosines = [float(int8.query_vector(t) @ ref) for t, ref in zip(TEXTS, reference, strict=True)]
+    assert min(cosines) > 0.97 and sum(cosines) / len(cosines) < 0.9995, cosines  # int8, close
+    assert int8._query_onnx is not None and int8._query_onnx.dtype == "int8"
+
+
 def test_onnx_export_is_cached(model_cache):
     from kb.embedders.onnx import OnnxEmbedder
 

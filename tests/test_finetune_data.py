@@ -285,6 +285,34 @@ def test_labelled_folder_gives_a_stratified_split(tmp_path, settings, tokenizer)
     assert manifest["source"]["labels"] == ["billing", "bugs", "praise"]
 
 
+def test_labelled_messages_keep_the_headers_asked_for(tmp_path, settings, tokenizer):
+    folder = tmp_path / "labelled"
+    for label in ("autos", "bikes"):
+        (folder / label).mkdir(parents=True)
+        for i in range(3):
+            (folder / label / f"{i}.txt").write_text(message(f"{label} {i}", "Body text."))
+    options = PrepareOptions(keep_headers=("From", "organization", "subject"), val_fraction=0)
+    result = prepare_dataset(
+        folder, tmp_path / "out", options=options, settings=settings, tokenizer=tokenizer
+    )
+    records = jsonl(result.train_path)
+    first = next(r for r in records if r["metadata"]["source"].endswith("autos/0.txt"))
+    prompt = first["messages"][0]["content"]
+    assert prompt.endswith(
+        "From: someone@example.com (Some One)\nOrganization: Example\nSubject: autos 0\n\n"
+        "Body text."
+    )
+    assert "Lines:" not in prompt
+    with pytest.raises(InvalidInput, match="not header names"):
+        prepare_dataset(
+            folder,
+            tmp_path / "bad",
+            options=PrepareOptions(keep_headers=("subject:",)),
+            settings=settings,
+            tokenizer=tokenizer,
+        )
+
+
 def test_newsgroups_train_split_is_stratified(tmp_path, settings, tokenizer):
     result = prepare_dataset(
         NEWSGROUPS_TRAIN, tmp_path / "out", settings=settings, tokenizer=tokenizer

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from kb.errors import InvalidInput
-from kb.retrieval import rrf, weighted
+from kb.retrieval import FairLimiter, rrf, weighted
 from kb.service import KnowledgeBase
 from kb.settings import Settings
 
@@ -89,3 +91,68 @@ def test_cross_encoder_reranking_stage(kb, tmp_path):
     assert len(hits) == 4
     assert all("rerank" in h.scores and h.score == h.scores["rerank"] for h in hits)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def _queue_behind_holders(limiter: FairLimiter, holders: int, waiters: int):
+    """Threads that hold `limiter` until released, then ones queued one by one behind them;
+    returns the threads, the order they got in, the peak holder count and the release event."""
+    inside, peak, order = [0], [0], []
+    guard, release = threading.Lock(), threading.Event()
+
+    def search(name: str) -> None:
+        with limiter:
+            with guard:
+                inside[0] += 1
+                peak[0] = max(peak[0], inside[0])
+                order.append(name)
+            release.wait(10)
+            with guard:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=search, args=(f"h{i}",)) for i in range(holders)]
+    for t in threads:
+        t.start()
+    while len(order) < holders:
+        time.sleep(0.001)
+    for i in range(waiters):  # each one queued before the next arrives
+        threads.append(threading.Thread(target=search, args=(f"w{i}",)))
+        threads[-1].start()
+        while len(limiter._waiters) < i + 1:
+            time.sleep(0.001)
+    return threads, order, peak, release
+
+
+def test_fair_limiter_admits_in_arrival_order_and_caps_holders():
+    limiter = FairLimiter(1)
+    threads, order, peak, release = _queue_behind_holders(limiter, 1, 6)
+    assert order == ["h0"]
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert order == ["h0", *(f"w{i}" for i in range(6))] and peak[0] == 1
+
+    limiter = FairLimiter(2)
+    threads, order, peak, release = _queue_behind_holders(limiter, 2, 4)
+    assert sorted(order) == ["h0", "h1"]
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert len(order) == 6 and peak[0] == 2
+    assert limiter._free == 2 and not limiter._waiters
+    with FairLimiter(0), FairLimiter(0):  # no limit: never waits
+        pass
+
+
+def test_searches_from_many_threads_all_answer(kb):
+    kb.retriever.limiter = FairLimiter(1)
+    results: list[str] = []
+
+    def one() -> None:
+        results.append(kb.search("who trims the wick", k=1)[0].source)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 8 and all(r.endswith("lighthouse.md") for r in results)

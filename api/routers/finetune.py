@@ -76,6 +76,11 @@ class PrepareRequest(Strict):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     text_budget: int = Field(512, ge=1, description="Tokens of a folder example's text kept.")
+    keep_headers: list[str] = Field(
+        ["subject"],
+        max_length=32,
+        description="Headers a mail or news example keeps, in order, e.g. subject, from.",
+    )
     max_tokens: int = Field(2048, ge=1, description="Validation's per-example token limit.")
 
 

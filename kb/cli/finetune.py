@@ -159,6 +159,13 @@ def prepare(
     text_budget: Annotated[
         int, typer.Option(help="Tokens of a folder example's text kept in its prompt.")
     ] = 512,
+    keep_headers: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated headers a mail or news example keeps, e.g. "
+            "'subject,from,organization'."
+        ),
+    ] = "subject",
     separator: Annotated[
         str, typer.Option(help="Completion format: the separator ending every prompt.")
     ] = "\\n\\n###\\n\\n",
@@ -187,6 +194,7 @@ def prepare(
         val_fraction=val_fraction,
         seed=seed,
         text_budget=text_budget,
+        keep_headers=tuple(h.strip() for h in keep_headers.split(",") if h.strip()),
         separator=_unescape(separator),
         stop=_unescape(stop),
         max_new_tokens=max_new_tokens,

@@ -52,5 +52,6 @@ def _local(path: str, settings: Settings, model_id: str | None = None) -> Embedd
         batch_size=settings.embed_batch_size,
         dtype=settings.embed_dtype,
         model_id=model_id,
-        query_onnx_cache=settings.cache_dir if settings.embed_query_runtime == "onnx" else None,
+        query_onnx_cache=settings.cache_dir if settings.embed_query_runtime != "torch" else None,
+        query_onnx_dtype="int8" if settings.embed_query_runtime == "onnx-int8" else "float32",
     )

@@ -32,6 +32,7 @@ class SentenceTransformerEmbedder(Embedder):
         dtype: str = "bfloat16",
         model_id: str | None = None,
         query_onnx_cache: Path | None = None,
+        query_onnx_dtype: str = "float32",
     ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -75,6 +76,7 @@ class SentenceTransformerEmbedder(Embedder):
         # threads waiting on each other) against ~10 ms in ONNX Runtime; the float32 export gives
         # the same vectors as torch float32 (benchmarks/query.py)
         self._query_onnx_cache = query_onnx_cache
+        self._query_onnx_dtype = query_onnx_dtype
         self._query_onnx = None
         self._query_onnx_lock = threading.Lock()
 
@@ -107,7 +109,11 @@ class SentenceTransformerEmbedder(Embedder):
             # requests each run in their own caller thread instead of queueing on one pool;
             # a lone query has nothing to align with, so no padding to a multiple of 8
             return OnnxEmbedder(
-                self.path, cache_dir=cache_dir, dtype="float32", threads=1, pad_to_multiple_of=0
+                self.path,
+                cache_dir=cache_dir,
+                dtype=self._query_onnx_dtype,
+                threads=1,
+                pad_to_multiple_of=0,
             )
         except Exception as exc:  # noqa: BLE001 - any export failure falls back to torch
             log.warning("queries embed through torch: no ONNX export of %s (%s)", self.path, exc)

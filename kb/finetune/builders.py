@@ -32,7 +32,7 @@ def examples_from_folder(folder: Path, options: PrepareOptions, counter: TokenCo
             f"--generate-with does not apply to the labelled folder {str(folder)!r}: its labels "
             "are the completions; drop --generate-with"
         )
-    labels, items, skipped = read_labelled_folder(folder)
+    labels, items, skipped = read_labelled_folder(folder, options.keep_headers)
     if options.max_examples and len(items) > options.max_examples:
         keep = sorted(random.Random(options.seed).sample(range(len(items)), options.max_examples))
         items = [items[i] for i in keep]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from kb.errors import InvalidInput
 from kb.finetune.examples import Format
+
+_HEADER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -23,6 +26,7 @@ class PrepareOptions:
     val_fraction: float = 0.1
     seed: int = 0
     text_budget: int = 512  # tokens of a folder example's text kept in its prompt
+    keep_headers: tuple[str, ...] = ("subject",)  # headers a mail/news example keeps, in order
     separator: str = "\n\n###\n\n"  # completion format: ends every prompt
     stop: str = " END"  # completion format: ends every completion
     max_new_tokens: int = 256
@@ -41,3 +45,10 @@ class PrepareOptions:
             raise InvalidInput(f"max_examples {self.max_examples} must be at least 1")
         if self.text_budget < 1:
             raise InvalidInput(f"text_budget {self.text_budget} must be at least 1 token")
+        bad = [h for h in self.keep_headers if not _HEADER_NAME.fullmatch(h)]
+        if bad:
+            raise InvalidInput(
+                f"keep_headers {bad} are not header names: name headers like subject, from, "
+                "organization"
+            )
+        self.keep_headers = tuple(h.lower() for h in self.keep_headers)

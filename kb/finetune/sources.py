@@ -18,6 +18,7 @@ MAX_EXAMPLE_FILE_BYTES = 1_000_000  # a classification example is cut to a token
 
 _HEADER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9._-]*):(?:[ \t]|$)")
 _MESSAGE_HEADERS = {"from", "subject", "newsgroups", "message-id", "to", "date"}
+DEFAULT_KEPT_HEADERS = ("subject",)
 
 
 @dataclass
@@ -205,8 +206,13 @@ def _read_json(path: Path) -> Table:
     return _object_rows(path, list(enumerate(data, start=1)), "item")
 
 
-def read_labelled_folder(folder: Path) -> tuple[list[str], list[LabelledText], list[Skipped]]:
-    """Read a folder whose sub-folders are labels, one file one example; bad files are skipped."""
+def read_labelled_folder(
+    folder: Path, keep_headers: tuple[str, ...] = DEFAULT_KEPT_HEADERS
+) -> tuple[list[str], list[LabelledText], list[Skipped]]:
+    """Read a folder whose sub-folders are labels, one file one example; bad files are skipped.
+
+    A file that is a mail or news message keeps only the headers named in `keep_headers`.
+    """
     if not folder.is_dir():
         raise InvalidInput(f"no folder at {str(folder)!r}: check the path")
     labels = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -228,7 +234,7 @@ def read_labelled_folder(folder: Path) -> tuple[list[str], list[LabelledText], l
             if b"\x00" in head:
                 skipped.append(Skipped(str(path), "binary file"))
                 continue
-            text = clean_message(_read_text(path, MAX_EXAMPLE_FILE_BYTES))
+            text = clean_message(_read_text(path, MAX_EXAMPLE_FILE_BYTES), keep_headers)
             if not text:
                 skipped.append(Skipped(str(path), "empty file"))
                 continue
@@ -236,8 +242,9 @@ def read_labelled_folder(folder: Path) -> tuple[list[str], list[LabelledText], l
     return labels, items, skipped
 
 
-def clean_message(text: str) -> str:
-    """For a mail or news message keep the Subject and the body; other text comes back stripped."""
+def clean_message(text: str, keep_headers: tuple[str, ...] = DEFAULT_KEPT_HEADERS) -> str:
+    """For a mail or news message keep the named headers and the body; other text comes back
+    stripped. Headers come out in the order named, under their usual capitalisation."""
     lines = text.splitlines()
     headers: dict[str, str] = {}
     last = None
@@ -245,8 +252,12 @@ def clean_message(text: str) -> str:
         if not line.strip():
             if headers.keys() & _MESSAGE_HEADERS and len(headers) >= 2:
                 body = "\n".join(lines[i + 1 :]).strip()
-                subject = headers.get("subject", "").strip()
-                return f"Subject: {subject}\n\n{body}".strip() if subject else body
+                kept = [
+                    f"{name.title()}: {headers[name].strip()}"
+                    for name in keep_headers
+                    if headers.get(name, "").strip()
+                ]
+                return ("\n".join(kept) + "\n\n" + body).strip() if kept else body
             break
         if line[0] in " \t" and last is not None:
             headers[last] += " " + line.strip()
