@@ -39,11 +39,15 @@ def test_query_runtime_onnx_int8_stays_close_to_the_torch_vector(torch_fp32, mod
     from kb.embedders import load_embedder
     from kb.settings import Settings
 
-    settings = Settings(
-        data_dir=model_cache.parent / "int8-queries", embed_query_runtime="onnx-int8"
+    assert Settings.model_fields["embed_query_runtime"].default == "onnx-int8"
+    settings = Settings(data_dir=model_cache / "unused", embed_query_runtime="onnx-int8")
+    assert load_embedder("minilm", settings)._query_onnx_dtype == "int8"
+    int8 = SentenceTransformerEmbedder(
+        bundled_minilm_path(),
+        dtype="bfloat16",
+        query_onnx_cache=model_cache,
+        query_onnx_dtype="int8",
     )
-    int8 = load_embedder("minilm", settings)
-    int8._query_onnx_cache = model_cache  # reuse the session's exported models
     reference = torch_fp32.embed(TEXTS)
     cosines = [float(int8.query_vector(t) @ ref) for t, ref in zip(TEXTS, reference, strict=True)]
     assert min(cosines) > 0.97 and sum(cosines) / len(cosines) < 0.9995, cosines  # int8, close
