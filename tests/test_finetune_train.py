@@ -220,6 +220,11 @@ def test_prepare_and_validate_datasets_over_http(lora_server):
         assert inline.status_code == 200 and inline.json()["ok"] is False
         both = client.post("/finetune/datasets/validate", json={"dataset": "pets", "lines": lines})
         assert both.status_code == 422 and "exactly one" in both.text
+        bad_header = client.post(
+            "/finetune/datasets/prepare",
+            json={"name": "pets2", "source": "labelled", "keep_headers": ["subject", "from:"]},
+        )
+        assert bad_header.status_code == 422 and "not header names" in bad_header.text
 
 
 def test_bad_requests_name_the_fix(lora_server):
