@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from kb.errors import InvalidInput
 from kb.finetune.examples import Format
+from kb.finetune.sources import DEFAULT_KEPT_HEADERS
 
 _HEADER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 
@@ -26,7 +27,7 @@ class PrepareOptions:
     val_fraction: float = 0.1
     seed: int = 0
     text_budget: int = 512  # tokens of a folder example's text kept in its prompt
-    keep_headers: tuple[str, ...] = ("subject",)  # headers a mail/news example keeps, in order
+    keep_headers: tuple[str, ...] = DEFAULT_KEPT_HEADERS  # a mail/news example's, in this order
     separator: str = "\n\n###\n\n"  # completion format: ends every prompt
     stop: str = " END"  # completion format: ends every completion
     max_new_tokens: int = 256
