@@ -6,6 +6,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +79,8 @@ class FairLimiter:
 class Retriever:
     """Runs one query against a collection snapshot; every passage carries its dense cosine.
 
-    Concurrent searches pass a FairLimiter of `concurrency` slots (default: the core count)."""
+    Concurrent searches pass a FairLimiter of `concurrency` slots (default: the core count),
+    unless the collection's embedder is a remote API."""
 
     def __init__(
         self,
@@ -99,12 +101,15 @@ class Retriever:
         source_glob: str | None = None,
     ) -> list[Passage]:
         options.check()
-        with self.limiter:
-            return self._search(collection, query, k, options, source_glob)
+        snap = collection.snapshot()
+        local = self._embedder_for(snap.embedder).runs_locally
+        with self.limiter if local else nullcontext():
+            return self._search(collection, snap, query, k, options, source_glob)
 
     def _search(
         self,
         collection: Collection,
+        snap: Snapshot,
         query: str,
         k: int,
         options: RetrievalOptions,
@@ -112,7 +117,6 @@ class Retriever:
     ) -> list[Passage]:
         if not query or not query.strip():
             raise InvalidInput("the query is empty: send some text to search for")
-        snap = collection.snapshot()
         allowed = collection.chunk_ids_for_sources(source_glob) if source_glob else None
         if allowed is not None and not len(allowed):
             return []

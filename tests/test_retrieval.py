@@ -156,3 +156,30 @@ def test_searches_from_many_threads_all_answer(kb):
     for t in threads:
         t.join(60)
     assert len(results) == 8 and all(r.endswith("lighthouse.md") for r in results)
+
+
+def test_remote_embedders_pass_the_search_limiter(kb):
+    """A search whose query goes to a remote embedding API waits on the network, not the CPU, so
+    it does not queue for a core: it answers while every slot is held."""
+    kb.retriever.limiter = limiter = FairLimiter(1)
+    embedder = kb.embedder_for(kb.collection(None).snapshot().embedder)
+    release, answered = threading.Event(), []
+
+    def hold() -> None:
+        with limiter:
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    while limiter._free:
+        time.sleep(0.001)
+    embedder.runs_locally = False  # what OpenAIEmbedder declares
+    try:
+        searcher = threading.Thread(target=lambda: answered.append(kb.search("wick", k=1)))
+        searcher.start()
+        searcher.join(30)
+        assert answered and answered[0][0].source.endswith("lighthouse.md")
+    finally:
+        del embedder.runs_locally
+        release.set()
+        holder.join(30)
