@@ -19,14 +19,14 @@ index is what KB_INDEX_TYPE=auto picks for the size, rebuilt first if the cache 
 Client: N workers in a closed loop over the SciFact claims (1,109 distinct), after a warm-up,
 each on one keep-alive connection speaking HTTP/1.1 over asyncio streams (--client httpx for
 httpx.AsyncClient, which spent 1.4 ms of client CPU per request against 0.2 ms, on a machine
-where client and server share 2 cores). Per cell: p50/p95/p99 latency, throughput, and the CPU milliseconds the
-server process and the load generator each spent per request. The matrix runs with the query
+where client and server share 2 cores). Per cell: p50/p95/p99 latency, throughput, and the CPU
+milliseconds the server process and the load generator each spent per request. The matrix runs with the query
 cache off (KB_EMBED_QUERY_CACHE=0), so every request embeds its query as a new one would.
 Levers (8 clients, /search): the httpx client, uvicorn on its pure-Python h11 + asyncio instead
 of httptools + uvloop, queries embedded by float32 ONNX or by torch instead of int8 ONNX, 20
 repeated queries with the query cache off and on, searches not held to one per core
-(KB_SEARCH_CONCURRENCY=0), one thread per library (OMP_NUM_THREADS=1),
-the anyio thread pool capped, and exact search (a flat index) instead of IVF.
+(KB_SEARCH_CONCURRENCY=0), one thread per library (OMP_NUM_THREADS=1), the anyio thread pool
+capped, and exact search (a flat index) instead of IVF.
 """
 
 from __future__ import annotations

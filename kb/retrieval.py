@@ -102,14 +102,15 @@ class Retriever:
     ) -> list[Passage]:
         options.check()
         snap = collection.snapshot()
-        local = self._embedder_for(snap.embedder).runs_locally
-        with self.limiter if local else nullcontext():
-            return self._search(collection, snap, query, k, options, source_glob)
+        embedder = self._embedder_for(snap.embedder)
+        with self.limiter if embedder.runs_locally else nullcontext():
+            return self._search(collection, snap, embedder, query, k, options, source_glob)
 
     def _search(
         self,
         collection: Collection,
         snap: Snapshot,
+        embedder: Embedder,
         query: str,
         k: int,
         options: RetrievalOptions,
@@ -125,7 +126,7 @@ class Retriever:
         dense: list[tuple[int, float]] = []
         lexical: list[tuple[int, float]] = []
         if options.method in ("dense", "hybrid"):
-            qvec = self._embedder_for(snap.embedder).embed_query(query)
+            qvec = embedder.embed_query(query)
             dense = self._dense(collection, snap, qvec, pool, allowed)
         if options.method in ("bm25", "hybrid"):
             lexical = snap.bm25.search(query, pool, allowed)
@@ -144,7 +145,7 @@ class Retriever:
         dense_scores = dict(dense)
         bm25_scores = dict(lexical)
         if qvec is None:
-            qvec = self._embedder_for(snap.embedder).embed_query(query)
+            qvec = embedder.embed_query(query)
         missing = [cid for cid, _ in ranked if cid not in dense_scores]
         if missing:  # lexical-only hits still get a cosine, used for the relevance threshold
             ids, vecs = collection.vectors(np.asarray(missing, dtype=np.int64))
