@@ -66,6 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--eval", dest="eval_mode", default="scoring", choices=["scoring", "generation"])
     p.add_argument("--skip-base", action="store_true", help="do not evaluate the base model")
+    p.add_argument(
+        "--base-from",
+        type=Path,
+        default=None,
+        help="reuse the base model's result from an earlier results file whose prompt options "
+        "(data, text budget, headers, test size, eval mode, seed) are the same",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
@@ -102,6 +109,7 @@ def evaluate(model, tokenizer, test_file: Path, labels: list[str], mode: str) ->
 
     records = read_examples(test_file)
     correct = unparsed = 0
+    mistakes = []
     started = time.monotonic()
     for i, record in enumerate(records, 1):
         messages, gold = prompt_messages(record), completion_text(record)
@@ -111,6 +119,9 @@ def evaluate(model, tokenizer, test_file: Path, labels: list[str], mode: str) ->
             guess = classify_by_generation(model, tokenizer, messages, labels)
             unparsed += guess is None
         correct += guess == gold
+        if guess != gold:
+            source = (record.get("metadata") or {}).get("source", f"#{i}")
+            mistakes.append({"source": source, "gold": gold, "guess": guess})
         if i % 100 == 0:
             print(f"  {i}/{len(records)}: accuracy so far {correct / i:.4f}", file=sys.stderr)
     seconds = time.monotonic() - started
@@ -120,7 +131,25 @@ def evaluate(model, tokenizer, test_file: Path, labels: list[str], mode: str) ->
         "examples": len(records),
         "unparsed": unparsed,
         "eval_seconds": round(seconds, 1),
+        "mistakes": mistakes,
     }
+
+
+PROMPT_OPTIONS = ("data", "text_budget", "keep_headers", "max_test", "eval_mode", "seed")
+
+
+def reused_base(path: Path, args: argparse.Namespace) -> dict:
+    """The base model's result from an earlier run with the same prompts; the base model is fixed
+    and scoring is deterministic, so re-evaluating it would give the same answers."""
+    earlier = json.loads(path.read_text())
+    ours = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    differ = [k for k in PROMPT_OPTIONS if earlier["options"].get(k) != ours[k]]
+    if differ or not earlier.get("base"):
+        raise SystemExit(
+            f"--base-from {path}: its base result was measured with other prompt options "
+            f"({', '.join(differ) or 'no base result'}); drop --base-from to evaluate the base model"
+        )
+    return {**earlier["base"], "reused_from": str(path)}
 
 
 def load(settings: Settings, adapter: str | None = None):
@@ -146,7 +175,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"prepared {data_dir} and {test_file} in {prepare_seconds:.0f} s", file=sys.stderr)
 
     base = None
-    if not args.skip_base:
+    if args.base_from:
+        base = reused_base(args.base_from, args)
+    elif not args.skip_base:
         print("evaluating the base model", file=sys.stderr)
         model, tokenizer = load(settings)
         base = evaluate(model, tokenizer, test_file, labels, args.eval_mode)

@@ -84,6 +84,7 @@ class KnowledgeBase:
                     name,
                     index_kind=self.settings.index_type,
                     exact_max=self.settings.exact_search_max,
+                    mmap_bytes=self.settings.sqlite_mmap_mb << 20,
                 )
                 self._collections[name] = col
             return col
@@ -106,6 +107,7 @@ class KnowledgeBase:
                 dimension=emb.dimension,
                 index_kind=self.settings.index_type,
                 exact_max=self.settings.exact_search_max,
+                mmap_bytes=self.settings.sqlite_mmap_mb << 20,
             )
             self._collections[name] = col
             return col

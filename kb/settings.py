@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # searches run at once, the rest wait in arrival order; None: one per CPU core, 0: no limit.
     # More threads than cores only time-share the cores and stretch every search's latency
     search_concurrency: int | None = Field(None, ge=0)
+    # readers map up to this much of a collection's SQLite file into memory (0: off): a search
+    # reads its passages' scattered rows, ~0.08 ms for 10 rows mapped against ~1.6 ms through
+    # read() calls once the rows fall outside SQLite's own 2 MB page cache
+    sqlite_mmap_mb: int = Field(1024, ge=0)
 
     # generation
     generators: list[GeneratorSpec] = Field(

@@ -228,6 +228,11 @@ def test_openapi_schema_documents_the_api(http: httpx.Client) -> None:
         assert path in schema["paths"]
     query = schema["paths"]["/query"]["post"]
     assert "text/event-stream" in query["responses"]["200"]["content"]
+    # both endpoints return a prebuilt Response; their documented body is still the model's
+    ok = "application/json"
+    assert query["responses"]["200"]["content"][ok]["schema"]["$ref"].endswith("AnswerOut")
+    search = schema["paths"]["/search"]["post"]["responses"]["200"]["content"][ok]["schema"]
+    assert search["$ref"].endswith("SearchResponse")
     assert query["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "ErrorResponse"
     )

@@ -306,3 +306,24 @@ def test_reindex_changes_a_collections_index_kind_and_keeps_it(data, tmp_path):
     with col.write_lock():
         col.commit(index_kind="auto")
     assert col.snapshot().dense.kind == "flat"
+
+
+def test_memory_mapped_reads_see_every_commit(data, tmp_path):
+    """Readers map the SQLite file (KB_SQLITE_MMAP_MB); rows written after a reader opened, by
+    another connection, still read back the same as through plain reads."""
+    from kb.store.collection import Collection
+
+    vectors, _ = data
+    writer = Collection.create(tmp_path / "c", "c", embedder="test", dimension=DIM)
+    mapped = Collection.open(tmp_path / "c", "c", mmap_bytes=64 << 20)
+    plain = Collection.open(tmp_path / "c", "c", mmap_bytes=0)
+    assert mapped._db().execute("PRAGMA mmap_size").fetchone()[0] == 64 << 20
+    assert plain._db().execute("PRAGMA mmap_size").fetchone()[0] == 0
+    for n in range(3):
+        with writer.write_lock():
+            writer.commit(add=[_document(n, vectors[n * 200 : (n + 1) * 200])])
+        ids, _ = plain.vectors()
+        assert len(ids) == 200 * (n + 1)
+        assert mapped.chunks(ids.tolist()) == plain.chunks(ids.tolist())
+        mapped_ids, mapped_vectors = mapped.vectors(ids)
+        assert (mapped_ids == ids).all() and np.array_equal(mapped_vectors, plain.vectors(ids)[1])

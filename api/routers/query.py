@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from api.auth import Caller
 from api.deps import AnswererDep
 from api.errors import ERROR_RESPONSES
+from api.offload import in_worker, model_response
 from api.schemas import AnswerOut, QueryRequest
 from api.sse import (
     error_event_body,
@@ -17,7 +18,7 @@ from api.sse import (
     sse_response_doc,
     stream_response,
 )
-from kb.answering import AnswerEvent, uses_retrieval
+from kb.answering import Answerer, AnswerEvent, uses_retrieval
 
 router = APIRouter(tags=["query"], responses=ERROR_RESPONSES)
 
@@ -43,7 +44,7 @@ STREAM_DOC = (
         }
     },
 )
-def query(body: QueryRequest, answerer: AnswererDep, caller: Caller):
+async def query(body: QueryRequest, answerer: AnswererDep, caller: Caller) -> Response:
     collection = body.collection or answerer.settings.default_collection
     if body.collection is not None or body.mode == "compare" or uses_retrieval(body.mode):
         caller.check(collection, "read")
@@ -58,9 +59,9 @@ def query(body: QueryRequest, answerer: AnswererDep, caller: Caller):
         "generate": body.generate,
     }
     if not body.stream:
-        return answerer.answer(body.question, **args).to_dict()
+        return await in_worker(_answer, answerer, body.question, args)
 
-    first, rest = first_then_rest(answerer.stream(body.question, **args))
+    first, rest = await in_worker(first_then_rest, answerer.stream(body.question, **args))
 
     def lines() -> Iterator[str]:
         try:
@@ -73,6 +74,10 @@ def query(body: QueryRequest, answerer: AnswererDep, caller: Caller):
             rest.close()
 
     return stream_response(lines)
+
+
+def _answer(answerer: Answerer, question: str, args: dict) -> Response:
+    return model_response(AnswerOut, answerer.answer(question, **args).to_dict())
 
 
 def _event(event: AnswerEvent) -> str:

@@ -157,11 +157,20 @@ class WriteLock:
 class Collection:
     """One named knowledge base on disk. Safe for many reader threads and one writer process."""
 
-    def __init__(self, root: Path, name: str, *, index_kind: str = "auto", exact_max: int = 25_000):
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        *,
+        index_kind: str = "auto",
+        exact_max: int = 25_000,
+        mmap_bytes: int = 1 << 30,
+    ):
         self.name = validate_name(name)
         self.root = root
         self.default_index_kind = index_kind
         self.exact_max = exact_max
+        self.mmap_bytes = mmap_bytes
         self._local = threading.local()
         self._snapshot: Snapshot | None = None
         self._snapshot_lock = threading.Lock()
@@ -214,6 +223,7 @@ class Collection:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=60000")
+            db.execute(f"PRAGMA mmap_size={int(self.mmap_bytes)}")
             self._local.db = db
         return db
 
