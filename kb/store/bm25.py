@@ -106,7 +106,7 @@ class BM25Index:
             above, tied = rows[matched > kth], rows[matched == kth]
             rows = np.concatenate([above, tied[: k - len(above)]])
         rows = rows[np.lexsort((rows, -scores[rows]))]  # by score, ties by row: deterministic
-        return [(int(self.ids[r]), float(scores[r])) for r in rows]
+        return list(zip(self.ids[rows].tolist(), scores[rows].tolist(), strict=True))
 
 
 def _fsync(path: Path) -> None:
