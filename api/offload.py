@@ -8,7 +8,10 @@ and keeps the encoding off the event loop as well (benchmarks/query.py).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from fastapi import Response
@@ -21,6 +24,13 @@ T = TypeVar("T")
 async def in_worker(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """`fn(*args, **kwargs)` on the thread pool, so the event loop keeps serving."""
     return await run_in_threadpool(fn, *args, **kwargs)
+
+
+async def in_pool(pool: Executor, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` on a pool of the caller's own, e.g. one thread per search slot."""
+    return await asyncio.get_running_loop().run_in_executor(
+        pool, functools.partial(fn, *args, **kwargs)
+    )
 
 
 def model_response(model: type[BaseModel], payload: dict[str, Any], status: int = 200) -> Response:

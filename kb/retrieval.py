@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kb.embedders import Embedder
+from kb.embedders import Embedder, runs_locally
 from kb.errors import InvalidInput
 from kb.store.collection import Collection, Snapshot
 from kb.types import Passage
@@ -105,6 +105,13 @@ class Retriever:
         embedder = self._embedder_for(snap.embedder)
         with self.limiter if embedder.runs_locally else nullcontext():
             return self._search(collection, snap, embedder, query, k, options, source_glob)
+
+    def limited(self, collection: Collection) -> bool:
+        """Whether a search of the collection waits for a limiter slot: there is a limit, and
+        its queries are embedded here rather than by a remote API. Loads nothing, so an event
+        loop may ask."""
+        snap = collection.loaded_snapshot  # no I/O; a search loads it if it is not loaded yet
+        return bool(self.limiter.slots) and (snap is None or runs_locally(snap.embedder))
 
     def _search(
         self,

@@ -310,6 +310,13 @@ class KnowledgeBase:
                 setattr(opts, key, value)
         return opts
 
+    def search_limited(self, collection: str | None = None) -> bool:
+        """Whether searches of the collection share the per-core limiter (KB_SEARCH_CONCURRENCY).
+        Answers from memory, without a lock or I/O, so an event loop may ask: a collection
+        not opened yet counts as limited (local embedders are the default)."""
+        col = self._collections.get(collection or self.settings.default_collection)
+        return col is None or self.retriever.limited(col)
+
     def search(
         self,
         query: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -214,6 +215,26 @@ def test_bad_requests_get_a_clear_4xx(
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert mentions in error["message"] and "Traceback" not in r.text
+
+
+def test_concurrent_searches_run_on_the_search_threads(server: LiveServer) -> None:
+    """/search hands its work to a pool with one thread per search slot; twelve requests at once
+    all get the right answer, and no more threads than slots ever exist for them."""
+    slots = server.services.kb.retriever.limiter.slots
+    answers: list[tuple[int, str]] = []
+
+    def ask() -> None:
+        r = httpx.post(server.url + "/search", json={"query": "square wheels", "k": 1}, timeout=120)
+        answers.append((r.status_code, r.json()["results"][0]["source"]))
+
+    threads = [threading.Thread(target=ask) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(answers) == 12 and len(set(answers)) == 1 and answers[0][0] == 200
+    pool = [t.name for t in threading.enumerate() if t.name.startswith("kb-search")]
+    assert 1 <= len(pool) <= slots, pool
 
 
 def test_openapi_schema_documents_the_api(http: httpx.Client) -> None:

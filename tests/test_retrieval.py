@@ -220,3 +220,24 @@ def test_remote_embedders_pass_the_search_limiter(kb):
         del embedder.runs_locally
         release.set()
         holder.join(30)
+
+
+def test_search_limited_is_told_without_loading(kb):
+    """The HTTP edge asks, on its event loop, whether a search takes a limiter slot (and so runs
+    on the pool of search threads): the answer comes from names and loaded state alone."""
+    from kb.embedders import runs_locally
+    from kb.embedders.openai_compat import OpenAIEmbedder
+
+    local = kb.embedder_for("minilm")
+    assert runs_locally("minilm") and local.runs_locally
+    # building an OpenAIEmbedder asks the endpoint for its dimension: compare with the class
+    assert not runs_locally("openai:text-embedding-3-small") and not OpenAIEmbedder.runs_locally
+    assert runs_locally("st:/models/e5")
+
+    kb.retriever.limiter = FairLimiter(2)
+    assert kb.search_limited("never-opened")  # not opened: local is the default
+    kb.search("wick", k=1)
+    assert kb.collection(None).loaded_snapshot is not None
+    assert kb.search_limited(None)
+    kb.retriever.limiter = FairLimiter(0)
+    assert not kb.search_limited(None)

@@ -1,26 +1,51 @@
-"""POST /search: passages with scores, text and source."""
+"""POST /search: passages with scores, text and source.
+
+Searches run on a pool of their own with one thread per slot of the search limiter
+(KB_SEARCH_CONCURRENCY), so waiting searches queue as futures on the event loop, first come
+first served, and a thread that finishes one search takes the next at once. On the shared
+thread pool each waiting search held a thread blocked on the limiter, and every hand-over woke
+another thread (benchmarks/query.py). Searches of collections embedded by a remote API are not
+limited, and run on the shared pool.
+"""
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from api.auth import Caller
-from api.deps import KBDep
+from api.deps import KBDep, Services
 from api.errors import ERROR_RESPONSES
-from api.offload import in_worker, model_response
+from api.offload import in_pool, in_worker, model_response
 from api.schemas import SearchRequest, SearchResponse
 from kb.service import KnowledgeBase
 
 router = APIRouter(tags=["search"], responses=ERROR_RESPONSES)
 
+POOL_KEY = "search_pool"
+
+
+def startup(services: Services) -> None:
+    slots = services.kb.retriever.limiter.slots
+    if slots:
+        services.extras[POOL_KEY] = ThreadPoolExecutor(slots, thread_name_prefix="kb-search")
+
+
+def shutdown(services: Services) -> None:
+    if pool := services.extras.pop(POOL_KEY, None):
+        pool.shutdown(wait=False, cancel_futures=True)
+
 
 @router.post("/search", response_model=SearchResponse, summary="Search a collection")
-async def search(body: SearchRequest, kb: KBDep, caller: Caller) -> Response:
+async def search(body: SearchRequest, kb: KBDep, caller: Caller, request: Request) -> Response:
     """Retrieve the top `k` passages for a query (dense, BM25 or hybrid)."""
     collection = body.collection or kb.settings.default_collection
     caller.check(collection, "read")
+    pool = request.app.state.services.extras.get(POOL_KEY)
+    if pool is not None and kb.search_limited(collection):
+        return await in_pool(pool, _search, body, kb, collection)
     return await in_worker(_search, body, kb, collection)
 
 

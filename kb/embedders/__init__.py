@@ -6,9 +6,10 @@ from kb.embedders.base import Embedder, normalize
 from kb.errors import InvalidInput
 from kb.settings import Settings
 
-__all__ = ["Embedder", "normalize", "load_embedder", "EMBEDDER_KINDS"]
+__all__ = ["Embedder", "normalize", "load_embedder", "runs_locally", "EMBEDDER_KINDS"]
 
 EMBEDDER_KINDS = ("minilm", "st:<path>", "openai:<model>")
+REMOTE_PREFIX = "openai:"
 
 
 def load_embedder(name: str, settings: Settings) -> Embedder:
@@ -18,6 +19,12 @@ def load_embedder(name: str, settings: Settings) -> Embedder:
     return embedder
 
 
+def runs_locally(name: str) -> bool:
+    """Whether the embedder a name refers to computes here (the `runs_locally` of what
+    load_embedder builds), told from the name alone, without loading anything."""
+    return not name.startswith(REMOTE_PREFIX)
+
+
 def _build(name: str, settings: Settings) -> Embedder:
     if name == "minilm":
         from kb.embedders.sentence_transformers import bundled_minilm_path
@@ -25,11 +32,13 @@ def _build(name: str, settings: Settings) -> Embedder:
         return _local(bundled_minilm_path(), settings, model_id="st:all-MiniLM-L6-v2")
     if name.startswith("st:"):
         return _local(name[3:], settings)
-    if name.startswith("openai:"):
+    if name.startswith(REMOTE_PREFIX):
         from kb.embedders.openai_compat import OpenAIEmbedder
 
         return OpenAIEmbedder(
-            name[7:], base_url=settings.embed_base_url, api_key=settings.embed_api_key
+            name[len(REMOTE_PREFIX) :],
+            base_url=settings.embed_base_url,
+            api_key=settings.embed_api_key,
         )
     raise InvalidInput(f"unknown embedder {name!r}: use one of {', '.join(EMBEDDER_KINDS)}")
 

@@ -391,6 +391,11 @@ class Collection:
         vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, dim)
         return out_ids, vecs
 
+    @property
+    def loaded_snapshot(self) -> Snapshot | None:
+        """The snapshot last loaded, if any, without checking for a newer generation (no I/O)."""
+        return self._snapshot
+
     def snapshot(self) -> Snapshot:
         """The current generation's indexes, reloaded when a writer has committed a newer one."""
         gen = self.generation
