@@ -61,7 +61,7 @@ async def query(body: QueryRequest, answerer: AnswererDep, caller: Caller) -> Re
     if not body.stream:
         return await in_worker(_answer, answerer, body.question, args)
 
-    first, rest = await in_worker(first_then_rest, answerer.stream(body.question, **args))
+    first, rest = await in_worker(_first_event, answerer, body.question, args)
 
     def lines() -> Iterator[str]:
         try:
@@ -78,6 +78,11 @@ async def query(body: QueryRequest, answerer: AnswererDep, caller: Caller) -> Re
 
 def _answer(answerer: Answerer, question: str, args: dict) -> Response:
     return model_response(AnswerOut, answerer.answer(question, **args).to_dict())
+
+
+def _first_event(answerer: Answerer, question: str, args: dict) -> tuple[AnswerEvent, Iterator]:
+    """The stream's first event (its errors raise here, before any status is sent) and the rest."""
+    return first_then_rest(answerer.stream(question, **args))
 
 
 def _event(event: AnswerEvent) -> str:
