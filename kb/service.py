@@ -251,7 +251,7 @@ class KnowledgeBase:
             emb,
             chunker,
             commit_every_chunks=self.settings.commit_every_chunks,
-            embed_batch_chunks=max(self.settings.embed_batch_size * 8, 256),
+            embed_batch_chunks=max(self.settings.embed_batch_size * 8, 512),
             progress=progress,
         )
 

@@ -43,7 +43,9 @@ class Settings(BaseSettings):
 
     # embeddings: "minilm" (bundled all-MiniLM-L6-v2), "st:<name-or-path>", "openai:<model>"
     embedder: str = "minilm"
-    embed_batch_size: int = 64
+    # 16: torch bfloat16 embeds SciFact abstracts ~15% faster than in batches of 64 on this
+    # CPU (45.7 against 39.8 chunks/s, medians of three alternating runs)
+    embed_batch_size: int = 16
     # local models: bfloat16/float32 run in torch; int8 runs an ONNX Runtime export (cache_dir)
     embed_dtype: Literal["float32", "bfloat16", "int8"] = "bfloat16"
     embed_query_cache: int = 1024  # query vectors kept for repeated searches; 0 disables
