@@ -74,18 +74,20 @@ class KnowledgeBase:
     def _root(self, name: str) -> Path:
         return self.settings.collections_dir / validate_name(name)
 
+    def _collection_options(self) -> dict[str, Any]:
+        """How the settings open every collection."""
+        return {
+            "index_kind": self.settings.index_type,
+            "exact_max": self.settings.exact_search_max,
+            "mmap_bytes": self.settings.sqlite_mmap_mb << 20,
+        }
+
     def collection(self, name: str | None = None) -> Collection:
         name = name or self.settings.default_collection
         with self._lock:
             col = self._collections.get(name)
             if col is None or not (col.root / "store.sqlite").exists():
-                col = Collection.open(
-                    self._root(name),
-                    name,
-                    index_kind=self.settings.index_type,
-                    exact_max=self.settings.exact_search_max,
-                    mmap_bytes=self.settings.sqlite_mmap_mb << 20,
-                )
+                col = Collection.open(self._root(name), name, **self._collection_options())
                 self._collections[name] = col
             return col
 
@@ -105,9 +107,7 @@ class KnowledgeBase:
                 name,
                 embedder=embedder_name,
                 dimension=emb.dimension,
-                index_kind=self.settings.index_type,
-                exact_max=self.settings.exact_search_max,
-                mmap_bytes=self.settings.sqlite_mmap_mb << 20,
+                **self._collection_options(),
             )
             self._collections[name] = col
             return col

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import Caller
 from api.deps import AnswererDep
 from api.errors import ERROR_RESPONSES
-from api.offload import in_worker, model_response
+from api.offload import model_response
 from api.schemas import AnswerOut, QueryRequest
 from api.sse import (
     error_event_body,
@@ -59,9 +60,9 @@ async def query(body: QueryRequest, answerer: AnswererDep, caller: Caller) -> Re
         "generate": body.generate,
     }
     if not body.stream:
-        return await in_worker(_answer, answerer, body.question, args)
+        return await run_in_threadpool(_answer, answerer, body.question, args)
 
-    first, rest = await in_worker(_first_event, answerer, body.question, args)
+    first, rest = await run_in_threadpool(_first_event, answerer, body.question, args)
 
     def lines() -> Iterator[str]:
         try:

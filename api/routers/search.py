@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
 
 from api.auth import Caller
-from api.deps import KBDep, Services
+from api.deps import Services, ServicesDep
 from api.errors import ERROR_RESPONSES
-from api.offload import in_pool, in_worker, model_response
+from api.offload import in_pool, model_response
 from api.schemas import SearchRequest, SearchResponse
 from kb.service import KnowledgeBase
 
@@ -39,14 +40,15 @@ def shutdown(services: Services) -> None:
 
 
 @router.post("/search", response_model=SearchResponse, summary="Search a collection")
-async def search(body: SearchRequest, kb: KBDep, caller: Caller, request: Request) -> Response:
+async def search(body: SearchRequest, services: ServicesDep, caller: Caller) -> Response:
     """Retrieve the top `k` passages for a query (dense, BM25 or hybrid)."""
+    kb = services.kb
     collection = body.collection or kb.settings.default_collection
     caller.check(collection, "read")
-    pool = request.app.state.services.extras.get(POOL_KEY)
+    pool = services.extras.get(POOL_KEY)
     if pool is not None and kb.search_limited(collection):
         return await in_pool(pool, _search, body, kb, collection)
-    return await in_worker(_search, body, kb, collection)
+    return await run_in_threadpool(_search, body, kb, collection)
 
 
 def _search(body: SearchRequest, kb: KnowledgeBase, collection: str) -> Response:
