@@ -103,7 +103,7 @@ class Retriever:
         options.check()
         snap = collection.snapshot()
         embedder = self._embedder_for(snap.embedder)
-        with self.limiter if embedder.runs_locally else nullcontext():
+        with self.limiter if runs_locally(snap.embedder) else nullcontext():
             return self._search(collection, snap, embedder, query, k, options, source_glob)
 
     def limited(self, collection: Collection) -> bool:

@@ -20,8 +20,9 @@ def load_embedder(name: str, settings: Settings) -> Embedder:
 
 
 def runs_locally(name: str) -> bool:
-    """Whether the embedder a name refers to computes here (the `runs_locally` of what
-    load_embedder builds), told from the name alone, without loading anything."""
+    """Whether the embedder a name refers to computes here, told from the name alone without
+    loading anything. A remote API's searches wait on the network, not the CPU, so the search
+    limiter (one slot per core) lets them through; this is the one place that decides it."""
     return not name.startswith(REMOTE_PREFIX)
 
 

@@ -19,9 +19,6 @@ class Embedder(ABC):
     batch_size: int = 64
     #: query vectors kept, least recently used dropped first; 0 disables (KB_EMBED_QUERY_CACHE)
     query_cache_size: int = 0
-    #: False for a remote API: its searches wait on the network, not the CPU, so the search
-    #: limiter (one slot per core) lets them through
-    runs_locally: bool = True
 
     @abstractmethod
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:

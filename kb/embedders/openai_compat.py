@@ -11,8 +11,6 @@ from kb.errors import BackendError
 
 
 class OpenAIEmbedder(Embedder):
-    runs_locally = False
-
     def __init__(
         self,
         model: str,
