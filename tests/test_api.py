@@ -237,6 +237,29 @@ def test_concurrent_searches_run_on_the_search_threads(server: LiveServer) -> No
     assert 1 <= len(pool) <= slots, pool
 
 
+def test_retrieval_only_queries_run_on_the_search_threads(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rag /query without generation is a search plus a prompt: it queues with /search on the
+    search threads. One that generates, or retrieves nothing, stays on the shared pool."""
+    answerer = server.services.answerer
+    real, threads = answerer.answer, []
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(answerer, "answer", spy)
+    url = server.url + "/query"
+    rag = httpx.post(url, json={"question": "square wheels", "generate": False}, timeout=120)
+    assert rag.status_code == 200, rag.text
+    top = httpx.post(server.url + "/search", json={"query": "square wheels", "k": 1}, timeout=120)
+    assert rag.json()["passages"][0]["source"] == top.json()["results"][0]["source"]
+    base = {"question": "square wheels", "mode": "base", "generate": False}
+    assert httpx.post(url, json=base, timeout=120).status_code == 200
+    assert threads[0].startswith("kb-search") and not threads[1].startswith("kb-search"), threads
+
+
 def test_openapi_schema_documents_the_api(http: httpx.Client) -> None:
     schema = http.get("/openapi.json").json()
     for path in (

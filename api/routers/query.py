@@ -8,9 +8,10 @@ from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Caller
-from api.deps import AnswererDep
+from api.deps import ServicesDep
 from api.errors import ERROR_RESPONSES
-from api.offload import model_response
+from api.offload import in_pool, model_response
+from api.routers.search import POOL_KEY
 from api.schemas import AnswerOut, QueryRequest
 from api.sse import (
     error_event_body,
@@ -45,9 +46,11 @@ STREAM_DOC = (
         }
     },
 )
-async def query(body: QueryRequest, answerer: AnswererDep, caller: Caller) -> Response:
+async def query(body: QueryRequest, services: ServicesDep, caller: Caller) -> Response:
+    answerer = services.answerer
     collection = body.collection or answerer.settings.default_collection
-    if body.collection is not None or body.mode == "compare" or uses_retrieval(body.mode):
+    retrieves = body.mode == "compare" or uses_retrieval(body.mode)
+    if body.collection is not None or retrieves:
         caller.check(collection, "read")
     args = {
         "mode": body.mode,
@@ -60,6 +63,10 @@ async def query(body: QueryRequest, answerer: AnswererDep, caller: Caller) -> Re
         "generate": body.generate,
     }
     if not body.stream:
+        pool = services.extras.get(POOL_KEY)
+        if retrieves and not body.generate and pool and services.kb.search_limited(collection):
+            # retrieval and a prompt, no generation: a search, so it queues with /search
+            return await in_pool(pool, _answer, answerer, body.question, args)
         return await run_in_threadpool(_answer, answerer, body.question, args)
 
     first, rest = await run_in_threadpool(_first_event, answerer, body.question, args)

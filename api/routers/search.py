@@ -5,7 +5,8 @@ Searches run on a pool of their own with one thread per slot of the search limit
 first served, and a thread that finishes one search takes the next at once. On the shared
 thread pool each waiting search held a thread blocked on the limiter, and every hand-over woke
 another thread (benchmarks/query.py). Searches of collections embedded by a remote API are not
-limited, and run on the shared pool.
+limited, and run on the shared pool. A /query that retrieves without generating is a search
+too, and uses the same pool (api/routers/query.py).
 """
 
 from __future__ import annotations
