@@ -8,6 +8,9 @@ whole answer, one prompt pass) or, with --eval generation, by greedy decoding.
 
     nice -n 10 .venv/bin/python benchmarks/newsgroups_lora.py [--max-train N] [--max-test N]
 
+With --adapter DIR it evaluates a saved adapter (say an epoch checkpoint in an earlier job's
+folder) instead of training; with --base-from FILE it reuses an earlier run's base result.
+
 Writes benchmarks/results/newsgroups_lora.json and prints a table.
 """
 
@@ -72,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="reuse the base model's result from an earlier results file whose prompt options "
         "(data, text budget, headers, test size, eval mode, seed) are the same",
+    )
+    p.add_argument(
+        "--adapter",
+        type=Path,
+        default=None,
+        help="evaluate this saved adapter (e.g. an epoch checkpoint of an earlier run's job) "
+        "instead of training one",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -183,6 +193,44 @@ def main(argv: list[str] | None = None) -> dict:
         base = evaluate(model, tokenizer, test_file, labels, args.eval_mode)
         del model
 
+    if args.adapter:
+        name, job_id, training, adapter = None, None, None, str(args.adapter)
+    else:
+        name, job_id, training, adapter = train(args, settings, data_dir)
+
+    print(f"evaluating the fine-tuned model ({adapter})", file=sys.stderr)
+    model, tokenizer = load(settings, adapter)
+    tuned = evaluate(model, tokenizer, test_file, labels, args.eval_mode)
+    if name:
+        ModelRegistry(settings).update_metrics(
+            name, accuracy=tuned["accuracy"], accuracy_eval=args.eval_mode
+        )
+
+    result = {
+        "benchmark": "newsgroups_lora",
+        "command": " ".join(["benchmarks/newsgroups_lora.py", *(argv or sys.argv[1:])]),
+        "labels": labels,
+        "eval_mode": args.eval_mode,
+        "base": base,
+        "finetuned": tuned,
+        "model": name,
+        "job_id": job_id,
+        "adapter": adapter,
+        "training": training,
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "prepare_seconds": round(prepare_seconds, 1),
+        "total_seconds": round(time.monotonic() - started, 1),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    return result
+
+
+def train(args: argparse.Namespace, settings: Settings, data_dir: Path) -> tuple:
+    """Train through the job code of `kb finetune run`; the registered model's name, the job
+    id, the training figures and the adapter's folder."""
     name = f"newsgroups-{time.strftime('%Y%m%d-%H%M%S')}"
     spec = FineTuneSpec(
         train_file=str(data_dir / "train.jsonl"),
@@ -198,45 +246,21 @@ def main(argv: list[str] | None = None) -> dict:
         dtype=args.dtype,
         seed=args.seed,
     )
-    models = ModelRegistry(settings)
     print(f"training {name}", file=sys.stderr)
-    record = run_finetune(JobManager(settings.jobs_dir), spec, settings, models)
+    record = run_finetune(JobManager(settings.jobs_dir), spec, settings, ModelRegistry(settings))
     if record.state != "succeeded":
         raise SystemExit(f"training {record.state}: {record.error}")
     metrics = record.result["metrics"]
-    adapter = record.result["model_record"]["adapter"]
-
-    print("evaluating the fine-tuned model", file=sys.stderr)
-    model, tokenizer = load(settings, adapter)
-    tuned = evaluate(model, tokenizer, test_file, labels, args.eval_mode)
-    models.update_metrics(name, accuracy=tuned["accuracy"], accuracy_eval=args.eval_mode)
-
-    result = {
-        "benchmark": "newsgroups_lora",
-        "command": " ".join(["benchmarks/newsgroups_lora.py", *(argv or sys.argv[1:])]),
-        "labels": labels,
-        "eval_mode": args.eval_mode,
-        "base": base,
-        "finetuned": tuned,
-        "model": name,
-        "job_id": record.id,
-        "training": {
-            "seconds": metrics["train_seconds"],
-            "examples": metrics["train_examples"],
-            "epochs": metrics["epochs"],
-            "examples_per_s": metrics["examples_per_s"],
-            "train_loss": metrics["train_loss"],
-            "eval_loss": metrics["eval_loss"],
-        },
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "prepare_seconds": round(prepare_seconds, 1),
-        "total_seconds": round(time.monotonic() - started, 1),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    training = {
+        "seconds": metrics["train_seconds"],
+        "examples": metrics["train_examples"],
+        "epochs": metrics["epochs"],
+        "examples_per_s": metrics["examples_per_s"],
+        "train_loss": metrics["train_loss"],
+        "eval_loss": metrics["eval_loss"],
+        "history": metrics.get("history"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print_table(result)
-    return result
+    return name, record.id, training, record.result["model_record"]["adapter"]
 
 
 def print_table(result: dict) -> None:
@@ -256,6 +280,11 @@ def print_table(result: dict) -> None:
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
     t = result["training"]
+    if not t:
+        print(
+            f"adapter {result['adapter']} (not trained by this run); eval by {result['eval_mode']}"
+        )
+        return
     print(
         f"training: {t['examples']} examples x {t['epochs']} epoch(s) in {t['seconds']:.0f} s "
         f"({t['examples_per_s']} ex/s); eval by {result['eval_mode']}"

@@ -68,3 +68,28 @@ def test_query_benchmark_tiny(tmp_path):
         assert cell["server_cpu_ms_per_request"] > cell["client_cpu_ms_per_request"] > 0
     for clients in (1, 4):  # generate=false: retrieval and prompt only, the model never ran
         assert set(cells[("query", clients)]["finish_reasons"]) <= {"skipped", "not_covered"}
+
+
+def test_newsgroups_lora_benchmark_tiny(tmp_path, model_cache):
+    """Trains a tiny adapter through the job code and scores it; a second run evaluates the saved
+    adapter without training and reuses the first run's base result, and gets the same answers."""
+    from tests.conftest import data_dir_with_cache
+
+    work = data_dir_with_cache(tmp_path / "work", model_cache)
+    tiny = ["--work", str(work), "--max-train", "8", "--max-test", "6", "--epochs", "1"]
+    tiny += ["--text-budget", "48", "--max-seq-len", "128"]
+    first = run_benchmark("newsgroups_lora.py", *tiny, out=tmp_path / "first.json")
+    assert first["base"]["examples"] == first["finetuned"]["examples"] == 6
+    assert first["training"]["epochs"] == 1 and first["training"]["history"]
+    assert Path(first["adapter"], "adapter_config.json").is_file()
+
+    again = run_benchmark(
+        "newsgroups_lora.py",
+        *tiny,
+        "--adapter", first["adapter"],
+        "--base-from", str(tmp_path / "first.json"),
+        out=tmp_path / "again.json",
+    )  # fmt: skip
+    assert again["training"] is None and again["base"]["reused_from"]
+    assert again["finetuned"]["mistakes"] == first["finetuned"]["mistakes"]
+    assert again["finetuned"]["correct"] == first["finetuned"]["correct"]
