@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated message headers kept in the prompt (kb finetune prepare "
         "--keep-headers)",
     )
+    p.add_argument(
+        "--template",
+        default=None,
+        help="prompt template with {text} and {labels} (kb finetune prepare --template; default: "
+        "kb's classification prompt)",
+    )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--r", type=int, default=8)
@@ -93,6 +99,7 @@ def prepare(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path, l
     options = PrepareOptions(
         text_budget=args.text_budget,
         keep_headers=headers,
+        template=args.template,
         max_examples=args.max_train,
         val_fraction=0.05,
         seed=args.seed,
@@ -103,6 +110,7 @@ def prepare(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path, l
     test_options = PrepareOptions(
         text_budget=args.text_budget,
         keep_headers=headers,
+        template=args.template,
         max_examples=args.max_test,
         val_fraction=0.0,
         seed=args.seed,
@@ -145,7 +153,15 @@ def evaluate(model, tokenizer, test_file: Path, labels: list[str], mode: str) ->
     }
 
 
-PROMPT_OPTIONS = ("data", "text_budget", "keep_headers", "max_test", "eval_mode", "seed")
+PROMPT_OPTIONS = (
+    "data",
+    "text_budget",
+    "keep_headers",
+    "template",
+    "max_test",
+    "eval_mode",
+    "seed",
+)
 
 
 def reused_base(path: Path, args: argparse.Namespace) -> dict:
