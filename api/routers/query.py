@@ -64,7 +64,12 @@ async def query(body: QueryRequest, services: ServicesDep, caller: Caller) -> Re
     }
     if not body.stream:
         pool = services.extras.get(POOL_KEY)
-        if retrieves and not body.generate and pool and services.kb.search_limited(collection):
+        if (
+            retrieves
+            and not body.generate
+            and pool is not None
+            and services.kb.search_limited(collection)
+        ):
             # retrieval and a prompt, no generation: a search, so it queues with /search
             return await in_pool(pool, _answer, answerer, body.question, args)
         return await run_in_threadpool(_answer, answerer, body.question, args)
