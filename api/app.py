@@ -70,6 +70,9 @@ def build_services(settings: Settings) -> Services:
     )
 
 
+WARM_JOIN_SECONDS = 120  # a shutdown waits this long at most for a warm-up in progress
+
+
 def _warm(services: Services) -> None:
     """Load the default generator (if local) and the embedder, so the first request is quick."""
     try:
@@ -102,8 +105,10 @@ def create_app(settings: Settings | None = None, *, warm: bool = True) -> FastAP
         for module in modules:
             if hook := getattr(module, "startup", None):
                 hook(services)
+        warming = None
         if warm:
-            threading.Thread(target=_warm, args=(services,), name="kb-warm", daemon=True).start()
+            warming = threading.Thread(target=_warm, args=(services,), name="kb-warm", daemon=True)
+            warming.start()
         try:
             yield
         finally:
@@ -111,6 +116,11 @@ def create_app(settings: Settings | None = None, *, warm: bool = True) -> FastAP
                 if hook := getattr(module, "shutdown", None):
                     hook(services)
             services.jobs.shutdown()
+            if warming is not None and warming.is_alive():
+                # a process that exits while a thread is inside torch's model loading aborts
+                # (SIGABRT, "terminate called without an active exception"): let it finish
+                log.info("waiting for the model warm-up to finish before shutting down")
+                warming.join(WARM_JOIN_SECONDS)
 
     app = FastAPI(
         title="kb",
