@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="reuse the base model's result from an earlier results file whose prompt options "
-        "(data, text budget, headers, test size, eval mode, seed) are the same",
+        "(data, text budget, headers, template, test size, eval mode, seed) are the same",
     )
     p.add_argument(
         "--adapter",
