@@ -10,8 +10,8 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import Caller
 from api.deps import ServicesDep
 from api.errors import ERROR_RESPONSES
-from api.offload import in_pool, model_response
-from api.routers.search import POOL_KEY
+from api.offload import model_response
+from api.routers.search import on_search_threads
 from api.schemas import AnswerOut, QueryRequest
 from api.sse import (
     error_event_body,
@@ -63,15 +63,11 @@ async def query(body: QueryRequest, services: ServicesDep, caller: Caller) -> Re
         "generate": body.generate,
     }
     if not body.stream:
-        pool = services.extras.get(POOL_KEY)
-        if (
-            retrieves
-            and not body.generate
-            and pool is not None
-            and services.kb.search_limited(collection)
-        ):
+        if retrieves and not body.generate:
             # retrieval and a prompt, no generation: a search, so it queues with /search
-            return await in_pool(pool, _answer, answerer, body.question, args)
+            return await on_search_threads(
+                services, collection, _answer, answerer, body.question, args
+            )
         return await run_in_threadpool(_answer, answerer, body.question, args)
 
     first, rest = await run_in_threadpool(_first_event, answerer, body.question, args)

@@ -12,7 +12,9 @@ too, and uses the same pool (api/routers/query.py).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +29,7 @@ from kb.service import KnowledgeBase
 router = APIRouter(tags=["search"], responses=ERROR_RESPONSES)
 
 POOL_KEY = "search_pool"
+T = TypeVar("T")
 
 
 def startup(services: Services) -> None:
@@ -46,10 +49,18 @@ async def search(body: SearchRequest, services: ServicesDep, caller: Caller) -> 
     kb = services.kb
     collection = body.collection or kb.settings.default_collection
     caller.check(collection, "read")
+    return await on_search_threads(services, collection, _search, body, kb, collection)
+
+
+async def on_search_threads(
+    services: Services, collection: str, fn: Callable[..., T], /, *args: Any
+) -> T:
+    """`fn(*args)`, a search of `collection`, on the search threads when its searches take a
+    limiter slot, else (no limit, or a remote embedder) on the shared thread pool."""
     pool = services.extras.get(POOL_KEY)
-    if pool is not None and kb.search_limited(collection):
-        return await in_pool(pool, _search, body, kb, collection)
-    return await run_in_threadpool(_search, body, kb, collection)
+    if pool is not None and services.kb.search_limited(collection):
+        return await in_pool(pool, fn, *args)
+    return await run_in_threadpool(fn, *args)
 
 
 def _search(body: SearchRequest, kb: KnowledgeBase, collection: str) -> Response:
