@@ -70,6 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--r", type=int, default=8)
     p.add_argument("--alpha", type=int, default=16)
     p.add_argument("--lora-layers", type=int, default=16, help="adapt only the last N layers")
+    p.add_argument(
+        "--token-dropout",
+        type=float,
+        default=0.0,
+        help="share of prompt tokens left out of each training pass (kb finetune run "
+        "--token-dropout)",
+    )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-seq-len", type=int, default=384)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
@@ -257,6 +264,7 @@ def train(args: argparse.Namespace, settings: Settings, data_dir: Path) -> tuple
         r=args.r,
         alpha=args.alpha,
         lora_layers=args.lora_layers,
+        token_dropout=args.token_dropout,
         batch_size=args.batch_size,
         max_seq_len=args.max_seq_len,
         dtype=args.dtype,

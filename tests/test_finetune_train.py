@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Form, UploadFile
 
-from kb.errors import Conflict
+from kb.errors import Conflict, InvalidInput
 from kb.finetune.backends import FineTuneSpec
 from kb.finetune.jobs import request_cancel, submit_finetune
 from kb.generators import GeneratorRegistry
@@ -113,6 +113,7 @@ def test_lora_job_over_http_registers_a_model_that_answers(lora_server):
                 "max_seq_len": 128,
                 "epochs": 1,
                 "batch_size": 4,
+                "token_dropout": 0.2,
             },
         )
         assert created.status_code == 202, created.text
@@ -237,6 +238,40 @@ def test_bad_requests_name_the_fix(lora_server):
         assert unknown.status_code == 422 and "invalid model name" in unknown.text
         no_dataset = client.post("/finetune/jobs", json={"dataset": "nope"})
         assert no_dataset.status_code == 404 and "/finetune/datasets/prepare" in no_dataset.text
+        too_much = client.post(
+            "/finetune/jobs", json={"train_file": "tiny/train.jsonl", "token_dropout": 0.9}
+        )
+        assert too_much.status_code == 422 and "token_dropout" in too_much.text
+
+
+def test_token_dropout_spares_turn_markers_and_answers(tmp_path):
+    import random
+
+    from kb.finetune.backends.local_lora import _drop_prompt_tokens
+    from kb.finetune.encoding import IGNORE, KEEP_PROMPT_TAIL, EncodedExample
+
+    special = frozenset({1, 2})
+    prompt = [1] + list(range(100, 1100)) + [2] + list(range(2000, 2000 + KEEP_PROMPT_TAIL))
+    answer = [7, 8, 2]
+    example = EncodedExample(prompt + answer, [IGNORE] * len(prompt) + answer)
+
+    dropped = _drop_prompt_tokens(example, 0.25, random.Random(0), special)
+    kept = set(dropped.input_ids)
+    assert {1, 2} <= kept  # special tokens
+    assert dropped.input_ids[-(KEEP_PROMPT_TAIL + 3) :] == prompt[-KEEP_PROMPT_TAIL:] + answer
+    assert dropped.labels[-3:] == answer and dropped.label_count == 3
+    assert len(dropped.input_ids) == len(dropped.labels)
+    gone = 1000 - len(kept & set(range(100, 1100)))
+    assert 200 <= gone <= 300  # about a quarter of the 1,000 droppable tokens
+    # order kept; a new pass draws a new gap; rate 0 changes nothing
+    rest = iter(example.input_ids)
+    assert all(token in rest for token in dropped.input_ids)
+    assert _drop_prompt_tokens(example, 0.25, random.Random(1), special) != dropped
+    assert _drop_prompt_tokens(example, 0.0, random.Random(0), special) == example
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps(_example(1)) + "\n")
+    with pytest.raises(InvalidInput, match="token_dropout=0.9 is out of range"):
+        FineTuneSpec(train_file=str(train), token_dropout=0.9).check()
 
 
 # -- the OpenAI backend against a fake fine-tuning server -----------------------------------

@@ -115,6 +115,12 @@ class FineTuneRequest(Strict):
     r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
     alpha: int = Field(16, ge=1, le=4096)
     dropout: float = Field(0.05, ge=0, lt=1)
+    token_dropout: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="local: share of prompt tokens left out of each training pass (0 = off).",
+    )
     target_modules: list[str] | None = Field(None, description="Default: every linear layer.")
     lora_layers: int | None = Field(None, ge=1, description="Adapt only the last N layers.")
     dtype: Literal["float32", "bfloat16"] = "float32"

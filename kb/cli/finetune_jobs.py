@@ -141,6 +141,13 @@ def run(
     r: Annotated[int, typer.Option("--r", help="LoRA rank.")] = 8,
     alpha: Annotated[int, typer.Option(help="LoRA alpha (scaling = alpha / r).")] = 16,
     dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
+    token_dropout: Annotated[
+        float,
+        typer.Option(
+            help="Local: share of prompt tokens left out of each training pass (word dropout; "
+            "e.g. 0.25 for classifiers that latch onto single words). 0 = off."
+        ),
+    ] = 0.0,
     target_modules: Annotated[
         str | None,
         typer.Option(help="Comma-separated layer names, e.g. q_proj,v_proj (default: all linear)."),
@@ -188,6 +195,7 @@ def run(
             r=r,
             alpha=alpha,
             dropout=dropout,
+            token_dropout=token_dropout,
             target_modules=[m.strip() for m in target_modules.split(",")]
             if target_modules
             else None,

@@ -11,6 +11,8 @@ from kb.errors import InvalidInput
 from kb.jobs import JobContext
 from kb.settings import Settings
 
+MAX_TOKEN_DROPOUT = 0.5
+
 
 @dataclass
 class FineTuneSpec:
@@ -31,6 +33,7 @@ class FineTuneSpec:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
+    token_dropout: float = 0.0  # local: share of prompt tokens left out of each training pass
     target_modules: list[str] | None = None  # None: every linear layer but the output head
     lora_layers: int | None = None  # adapt only the last N decoder layers (faster backward)
     warmup_ratio: float = 0.05
@@ -67,6 +70,11 @@ class FineTuneSpec:
             raise InvalidInput(f"lr={self.lr} is out of range: use e.g. 2e-4 (between 0 and 1)")
         if not 0 <= self.dropout < 1:
             raise InvalidInput(f"dropout={self.dropout} is out of range: use 0 <= dropout < 1")
+        if not 0 <= self.token_dropout <= MAX_TOKEN_DROPOUT:
+            raise InvalidInput(
+                f"token_dropout={self.token_dropout} is out of range: use 0 (off) to "
+                f"{MAX_TOKEN_DROPOUT}, e.g. 0.1"
+            )
         if not 0 <= self.warmup_ratio < 1:
             raise InvalidInput(f"warmup_ratio={self.warmup_ratio} is out of range: use 0..0.5")
         for key in ("max_train_examples", "max_eval_examples", "lora_layers"):
