@@ -622,3 +622,8 @@ def test_cli_runs_lists_and_deletes(tmp_path, fake_openai, monkeypatch):
     )
     bad = runner.invoke(finetune_app, ["run", str(tmp_path / "missing")])
     assert bad.exit_code == 1 and "finetune prepare" in " ".join(bad.output.split())
+    # --token-dropout reaches the spec: an out-of-range rate is refused before any job starts
+    dropout = runner.invoke(finetune_app, ["run", str(data), "--token-dropout", "0.6"])
+    assert dropout.exit_code == 1 and "token_dropout=0.6 is out of range" in " ".join(
+        dropout.output.split()
+    )
