@@ -65,6 +65,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="prompt template with {text} and {labels} (kb finetune prepare --template; default: "
         "kb's classification prompt)",
     )
+    p.add_argument(
+        "--neighbours",
+        type=int,
+        default=0,
+        help="labelled training messages most like each message shown in its prompt (kb "
+        "finetune prepare --neighbours; test prompts draw them from the training folder)",
+    )
+    p.add_argument(
+        "--neighbour-tokens", type=int, default=16, help="opening tokens shown of each neighbour"
+    )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--r", type=int, default=8)
@@ -107,6 +117,8 @@ def prepare(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path, l
         text_budget=args.text_budget,
         keep_headers=headers,
         template=args.template,
+        neighbours=args.neighbours,
+        neighbour_tokens=args.neighbour_tokens,
         max_examples=args.max_train,
         val_fraction=0.05,
         seed=args.seed,
@@ -118,6 +130,9 @@ def prepare(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path, l
         text_budget=args.text_budget,
         keep_headers=headers,
         template=args.template,
+        neighbours=args.neighbours,
+        neighbours_from=str(args.data / "train") if args.neighbours else None,
+        neighbour_tokens=args.neighbour_tokens,
         max_examples=args.max_test,
         val_fraction=0.0,
         seed=args.seed,
@@ -165,6 +180,8 @@ PROMPT_OPTIONS = (
     "text_budget",
     "keep_headers",
     "template",
+    "neighbours",
+    "neighbour_tokens",
     "max_test",
     "eval_mode",
     "seed",

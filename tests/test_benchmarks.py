@@ -77,11 +77,13 @@ def test_newsgroups_lora_benchmark_tiny(tmp_path, model_cache):
 
     work = data_dir_with_cache(tmp_path / "work", model_cache)
     tiny = ["--work", str(work), "--max-train", "8", "--max-test", "6", "--epochs", "1"]
-    tiny += ["--text-budget", "48", "--max-seq-len", "128"]
+    tiny += ["--text-budget", "48", "--max-seq-len", "160", "--neighbours", "2"]
     first = run_benchmark("newsgroups_lora.py", *tiny, out=tmp_path / "first.json")
     assert first["base"]["examples"] == first["finetuned"]["examples"] == 6
     assert first["training"]["epochs"] == 1 and first["training"]["history"]
     assert Path(first["adapter"], "adapter_config.json").is_file()
+    test_prompts = (work / "data" / "test" / "train.jsonl").read_text()
+    assert test_prompts.count("most similar first:") == 6  # --neighbours reached the prompts
 
     again = run_benchmark(
         "newsgroups_lora.py",

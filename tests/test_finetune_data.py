@@ -329,6 +329,96 @@ def test_newsgroups_train_split_is_stratified(tmp_path, settings, tokenizer):
     assert all("\nFrom:" not in p and "Subject:" in p for p in prompts[:50])
 
 
+CAR_BODIES = [
+    "The sedan's engine stalls at idle and the dealer replaced the transmission twice.",
+    "My hatchback needs new brake pads, tyres and an oil change before winter.",
+    "Is the station wagon's four-door cabin roomy enough for a family road trip?",
+    "The pickup truck's V8 engine burns oil; the mechanic suspects the piston rings.",
+]
+BIKE_BODIES = [
+    "My motorcycle's chain needs wax after every ride; the rear sprocket is worn.",
+    "Which helmet and leather jacket do riders wear on long motorbike tours?",
+    "The sportbike leans into corners well but the clutch lever is stiff.",
+    "Riding pillion on a motorcycle: how should the passenger lean in the twisties?",
+]
+
+
+def topic_folder(folder: Path, tag: str) -> Path:
+    for label, bodies in (("autos", CAR_BODIES), ("bikes", BIKE_BODIES)):
+        (folder / label).mkdir(parents=True)
+        for i, body in enumerate(bodies):
+            (folder / label / f"{i}.txt").write_text(message(f"{tag} {label} {i}", body))
+    return folder
+
+
+def neighbour_lines(record: dict) -> list[str]:
+    prompt = record["messages"][0]["content"]
+    block = prompt.split("most similar first:\n", 1)[1].split("\n\nThe message:", 1)[0]
+    return block.split("\n")
+
+
+def test_prompts_show_their_nearest_labelled_neighbours(tmp_path, settings, tokenizer):
+    train_dir = topic_folder(tmp_path / "train", "train")
+    options = PrepareOptions(neighbours=3, neighbour_tokens=10, val_fraction=0)
+    result = prepare_dataset(
+        train_dir, tmp_path / "out", options=options, settings=settings, tokenizer=tokenizer
+    )
+    records = jsonl(result.train_path)
+    assert len(records) == 8
+    for record in records:
+        label, number = Path(record["metadata"]["source"]).parent.name, record["metadata"]["source"]
+        lines = neighbour_lines(record)
+        assert len(lines) == 3
+        # each example leaves itself out of its own neighbours
+        own = f"Subject: train {label} {Path(number).stem}"
+        assert not any(own in line for line in lines), (own, lines)
+        # retrieval finds messages on the same topic: most neighbours share the label
+        same = sum(line.startswith(f"{label}: Subject: train {label} ") for line in lines)
+        assert same >= 2, (record["metadata"], lines)
+    assert result.manifest["options"]["neighbours"] == 3
+
+    # an evaluation split draws its neighbours from the training folder only
+    test_dir = topic_folder(tmp_path / "test", "test")
+    options = PrepareOptions(
+        neighbours=2, neighbours_from=str(train_dir), neighbour_tokens=10, val_fraction=0
+    )
+    result = prepare_dataset(
+        test_dir, tmp_path / "test_out", options=options, settings=settings, tokenizer=tokenizer
+    )
+    for record in jsonl(result.train_path):
+        lines = neighbour_lines(record)
+        assert len(lines) == 2 and all(": Subject: train " in line for line in lines), lines
+        assert "The message:\n\nSubject: test " in record["messages"][0]["content"]
+
+
+def test_neighbour_options_are_checked(tmp_path, settings, tokenizer):
+    folder = topic_folder(tmp_path / "train", "train")
+    other = tmp_path / "other"
+    for label in ("autos", "boats"):
+        (other / label).mkdir(parents=True)
+        (other / label / "0.txt").write_text(message("x", "text"))
+
+    def prepare(**kwargs):
+        return prepare_dataset(
+            folder,
+            tmp_path / "out",
+            options=PrepareOptions(val_fraction=0, **kwargs),
+            settings=settings,
+            tokenizer=tokenizer,
+        )
+
+    with pytest.raises(InvalidInput, match="no {neighbours} field"):
+        prepare(neighbours=2, template="Label this: {text}")
+    with pytest.raises(InvalidInput, match="pass --neighbours K"):
+        prepare(neighbours_from=str(folder))
+    with pytest.raises(InvalidInput, match="out of range"):
+        prepare(neighbours=33)
+    with pytest.raises(InvalidInput, match=r"labels \['boats'\]"):
+        prepare(neighbours=2, neighbours_from=str(other))
+    with pytest.raises(InvalidInput, match="may use {labels}; it uses"):
+        prepare(template="{neighbours} {text}")  # no --neighbours: the field is unknown
+
+
 # --- validation --------------------------------------------------------------------------------
 
 
@@ -586,3 +676,12 @@ def test_cli_prepare_json_and_bad_input(tmp_path, cli):
 
     result = cli("validate", tmp_path / "missing.jsonl")
     assert result.exit_code == 1
+
+    folder = topic_folder(tmp_path / "topics", "train")
+    result = cli(
+        "prepare", folder, "--out", tmp_path / "nb", "--neighbours", 2, "--neighbours-from",
+        folder, "--neighbour-tokens", 5, "--val-fraction", 0, "--json",
+    )  # fmt: skip
+    # eight examples are written; too few to train on is the one error (exit code 1)
+    assert [e["code"] for e in last_json(result)["report"]["errors"]] == ["too_few_examples"]
+    assert all(len(neighbour_lines(r)) == 2 for r in jsonl(tmp_path / "nb" / "train.jsonl"))

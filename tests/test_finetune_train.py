@@ -226,6 +226,33 @@ def test_prepare_and_validate_datasets_over_http(lora_server):
             json={"name": "pets2", "source": "labelled", "keep_headers": ["subject", "from:"]},
         )
         assert bad_header.status_code == 422 and "not header names" in bad_header.text
+        with_neighbours = client.post(
+            "/finetune/datasets/prepare",
+            json={
+                "name": "pets-nb",
+                "source": "labelled",
+                "val_fraction": 0,
+                "neighbours": 2,
+                "neighbours_from": "labelled",
+            },
+        )
+        assert with_neighbours.status_code == 200, with_neighbours.text
+        first = json.loads(
+            Path(with_neighbours.json()["files"]["train"]).read_text().split("\n")[0]
+        )
+        assert "most similar first:\ncats: Message" in first["messages"][0]["content"] or (
+            "most similar first:\ndogs: Message" in first["messages"][0]["content"]
+        )
+        pool_outside = client.post(
+            "/finetune/datasets/prepare",
+            json={
+                "name": "pets-x",
+                "source": "labelled",
+                "neighbours": 2,
+                "neighbours_from": "/etc",
+            },
+        )
+        assert pool_outside.status_code == 403, pool_outside.text
 
 
 def test_bad_requests_name_the_fix(lora_server):
@@ -242,6 +269,89 @@ def test_bad_requests_name_the_fix(lora_server):
             "/finetune/jobs", json={"train_file": "tiny/train.jsonl", "token_dropout": 0.9}
         )
         assert too_much.status_code == 422 and "token_dropout" in too_much.text
+
+
+def _pets(folder: Path, numbers: range) -> Path:
+    for label, words in (("cats", "purr whiskers meow"), ("dogs", "bark fetch wag")):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in numbers:
+            (folder / label / f"{i}.txt").write_text(f"Subject: {label} {i}\n\n{words} {i}.")
+    return folder
+
+
+def test_classifier_with_neighbours_labels_new_texts_as_in_training(lora_server, monkeypatch):
+    from typer.testing import CliRunner
+
+    from kb.cli.models import models_app
+    from kb.finetune.classify import ClassifierCache, NotAClassifier, recipe
+
+    settings = lora_server.settings
+    roots = Path(settings.ingest_roots[0])
+    _pets(roots / "pets-train", range(8))
+    _pets(roots / "pets-test", range(50, 53))
+    with httpx.Client(base_url=lora_server.url, timeout=240) as client:
+        for name, source, extra in (
+            ("pets-cls", "pets-train", {"val_fraction": 0.25}),
+            ("pets-held", "pets-test", {"val_fraction": 0, "neighbours_from": "pets-train"}),
+        ):
+            prepared = client.post(
+                "/finetune/datasets/prepare",
+                json={"name": name, "source": source, "neighbours": 2, **extra},
+            )
+            assert prepared.status_code == 200, prepared.text
+        created = client.post(
+            "/finetune/jobs",
+            json={"dataset": "pets-cls", "name": "pets-cls", "r": 4, "alpha": 8, "epochs": 1},
+        )
+        assert created.status_code == 202, created.text
+        assert _wait(client, created.json()["id"])["state"] == "succeeded"
+
+        texts = [(roots / "pets-test" / label / "50.txt").read_text() for label in ("cats", "dogs")]
+        answered = client.post("/models/pets-cls/classify", json={"texts": texts})
+        assert answered.status_code == 200, answered.text
+        body = answered.json()
+        assert body["labels"] == ["cats", "dogs"]
+        for result, label in zip(body["results"], ("cats", "dogs"), strict=True):
+            probabilities = result["probabilities"]
+            assert abs(sum(probabilities.values()) - 1) < 1e-4
+            assert result["label"] == max(probabilities, key=probabilities.get)
+            # the neighbours come from the training folder, and retrieval found the same kind
+            assert [n["label"] for n in result["neighbours"]] == [label, label]
+            assert all("/pets-train/" in n["source"] for n in result["neighbours"])
+
+        none = client.post("/models/pets-cls/classify", json={"texts": []})
+        assert none.status_code == 422
+        missing = client.post("/models/nope/classify", json={"texts": ["x"]})
+        assert missing.status_code == 404 and "kb models list" in missing.text
+
+    # the classifier builds exactly the prompts `prepare` built for the held-out folder
+    registry, generators = ModelRegistry(settings), GeneratorRegistry(settings)
+    registry.load_into(generators)
+    classifier = ClassifierCache().get(registry.get("pets-cls"), generators, settings)
+    held = [
+        json.loads(line)
+        for line in (settings.data_dir / "finetune" / "pets-held" / "train.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    texts = [Path(r["metadata"]["source"]).read_text() for r in held]
+    prompts, _ = classifier.prompts(texts)
+    assert prompts == [r["messages"][0]["content"] for r in held]
+
+    # a model trained on other data is not a classifier: the error says what is needed
+    other = registry.get("pets-cls")
+    other.dataset = {"path": str(roots / "tiny" / "train.jsonl")}
+    with pytest.raises(NotAClassifier, match="not a labelled folder"):
+        recipe(other)
+
+    # the CLI: a labelled folder gives each file's true label and the accuracy
+    monkeypatch.setenv("KB_DATA_DIR", str(settings.data_dir))
+    runner = CliRunner()
+    ran = runner.invoke(models_app, ["classify", "pets-cls", str(roots / "pets-test"), "--json"])
+    assert ran.exit_code == 0, ran.output
+    out = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert out["texts"] == 6 and {r["gold"] for r in out["results"]} == {"cats", "dogs"}
+    assert out["accuracy"] == sum(r["label"] == r["gold"] for r in out["results"]) / 6
 
 
 def test_token_dropout_spares_turn_markers_and_answers(tmp_path):

@@ -25,6 +25,7 @@ from kb.settings import Settings
 router = APIRouter(tags=["fine-tuning"], responses=ERROR_RESPONSES)
 
 MODELS_KEY = "models"
+CLASSIFIERS_KEY = "classifiers"
 ACCEPTED = {202: {"description": "Accepted: the job runs in the background; poll its URL."}}
 DATASETS_DIR = "finetune"
 JOB_KINDS = ("finetune", "embeddings")
@@ -82,6 +83,19 @@ class PrepareRequest(Strict):
         description="Headers a mail or news example keeps, in order, e.g. subject, from.",
     )
     max_tokens: int = Field(2048, ge=1, description="Validation's per-example token limit.")
+    neighbours: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="Labelled folder: show the K labelled examples most like each text in its "
+        "prompt (BM25 and dense retrieval fused); 0: none.",
+    )
+    neighbours_from: str | None = Field(
+        None,
+        description="Their pool: a labelled folder on the server, in KB_INGEST_ROOTS (say the "
+        "training folder, when preparing an evaluation split); default: the source itself.",
+    )
+    neighbour_tokens: int = Field(16, ge=1, description="Opening tokens shown of each neighbour.")
 
 
 class ValidateRequest(Strict):
@@ -210,6 +224,10 @@ def prepare_dataset(
     out = _dataset_dir(settings, body.name)
     source = resolve_ingest_path(body.source, settings.ingest_roots) if body.source else None
     options = PrepareOptions(**body.model_dump(exclude={"name", "source"}))
+    if body.neighbours_from:
+        options.neighbours_from = str(
+            resolve_ingest_path(body.neighbours_from, settings.ingest_roots)
+        )
     services: Services = request.app.state.services
     result = prepare(
         source, out, options=options, settings=settings, kb=kb, generators=services.generators
@@ -400,6 +418,36 @@ def cancel_job(job_id: str, jobs: JobsDep, caller: Caller) -> dict:
 def list_finetuned(models: ModelsDep, caller: Caller) -> dict:
     """Fine-tuned generators and embedding models, newest first, with their data and metrics."""
     return {"models": [m.to_dict() for m in models.list()]}
+
+
+class ClassifyRequest(Strict):
+    texts: list[str] = Field(
+        min_length=1,
+        max_length=256,
+        description="Texts to classify (a mail or news message may keep its headers).",
+    )
+
+
+@router.post("/models/{name}/classify", summary="Classify texts with a fine-tuned classifier")
+def classify(
+    name: str, body: ClassifyRequest, models: ModelsDep, request: Request, caller: Caller
+) -> dict:
+    """Label each text with a model trained on a labelled folder: its prompt is built as in
+    training (template, headers, token budget, and the nearest labelled examples when it was
+    prepared with `neighbours`), and each label's probability comes from its log-likelihood as
+    the whole answer."""
+    from kb.finetune.classify import ClassifierCache
+
+    caller.check(None, "read")
+    services: Services = request.app.state.services
+    cache = services.extras.setdefault(CLASSIFIERS_KEY, ClassifierCache())
+    classifier = cache.get(models.get(name), services.generators, services.settings)
+    results = classifier.classify(body.texts)
+    return {
+        "model": name,
+        "labels": classifier.labels,
+        "results": [r.to_dict() for r in results],
+    }
 
 
 @router.delete(

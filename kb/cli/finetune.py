@@ -137,7 +137,8 @@ def prepare(
         str | None,
         typer.Option(
             help="Prompt template filled from each row, e.g. 'Describe {name}, mention {type}'; "
-            "for a labelled folder it may use {labels} and must use {text}."
+            "for a labelled folder it may use {labels} (and {neighbours} with --neighbours) and "
+            "must use {text}."
         ),
     ] = None,
     generate_with: Annotated[
@@ -166,6 +167,23 @@ def prepare(
             "'subject,from,organization'."
         ),
     ] = "subject",
+    neighbours: Annotated[
+        int,
+        typer.Option(
+            help="Labelled folder: show the K labelled examples most like each text in its "
+            "prompt (BM25 and dense retrieval fused); 0: none."
+        ),
+    ] = 0,
+    neighbours_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labelled folder the neighbours come from (default: the source itself, each "
+            "example leaving itself out); for a test split, the training folder."
+        ),
+    ] = None,
+    neighbour_tokens: Annotated[
+        int, typer.Option(help="Opening tokens shown of each neighbour.")
+    ] = 16,
     separator: Annotated[
         str, typer.Option(help="Completion format: the separator ending every prompt.")
     ] = "\\n\\n###\\n\\n",
@@ -195,6 +213,9 @@ def prepare(
         seed=seed,
         text_budget=text_budget,
         keep_headers=tuple(h.strip() for h in keep_headers.split(",") if h.strip()),
+        neighbours=neighbours,
+        neighbours_from=str(neighbours_from) if neighbours_from else None,
+        neighbour_tokens=neighbour_tokens,
         separator=_unescape(separator),
         stop=_unescape(stop),
         max_new_tokens=max_new_tokens,

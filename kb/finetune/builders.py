@@ -11,13 +11,14 @@ from typing import Any
 from kb.errors import InvalidInput, Unavailable
 from kb.finetune.examples import Example
 from kb.finetune.options import PrepareOptions
-from kb.finetune.sources import Skipped, Table, read_labelled_folder, read_table
+from kb.finetune.sources import LabelledText, Skipped, Table, read_labelled_folder, read_table
 from kb.finetune.synthetic import generate_completions, qa_examples_from_chunks
 from kb.finetune.templates import fill_template, match_columns, package_prompt, template_fields
 from kb.finetune.tokens import TokenCounter
 from kb.settings import Settings
 
 CLASSIFY_PROMPT_FILE = "finetune_classify.txt"
+NEIGHBOURS_PROMPT_FILE = "finetune_classify_neighbours.txt"
 DEFAULT_COLLECTION_EXAMPLES = 50
 PROMPT_ALIASES = ("prompt", "question", "input", "text", "query")
 COMPLETION_ALIASES = ("completion", "response", "answer", "output", "label")
@@ -26,7 +27,9 @@ Progress = Callable[[int, int], None]
 Built = tuple[list[Example], list[Skipped], dict[str, Any]]
 
 
-def examples_from_folder(folder: Path, options: PrepareOptions, counter: TokenCounter) -> Built:
+def examples_from_folder(
+    folder: Path, options: PrepareOptions, counter: TokenCounter, settings: Settings
+) -> Built:
     if options.generate_with:
         raise InvalidInput(
             f"--generate-with does not apply to the labelled folder {str(folder)!r}: its labels "
@@ -36,28 +39,82 @@ def examples_from_folder(folder: Path, options: PrepareOptions, counter: TokenCo
     if options.max_examples and len(items) > options.max_examples:
         keep = sorted(random.Random(options.seed).sample(range(len(items)), options.max_examples))
         items = [items[i] for i in keep]
-    template = options.template or package_prompt(CLASSIFY_PROMPT_FILE)
-    fields = template_fields(template)
-    unknown = [f for f in fields if f not in ("text", "labels")]
-    if "text" not in fields or unknown:
-        raise InvalidInput(
-            f"template {template!r} for a labelled folder must use {{text}} and may use "
-            f"{{labels}}; it uses {fields}: rewrite --template"
-        )
+    template = folder_template(options)
     texts = counter.truncate([item.text for item in items], options.text_budget)
+    blocks = _neighbour_blocks(items, texts, labels, options, counter, settings)
     label_list = ", ".join(labels)
     examples = [
         Example(
-            prompt=fill_template(template, {"labels": label_list, "text": text}),
+            prompt=fill_template(
+                template, {"labels": label_list, "text": text, "neighbours": block}
+            ),
             completion=item.label,
             system=options.system,
             metadata={"source": str(item.path), "label": item.label},
             label=item.label,
         )
-        for item, text in zip(items, texts, strict=True)
+        for item, text, block in zip(items, texts, blocks, strict=True)
     ]
     origin = {"kind": "folder", "path": str(folder), "labels": labels}
     return examples, skipped, origin
+
+
+def folder_template(options: PrepareOptions) -> str:
+    """The prompt template of a labelled folder's examples, checked against the options."""
+    default = NEIGHBOURS_PROMPT_FILE if options.neighbours else CLASSIFY_PROMPT_FILE
+    template = options.template or package_prompt(default)
+    fields = template_fields(template)
+    allowed = ("text", "labels", "neighbours") if options.neighbours else ("text", "labels")
+    unknown = [f for f in fields if f not in allowed]
+    if "text" not in fields or unknown:
+        raise InvalidInput(
+            f"template {template!r} for a labelled folder must use {{text}} and may use "
+            f"{', '.join('{' + f + '}' for f in allowed[1:])}; it uses {fields}: rewrite "
+            "--template"
+        )
+    if options.neighbours and "neighbours" not in fields:
+        raise InvalidInput(
+            f"template {template!r} has no {{neighbours}} field for the --neighbours "
+            f"{options.neighbours} labelled examples: add {{neighbours}} or drop --neighbours"
+        )
+    return template
+
+
+def _neighbour_blocks(
+    items: list[LabelledText],
+    texts: list[str],
+    labels: list[str],
+    options: PrepareOptions,
+    counter: TokenCounter,
+    settings: Settings,
+) -> list[str]:
+    """Each example's `{neighbours}` text: its nearest labelled examples (none: empty)."""
+    if not options.neighbours:
+        return [""] * len(items)
+    if options.neighbours_from:
+        pool = neighbour_pool(Path(options.neighbours_from), labels, options, counter, settings)
+    else:
+        from kb.finetune.neighbours import NeighbourPool
+
+        pool = NeighbourPool(items, texts, counter, options.neighbour_tokens, settings)
+    found = pool.nearest(texts, [item.path for item in items], options.neighbours)
+    return [pool.block(rows) for rows in found]
+
+
+def neighbour_pool(
+    folder: Path,
+    labels: list[str],
+    options: PrepareOptions,
+    counter: TokenCounter,
+    settings: Settings,
+):
+    """A labelled folder read, cut and indexed as a `NeighbourPool` for these options."""
+    from kb.finetune.neighbours import NeighbourPool, check_pool_labels
+
+    pool_labels, pool_items, _ = read_labelled_folder(folder, options.keep_headers)
+    check_pool_labels(pool_labels, labels, str(folder))
+    pool_texts = counter.truncate([item.text for item in pool_items], options.text_budget)
+    return NeighbourPool(pool_items, pool_texts, counter, options.neighbour_tokens, settings)
 
 
 def _column(table: Table, wanted: str | None, aliases: tuple[str, ...], flag: str) -> str | None:

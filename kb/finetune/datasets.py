@@ -100,7 +100,7 @@ def prepare_dataset(
         raise InvalidInput("nothing to prepare: pass a SOURCE file or folder, or --from-collection")
     elif source_path.is_dir():
         counter = _token_counter(tokenizer or options.tokenizer, settings)
-        examples, skipped, origin = examples_from_folder(source_path, options, counter)
+        examples, skipped, origin = examples_from_folder(source_path, options, counter, settings)
     else:
         examples, skipped, origin = examples_from_table(
             source_path, options, settings, generators, progress

@@ -10,6 +10,7 @@ from kb.finetune.examples import Format
 from kb.finetune.sources import DEFAULT_KEPT_HEADERS
 
 _HEADER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+MAX_NEIGHBOURS = 32  # labelled neighbours per prompt
 
 
 @dataclass
@@ -33,6 +34,9 @@ class PrepareOptions:
     max_new_tokens: int = 256
     max_tokens: int = 2048  # validation's per-example token limit
     tokenizer: str | None = None  # tokenizer folder or .gguf; default: bundled SmolLM2
+    neighbours: int = 0  # labelled folder: show the K most similar labelled examples per prompt
+    neighbours_from: str | None = None  # their pool: this labelled folder (default: the source)
+    neighbour_tokens: int = 16  # opening tokens of each neighbour shown
 
     def check(self) -> None:
         if self.format not in ("chat", "completion"):
@@ -46,6 +50,19 @@ class PrepareOptions:
             raise InvalidInput(f"max_examples {self.max_examples} must be at least 1")
         if self.text_budget < 1:
             raise InvalidInput(f"text_budget {self.text_budget} must be at least 1 token")
+        if not 0 <= self.neighbours <= MAX_NEIGHBOURS:
+            raise InvalidInput(
+                f"neighbours {self.neighbours} is out of range: use 0 (none) to {MAX_NEIGHBOURS}, "
+                "e.g. 8"
+            )
+        if self.neighbour_tokens < 1:
+            raise InvalidInput(
+                f"neighbour_tokens {self.neighbour_tokens} must be at least 1 token, e.g. 16"
+            )
+        if self.neighbours_from and not self.neighbours:
+            raise InvalidInput(
+                "neighbours_from names a pool but neighbours is 0: pass --neighbours K as well"
+            )
         bad = [h for h in self.keep_headers if not _HEADER_NAME.fullmatch(h)]
         if bad:
             raise InvalidInput(

@@ -85,6 +85,15 @@ def _read_text(path: Path, limit: int | None = None) -> str:
         return raw.decode("latin-1")
 
 
+def read_text_file(path: Path) -> str:
+    """A text file as read for a classification example: utf-8 (latin-1 as a fallback), cut
+    to MAX_EXAMPLE_FILE_BYTES; a binary file is an error."""
+    text = _read_text(path, MAX_EXAMPLE_FILE_BYTES)
+    if "\x00" in text[:8192]:
+        raise InvalidInput(f"{str(path)!r} is a binary file: pass text files")
+    return text
+
+
 def _cell(value: Any) -> Any:
     if value is None:
         return ""

@@ -1,0 +1,189 @@
+"""Classify new texts with a model fine-tuned on a labelled folder.
+
+Each text's prompt is built the way the model's training prompts were (the recipe is in the
+training data's `manifest.json`: template, labels, headers kept, token budget, and with
+`--neighbours` the labelled examples most like the text, drawn from the same pool), and the
+label is read by constrained scoring: the log-likelihood of each label as the whole answer,
+turned into probabilities over the labels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from kb.errors import Conflict, InvalidInput
+from kb.finetune.builders import folder_template, neighbour_pool
+from kb.finetune.options import PrepareOptions
+from kb.finetune.sources import clean_message
+from kb.finetune.templates import fill_template
+from kb.finetune.tokens import TokenCounter
+from kb.models import ModelRecord
+from kb.settings import Settings
+
+MAX_TEXTS = 256  # texts in one request
+_OPTION_NAMES = {f.name for f in fields(PrepareOptions)}
+
+
+class NotAClassifier(Conflict):
+    """The model was not trained as a classifier on a labelled folder (HTTP 409)."""
+
+
+@dataclass
+class Classification:
+    label: str
+    probabilities: dict[str, float]
+    neighbours: list[dict[str, str]]  # the labelled examples shown in the prompt
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "probabilities": self.probabilities,
+            "neighbours": self.neighbours,
+        }
+
+
+def recipe(record: ModelRecord) -> tuple[list[str], PrepareOptions, Path]:
+    """(labels, prepare options, training folder) of a model trained on a labelled folder."""
+    train = (record.dataset or {}).get("path")
+    manifest_path = Path(train).parent / "manifest.json" if train else None
+    if manifest_path is None or not manifest_path.is_file():
+        raise NotAClassifier(
+            f"model {record.name!r} has no record of how its training data was prepared (no "
+            "manifest.json beside its training file): classification needs a model trained on "
+            "data from `kb finetune prepare FOLDER`, where sub-folder names are labels"
+        )
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    source = manifest.get("source") or {}
+    if source.get("kind") != "folder" or len(source.get("labels") or []) < 2:
+        raise NotAClassifier(
+            f"model {record.name!r} was trained on {source.get('kind', 'unknown')} data, not a "
+            "labelled folder: classify with a model trained on `kb finetune prepare FOLDER`, "
+            "or ask it through /query"
+        )
+    stored = {k: v for k, v in (manifest.get("options") or {}).items() if k in _OPTION_NAMES}
+    if "keep_headers" in stored:
+        stored["keep_headers"] = tuple(stored["keep_headers"])
+    options = PrepareOptions(**stored)
+    return list(source["labels"]), options, Path(source["path"])
+
+
+class Classifier:
+    """One model's classification recipe, its neighbour pool (built once) and its weights."""
+
+    def __init__(self, record: ModelRecord, generator: Any, settings: Settings):
+        local = getattr(generator, "local_model", None)
+        if local is None:
+            raise NotAClassifier(
+                f"model {record.name!r} runs on a remote endpoint, which does not return label "
+                "scores: classification runs local models (backend 'local')"
+            )
+        self.name = record.name
+        self.labels, self.options, folder = recipe(record)
+        self.template = folder_template(self.options)
+        self._local = local
+        self._counter = TokenCounter(local.tokenizer)
+        self._pool = None
+        if self.options.neighbours:
+            pool_folder = Path(self.options.neighbours_from or folder)
+            if not pool_folder.is_dir():
+                raise InvalidInput(
+                    f"the neighbour pool {str(pool_folder)!r} of model {record.name!r} is gone: "
+                    "restore the training folder, or train the model again"
+                )
+            self._pool = neighbour_pool(
+                pool_folder, self.labels, self.options, self._counter, settings
+            )
+
+    def prompts(self, texts: list[str]) -> tuple[list[str], list[list[int]]]:
+        """Each text's prompt as in training, and the pool rows of the neighbours it shows."""
+        cleaned = [clean_message(t, self.options.keep_headers) for t in texts]
+        empty = [i for i, t in enumerate(cleaned) if not t]
+        if empty:
+            raise InvalidInput(
+                f"text {empty[0]} is empty (after dropping mail headers): send the text to classify"
+            )
+        cut = self._counter.truncate(cleaned, self.options.text_budget)
+        rows: list[list[int]] = [[] for _ in cut]
+        if self._pool is not None:
+            rows = self._pool.nearest(cut, [None] * len(cut), self.options.neighbours)
+        label_list = ", ".join(self.labels)
+        prompts = [
+            fill_template(
+                self.template,
+                {
+                    "labels": label_list,
+                    "text": text,
+                    "neighbours": self._pool.block(r) if self._pool else "",
+                },
+            )
+            for text, r in zip(cut, rows, strict=True)
+        ]
+        return prompts, rows
+
+    def classify(self, texts: list[str]) -> list[Classification]:
+        from kb.finetune.scoring import label_logprobs
+
+        if not texts:
+            raise InvalidInput("no texts to classify: send at least one")
+        if len(texts) > MAX_TEXTS:
+            raise InvalidInput(f"{len(texts)} texts in one request: send at most {MAX_TEXTS}")
+        prompts, rows = self.prompts(texts)
+        out = []
+        for prompt, shown in zip(prompts, rows, strict=True):
+            messages = [{"role": "user", "content": prompt}]
+            if self.options.system:
+                messages.insert(0, {"role": "system", "content": self.options.system})
+            with self._local.lock:
+                scores = label_logprobs(
+                    self._local.weights, self._local.tokenizer, messages, self.labels
+                )
+            top = max(scores)
+            weights = [math.exp(s - top) for s in scores]
+            total = sum(weights)
+            probabilities = {
+                label: round(w / total, 6) for label, w in zip(self.labels, weights, strict=True)
+            }
+            out.append(
+                Classification(
+                    label=self.labels[scores.index(top)],
+                    probabilities=probabilities,
+                    neighbours=[
+                        {
+                            "label": self._pool.items[i].label,
+                            "source": str(self._pool.items[i].path),
+                        }
+                        for i in shown
+                    ]
+                    if self._pool
+                    else [],
+                )
+            )
+        return out
+
+
+class ClassifierCache:
+    """Built classifiers by model name, rebuilt when the model is registered again."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._built: dict[str, tuple[float, Classifier]] = {}
+
+    def get(self, record: ModelRecord, generators: Any, settings: Settings) -> Classifier:
+        if record.kind != "finetuned":
+            raise NotAClassifier(
+                f"model {record.name!r} is an embedding model: classify with a fine-tuned "
+                "generation model (`kb models list`)"
+            )
+        with self._lock:
+            entry = self._built.get(record.name)
+            if entry is not None and entry[0] == record.created_at:
+                return entry[1]
+        classifier = Classifier(record, generators.get(record.name), settings)
+        with self._lock:
+            self._built[record.name] = (record.created_at, classifier)
+        return classifier
