@@ -344,13 +344,17 @@ def test_classifier_with_neighbours_labels_new_texts_as_in_training(lora_server,
     with pytest.raises(NotAClassifier, match="not a labelled folder"):
         recipe(other)
 
-    # the CLI: a labelled folder gives each file's true label and the accuracy
+    # the CLI: a labelled folder gives each file's true label and the accuracy; a binary file
+    # is skipped with the reason, not the end of the run
+    (roots / "pets-test" / "cats" / "blob.bin").write_bytes(b"\x00\x01binary")
     monkeypatch.setenv("KB_DATA_DIR", str(settings.data_dir))
     runner = CliRunner()
     ran = runner.invoke(models_app, ["classify", "pets-cls", str(roots / "pets-test"), "--json"])
     assert ran.exit_code == 0, ran.output
     out = json.loads(ran.stdout.strip().splitlines()[-1])
     assert out["texts"] == 6 and {r["gold"] for r in out["results"]} == {"cats", "dogs"}
+    assert [Path(x["path"]).name for x in out["skipped"]] == ["blob.bin"]
+    assert "binary file" in out["skipped"][0]["reason"]
     assert out["accuracy"] == sum(r["label"] == r["gold"] for r in out["results"]) / 6
 
 

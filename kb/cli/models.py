@@ -88,14 +88,27 @@ def classify_command(
         generators = GeneratorRegistry(settings)
         registry.load_into(generators)
         classifier = ClassifierCache().get(registry.get(name), generators, settings)
-        files = _labelled_files(paths, classifier.labels)
+        files, skipped = [], []
+        for path, gold in _labelled_files(paths, classifier.labels):
+            try:
+                text = read_text_file(path)
+                if not text.strip():
+                    raise InvalidInput(f"{str(path)!r} is empty")
+            except (OSError, InvalidInput) as exc:
+                skipped.append({"path": str(path), "reason": str(exc)})
+                continue
+            files.append((path, gold, text))
+        if not files:
+            raise InvalidInput(
+                f"none of the {len(skipped)} files could be read as text: pass text files"
+            )
         rows = []
         for lo in range(0, len(files), MAX_TEXTS):
             batch = files[lo : lo + MAX_TEXTS]
-            results = classifier.classify([read_text_file(p) for p, _ in batch])
+            results = classifier.classify([text for _, _, text in batch])
             rows += [
                 {"path": str(p), "gold": gold, **r.to_dict()}
-                for (p, gold), r in zip(batch, results, strict=True)
+                for (p, gold, _), r in zip(batch, results, strict=True)
             ]
     except KBError as exc:
         fail(str(exc))
@@ -108,6 +121,7 @@ def classify_command(
         "texts": len(rows),
         "accuracy": correct / len(judged) if judged else None,
         "results": rows,
+        "skipped": skipped,
     }
     if json_out:
         print_json(summary)
@@ -119,6 +133,8 @@ def classify_command(
         mark = "" if r["gold"] is None else (r["gold"] if r["gold"] != r["label"] else "=")
         table.add_row(r["path"], r["label"], f"{r['probabilities'][r['label']]:.3f}", mark)
     console.print(table)
+    for item in skipped:
+        console.print(f"skipped {item['path']}: {item['reason']}", highlight=False)
     if judged:
         console.print(f"accuracy {correct}/{len(judged)} = {correct / len(judged):.4f}")
 

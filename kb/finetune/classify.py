@@ -57,7 +57,13 @@ def recipe(record: ModelRecord) -> tuple[list[str], PrepareOptions, Path]:
             "manifest.json beside its training file): classification needs a model trained on "
             "data from `kb finetune prepare FOLDER`, where sub-folder names are labels"
         )
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise NotAClassifier(
+            f"{str(manifest_path)!r} of model {record.name!r} is not valid JSON ({exc}): prepare "
+            "the training data again with `kb finetune prepare`"
+        ) from exc
     source = manifest.get("source") or {}
     if source.get("kind") != "folder" or len(source.get("labels") or []) < 2:
         raise NotAClassifier(
