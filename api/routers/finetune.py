@@ -428,7 +428,31 @@ class ClassifyRequest(Strict):
     )
 
 
-@router.post("/models/{name}/classify", summary="Classify texts with a fine-tuned classifier")
+class ClassifiedNeighbour(BaseModel):
+    label: str
+    source: str = Field(description="The labelled training file shown in the prompt.")
+
+
+class ClassifiedText(BaseModel):
+    label: str
+    probabilities: dict[str, float] = Field(description="Every label's probability.")
+    neighbours: list[ClassifiedNeighbour] = Field(
+        description="The labelled examples the prompt showed, nearest first (none without "
+        "neighbours)."
+    )
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    labels: list[str]
+    results: list[ClassifiedText] = Field(description="One per text, in request order.")
+
+
+@router.post(
+    "/models/{name}/classify",
+    response_model=ClassifyResponse,
+    summary="Classify texts with a fine-tuned classifier",
+)
 def classify(
     name: str, body: ClassifyRequest, models: ModelsDep, request: Request, caller: Caller
 ) -> dict:

@@ -25,6 +25,31 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+class CountBar:
+    """One progress bar on stderr, fed (done, total) by the core, e.g. while generating."""
+
+    def __init__(self, label: str, enabled: bool):
+        self._progress = Progress(
+            TextColumn(label),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not enabled,
+        )
+        self._task = self._progress.add_task(label, total=None)
+
+    def __enter__(self) -> CountBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        self._progress.update(self._task, completed=done, total=total)
+
+
 class BarProgress(IngestProgress):
     """Files and chunks progress bars on stderr."""
 

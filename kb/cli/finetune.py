@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kb.cli.common import console, fail, print_json
+from kb.cli.common import CountBar, console, fail, print_json
 from kb.errors import KBError
 from kb.settings import Settings
 
@@ -78,31 +77,6 @@ def _fail(exc: KBError, json_out: bool) -> None:
     if json_out:
         print_json({"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}})
     fail(str(exc))
-
-
-class _GenerationBar:
-    """A progress bar on stderr for model generation, fed (done, total) by the core."""
-
-    def __init__(self, enabled: bool):
-        self._progress = Progress(
-            TextColumn("generating"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not enabled,
-        )
-        self._task = self._progress.add_task("generating", total=None)
-
-    def __enter__(self) -> _GenerationBar:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def __call__(self, done: int, total: int) -> None:
-        self._progress.update(self._task, completed=done, total=total)
 
 
 @finetune_app.command("prepare")
@@ -223,7 +197,7 @@ def prepare(
         tokenizer=tokenizer,
     )
     try:
-        with _GenerationBar(enabled=console.is_terminal and not json_out) as bar:
+        with CountBar("generating", enabled=console.is_terminal and not json_out) as bar:
             result = prepare_dataset(
                 source, out, options=options, settings=Settings(), progress=bar
             )

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kb.cli.common import console, fail, print_json
+from kb.cli.common import CountBar, console, fail, print_json
 from kb.errors import InvalidInput, KBError
 from kb.settings import Settings
 
@@ -103,13 +103,17 @@ def classify_command(
                 f"none of the {len(skipped)} files could be read as text: pass text files"
             )
         rows = []
-        for lo in range(0, len(files), MAX_TEXTS):
-            batch = files[lo : lo + MAX_TEXTS]
-            results = classifier.classify([text for _, _, text in batch])
-            rows += [
-                {"path": str(p), "gold": gold, **r.to_dict()}
-                for (p, gold, _), r in zip(batch, results, strict=True)
-            ]
+        with CountBar("classifying", enabled=console.is_terminal and not json_out) as bar:
+            for lo in range(0, len(files), MAX_TEXTS):
+                batch = files[lo : lo + MAX_TEXTS]
+                results = classifier.classify(
+                    [text for _, _, text in batch],
+                    progress=lambda done, _, lo=lo: bar(lo + done, len(files)),
+                )
+                rows += [
+                    {"path": str(p), "gold": gold, **r.to_dict()}
+                    for (p, gold, _), r in zip(batch, results, strict=True)
+                ]
     except KBError as exc:
         fail(str(exc))
         return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,10 @@ class Classifier:
         ]
         return prompts, rows
 
-    def classify(self, texts: list[str]) -> list[Classification]:
+    def classify(
+        self, texts: list[str], progress: Callable[[int, int], None] | None = None
+    ) -> list[Classification]:
+        """Label each text; `progress(done, total)` is called after each one."""
         from kb.finetune.scoring import label_logprobs
 
         if not texts:
@@ -169,6 +173,8 @@ class Classifier:
                     else [],
                 )
             )
+            if progress:
+                progress(len(out), len(texts))
         return out
 
 
