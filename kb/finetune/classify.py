@@ -13,7 +13,7 @@ import json
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,7 @@ class Classification:
     neighbours: list[dict[str, str]]  # the labelled examples shown in the prompt
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "probabilities": self.probabilities,
-            "neighbours": self.neighbours,
-        }
+        return asdict(self)
 
 
 def recipe(record: ModelRecord) -> tuple[list[str], PrepareOptions, Path]:
@@ -89,7 +85,6 @@ class Classifier:
                 f"model {record.name!r} runs on a remote endpoint, which does not return label "
                 "scores: classification runs local models (backend 'local')"
             )
-        self.name = record.name
         self.labels, self.options, folder = recipe(record)
         self.template = folder_template(self.options)
         self._local = local
@@ -162,15 +157,13 @@ class Classifier:
                 Classification(
                     label=self.labels[scores.index(top)],
                     probabilities=probabilities,
-                    neighbours=[
+                    neighbours=[  # `shown` is empty without a pool
                         {
                             "label": self._pool.items[i].label,
                             "source": str(self._pool.items[i].path),
                         }
                         for i in shown
-                    ]
-                    if self._pool
-                    else [],
+                    ],
                 )
             )
             if progress:

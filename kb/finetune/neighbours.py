@@ -40,7 +40,6 @@ class NeighbourPool:
         counter: TokenCounter,
         neighbour_tokens: int,
         settings: Settings,
-        embedder=None,
     ):
         from kb.embedders import load_embedder
         from kb.store.bm25 import BM25Index
@@ -51,14 +50,10 @@ class NeighbourPool:
             )
         self.items = list(items)
         self.openings = openings(texts, counter, neighbour_tokens)
-        self.embedder = embedder or load_embedder(settings.embedder, settings)
+        self.embedder = load_embedder(settings.embedder, settings)
         self.vectors = self.embedder.embed(list(texts))
         self.bm25 = BM25Index.build(np.arange(len(self.items)), list(texts))
         self._row_of = {str(item.path.resolve()): i for i, item in enumerate(self.items)}
-
-    @property
-    def labels(self) -> list[str]:
-        return sorted({item.label for item in self.items})
 
     def nearest(
         self, texts: Sequence[str], paths: Sequence[Path | None], k: int
