@@ -75,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--neighbour-tokens", type=int, default=16, help="opening tokens shown of each neighbour"
     )
+    p.add_argument(
+        "--neighbour-dropout",
+        type=float,
+        default=0.0,
+        help="share of training prompts shown no neighbours (kb finetune prepare "
+        "--neighbour-dropout; test prompts show them all)",
+    )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--r", type=int, default=8)
@@ -119,6 +126,7 @@ def prepare(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path, l
         template=args.template,
         neighbours=args.neighbours,
         neighbour_tokens=args.neighbour_tokens,
+        neighbour_dropout=args.neighbour_dropout,
         max_examples=args.max_train,
         val_fraction=0.05,
         seed=args.seed,

@@ -20,6 +20,7 @@ from kb.finetune import (
     prepare_dataset,
     validate_file,
 )
+from kb.finetune.builders import NO_NEIGHBOURS
 from kb.finetune.synthetic import parse_qa
 from kb.settings import Settings
 
@@ -391,6 +392,28 @@ def test_prompts_show_their_nearest_labelled_neighbours(tmp_path, settings, toke
         assert "The message:\n\nSubject: test " in record["messages"][0]["content"]
 
 
+def test_neighbour_dropout_hides_them_from_a_seeded_share(tmp_path, settings, tokenizer):
+    train_dir = topic_folder(tmp_path / "train", "train")
+
+    def hidden(seed: int, out: str) -> list[str]:
+        options = PrepareOptions(neighbours=3, neighbour_dropout=0.25, val_fraction=0, seed=seed)
+        result = prepare_dataset(
+            train_dir, tmp_path / out, options=options, settings=settings, tokenizer=tokenizer
+        )
+        records = jsonl(result.train_path)
+        assert result.manifest["options"]["neighbour_dropout"] == 0.25
+        # the others keep all three neighbours
+        assert all(len(neighbour_lines(r)) == 3 for r in records if r not in shown_none(records))
+        return sorted(r["metadata"]["source"] for r in shown_none(records))
+
+    def shown_none(records: list[dict]) -> list[dict]:
+        return [r for r in records if neighbour_lines(r) == [NO_NEIGHBOURS]]
+
+    first = hidden(0, "a")
+    assert len(first) == 2  # a quarter of 8
+    assert hidden(0, "b") == first  # the same seed hides the same examples
+
+
 def test_neighbour_options_are_checked(tmp_path, settings, tokenizer):
     folder = topic_folder(tmp_path / "train", "train")
     other = tmp_path / "other"
@@ -413,6 +436,10 @@ def test_neighbour_options_are_checked(tmp_path, settings, tokenizer):
         prepare(neighbours_from=str(folder))
     with pytest.raises(InvalidInput, match="out of range"):
         prepare(neighbours=33)
+    with pytest.raises(InvalidInput, match="neighbour_dropout 1.0 is out of range"):
+        prepare(neighbours=2, neighbour_dropout=1.0)
+    with pytest.raises(InvalidInput, match="hides neighbours but neighbours is 0"):
+        prepare(neighbour_dropout=0.3)
     with pytest.raises(InvalidInput, match=r"labels \['boats'\]"):
         prepare(neighbours=2, neighbours_from=str(other))
     with pytest.raises(InvalidInput, match="may use {labels}; it uses"):
@@ -680,8 +707,10 @@ def test_cli_prepare_json_and_bad_input(tmp_path, cli):
     folder = topic_folder(tmp_path / "topics", "train")
     result = cli(
         "prepare", folder, "--out", tmp_path / "nb", "--neighbours", 2, "--neighbours-from",
-        folder, "--neighbour-tokens", 5, "--val-fraction", 0, "--json",
+        folder, "--neighbour-tokens", 5, "--neighbour-dropout", 0.25, "--val-fraction", 0,
+        "--json",
     )  # fmt: skip
     # eight examples are written; too few to train on is the one error (exit code 1)
     assert [e["code"] for e in last_json(result)["report"]["errors"]] == ["too_few_examples"]
-    assert all(len(neighbour_lines(r)) == 2 for r in jsonl(tmp_path / "nb" / "train.jsonl"))
+    shown = sorted(len(neighbour_lines(r)) for r in jsonl(tmp_path / "nb" / "train.jsonl"))
+    assert shown == [1, 1] + [2] * 6  # a quarter show only `(none shown)`

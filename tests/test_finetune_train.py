@@ -323,6 +323,9 @@ def test_classifier_with_neighbours_labels_new_texts_as_in_training(lora_server,
         assert none.status_code == 422
         missing = client.post("/models/nope/classify", json={"texts": ["x"]})
         assert missing.status_code == 404 and "kb models list" in missing.text
+        headers_only = "From: a@b.c\nDate: 1 Apr 1993\nLines: 0\n\n"
+        empty = client.post("/models/pets-cls/classify", json={"texts": [texts[0], headers_only]})
+        assert empty.status_code == 422 and "texts [1] are empty" in empty.text
 
     # the classifier builds exactly the prompts `prepare` built for the held-out folder
     registry, generators = ModelRegistry(settings), GeneratorRegistry(settings)
@@ -345,16 +348,18 @@ def test_classifier_with_neighbours_labels_new_texts_as_in_training(lora_server,
         recipe(other)
 
     # the CLI: a labelled folder gives each file's true label and the accuracy; a binary file
-    # is skipped with the reason, not the end of the run
+    # and a message with headers but no body are skipped with the reason, not the end of the run
     (roots / "pets-test" / "cats" / "blob.bin").write_bytes(b"\x00\x01binary")
+    (roots / "pets-test" / "dogs" / "headers.txt").write_text(headers_only)
     monkeypatch.setenv("KB_DATA_DIR", str(settings.data_dir))
     runner = CliRunner()
     ran = runner.invoke(models_app, ["classify", "pets-cls", str(roots / "pets-test"), "--json"])
     assert ran.exit_code == 0, ran.output
     out = json.loads(ran.stdout.strip().splitlines()[-1])
     assert out["texts"] == 6 and {r["gold"] for r in out["results"]} == {"cats", "dogs"}
-    assert [Path(x["path"]).name for x in out["skipped"]] == ["blob.bin"]
+    assert [Path(x["path"]).name for x in out["skipped"]] == ["blob.bin", "headers.txt"]
     assert "binary file" in out["skipped"][0]["reason"]
+    assert "empty once mail headers are dropped" in out["skipped"][1]["reason"]
     assert out["accuracy"] == sum(r["label"] == r["gold"] for r in out["results"]) / 6
 
 

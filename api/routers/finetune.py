@@ -96,6 +96,13 @@ class PrepareRequest(Strict):
         "training folder, when preparing an evaluation split); default: the source itself.",
     )
     neighbour_tokens: int = Field(16, ge=1, description="Opening tokens shown of each neighbour.")
+    neighbour_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the prompts shown no neighbours, so that a model trained on them "
+        "also learns to read the text alone (training data only).",
+    )
 
 
 class ValidateRequest(Strict):

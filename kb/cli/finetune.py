@@ -158,6 +158,13 @@ def prepare(
     neighbour_tokens: Annotated[
         int, typer.Option(help="Opening tokens shown of each neighbour.")
     ] = 16,
+    neighbour_dropout: Annotated[
+        float,
+        typer.Option(
+            help="Share of the prompts shown no neighbours, so that a model trained on them also "
+            "learns to read the text alone (training data only; a share in [0, 1))."
+        ),
+    ] = 0.0,
     separator: Annotated[
         str, typer.Option(help="Completion format: the separator ending every prompt.")
     ] = "\\n\\n###\\n\\n",
@@ -190,6 +197,7 @@ def prepare(
         neighbours=neighbours,
         neighbours_from=str(neighbours_from) if neighbours_from else None,
         neighbour_tokens=neighbour_tokens,
+        neighbour_dropout=neighbour_dropout,
         separator=_unescape(separator),
         stop=_unescape(stop),
         max_new_tokens=max_new_tokens,

@@ -92,8 +92,11 @@ def classify_command(
         for path, gold in _labelled_files(paths, classifier.labels):
             try:
                 text = read_text_file(path)
-                if not text.strip():
-                    raise InvalidInput(f"{str(path)!r} is empty")
+                if not classifier.clean(text):
+                    raise InvalidInput(
+                        f"{str(path)!r} is empty"
+                        + (" once mail headers are dropped" if text.strip() else "")
+                    )
             except (OSError, InvalidInput) as exc:
                 skipped.append({"path": str(path), "reason": str(exc)})
                 continue

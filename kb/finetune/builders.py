@@ -19,6 +19,7 @@ from kb.settings import Settings
 
 CLASSIFY_PROMPT_FILE = "finetune_classify.txt"
 NEIGHBOURS_PROMPT_FILE = "finetune_classify_neighbours.txt"
+NO_NEIGHBOURS = "(none shown)"  # the `{neighbours}` text of a prompt whose neighbours are hidden
 DEFAULT_COLLECTION_EXAMPLES = 50
 PROMPT_ALIASES = ("prompt", "question", "input", "text", "query")
 COMPLETION_ALIASES = ("completion", "response", "answer", "output", "label")
@@ -88,7 +89,11 @@ def _neighbour_blocks(
     counter: TokenCounter,
     settings: Settings,
 ) -> list[str]:
-    """Each example's `{neighbours}` text: its nearest labelled examples (none: empty)."""
+    """Each example's `{neighbours}` text: its nearest labelled examples (none: empty).
+
+    With `neighbour_dropout` a seeded share of the examples shows none, so a model trained on
+    them must also learn to read the text alone rather than copy its neighbours' labels.
+    """
     if not options.neighbours:
         return [""] * len(items)
     if options.neighbours_from:
@@ -98,7 +103,13 @@ def _neighbour_blocks(
 
         pool = NeighbourPool(items, texts, counter, options.neighbour_tokens, settings)
     found = pool.nearest(texts, [item.path for item in items], options.neighbours)
-    return [pool.block(rows) for rows in found]
+    blocks = [pool.block(rows) for rows in found]
+    hidden = random.Random(f"{options.seed}:neighbour-dropout").sample(
+        range(len(blocks)), round(options.neighbour_dropout * len(blocks))
+    )
+    for i in hidden:
+        blocks[i] = NO_NEIGHBOURS
+    return blocks
 
 
 def neighbour_pool(

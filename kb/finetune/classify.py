@@ -101,13 +101,18 @@ class Classifier:
                 pool_folder, self.labels, self.options, self._counter, settings
             )
 
+    def clean(self, text: str) -> str:
+        """The text as the prompt shows it: mail headers other than the kept ones dropped."""
+        return clean_message(text, self.options.keep_headers)
+
     def prompts(self, texts: list[str]) -> tuple[list[str], list[list[int]]]:
         """Each text's prompt as in training, and the pool rows of the neighbours it shows."""
-        cleaned = [clean_message(t, self.options.keep_headers) for t in texts]
+        cleaned = [self.clean(t) for t in texts]
         empty = [i for i, t in enumerate(cleaned) if not t]
         if empty:
             raise InvalidInput(
-                f"text {empty[0]} is empty (after dropping mail headers): send the text to classify"
+                f"texts {empty[:10]} are empty once mail headers are dropped: send only texts "
+                "with something to classify"
             )
         cut = self._counter.truncate(cleaned, self.options.text_budget)
         rows: list[list[int]] = [[] for _ in cut]
