@@ -70,6 +70,9 @@ def test_query_benchmark_tiny(tmp_path):
         assert set(cells[("query", clients)]["finish_reasons"]) <= {"skipped", "not_covered"}
 
 
+TRAIN_FILES = ("train.jsonl", "validation.jsonl")
+
+
 def test_newsgroups_lora_benchmark_tiny(tmp_path, model_cache):
     """Trains a tiny adapter through the job code and scores it; a second run evaluates the saved
     adapter without training and reuses the first run's base result, and gets the same answers."""
@@ -78,12 +81,16 @@ def test_newsgroups_lora_benchmark_tiny(tmp_path, model_cache):
     work = data_dir_with_cache(tmp_path / "work", model_cache)
     tiny = ["--work", str(work), "--max-train", "8", "--max-test", "6", "--epochs", "1"]
     tiny += ["--text-budget", "48", "--max-seq-len", "160", "--neighbours", "2"]
+    tiny += ["--neighbour-dropout", "0.25"]
     first = run_benchmark("newsgroups_lora.py", *tiny, out=tmp_path / "first.json")
     assert first["base"]["examples"] == first["finetuned"]["examples"] == 6
     assert first["training"]["epochs"] == 1 and first["training"]["history"]
     assert Path(first["adapter"], "adapter_config.json").is_file()
     test_prompts = (work / "data" / "test" / "train.jsonl").read_text()
     assert test_prompts.count("most similar first:") == 6  # --neighbours reached the prompts
+    # --neighbour-dropout hid a quarter of the training prompts' neighbours, none of the test's
+    training = "".join((work / "data" / "train" / f).read_text() for f in TRAIN_FILES)
+    assert training.count("(none shown)") == 2 and "(none shown)" not in test_prompts
 
     again = run_benchmark(
         "newsgroups_lora.py",
