@@ -392,6 +392,35 @@ def test_prompts_show_their_nearest_labelled_neighbours(tmp_path, settings, toke
         assert "The message:\n\nSubject: test " in record["messages"][0]["content"]
 
 
+def test_the_pool_is_embedded_once_and_read_back_from_the_cache(tmp_path, tokenizer):
+    import numpy as np
+
+    from kb.finetune.builders import neighbour_pool
+
+    settings = Settings(data_dir=tmp_path / "kb")  # a cache of its own: this test damages it
+    folder = topic_folder(tmp_path / "train", "train")
+    counter = TokenCounter(tokenizer)
+    options = PrepareOptions(neighbours=2)
+
+    def build():
+        return neighbour_pool(folder, ["autos", "bikes"], options, counter, settings)
+
+    first = build()
+    cached = list((settings.cache_dir / "neighbour-pools").glob("*.npy"))
+    assert len(cached) == 1
+    assert np.array_equal(np.load(cached[0]), first.vectors)
+    # the next build reads the file instead of embedding: what is in it is what it gets
+    np.save(cached[0], np.zeros_like(first.vectors))
+    assert not build().vectors.any()
+    # a damaged file is embedded again and rewritten, not an error
+    cached[0].write_bytes(b"not an array")
+    assert np.allclose(build().vectors, first.vectors, atol=1e-3)
+    # other texts are another entry
+    (folder / "autos" / "0.txt").write_text(message("train autos 0", "A new text on brakes."))
+    build()
+    assert len(list((settings.cache_dir / "neighbour-pools").glob("*.npy"))) == 2
+
+
 def test_neighbour_dropout_hides_them_from_a_seeded_share(tmp_path, settings, tokenizer):
     train_dir = topic_folder(tmp_path / "train", "train")
 

@@ -4,16 +4,15 @@ result.json, report.md, report.html and chart.png; listed, loaded and compared b
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from kb.errors import InvalidInput, NotFound
+from kb.files import atomic_write
 from kb.settings import Settings
 
 EvalKind = Literal["retrieval", "answers"]
@@ -127,12 +126,12 @@ def save_eval(settings: Settings, record: EvalRecord) -> Path:
 
     folder = eval_dir(settings, record.eval_id)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / "report.md", render_markdown(record).encode("utf-8"))
-    _atomic_write(folder / "report.html", render_html(record).encode("utf-8"))
-    _atomic_write(folder / "chart.png", render_chart_png(record))
+    atomic_write(folder / "report.md", render_markdown(record).encode("utf-8"))
+    atomic_write(folder / "report.html", render_html(record).encode("utf-8"))
+    atomic_write(folder / "chart.png", render_chart_png(record))
     # result.json last: a folder without it is an unfinished run and is not listed
     payload = json.dumps(record.to_dict(), indent=2, ensure_ascii=False, default=str)
-    _atomic_write(folder / RESULT_FILE, payload.encode("utf-8"))
+    atomic_write(folder / RESULT_FILE, payload.encode("utf-8"))
     return folder
 
 
@@ -201,16 +200,3 @@ def compare_evals(a: EvalRecord, b: EvalRecord) -> EvalComparison:
 
 def _union(first: dict, second: dict) -> list:
     return list(first) + [key for key in second if key not in first]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -13,13 +13,18 @@ the training folder (`--neighbours-from`), so test prompts only ever show traini
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from kb.errors import InvalidInput
+from kb.files import atomic_write
 from kb.finetune.sources import LabelledText
 from kb.finetune.tokens import TokenCounter
 from kb.retrieval import rrf
@@ -51,7 +56,7 @@ class NeighbourPool:
         self.items = list(items)
         self.openings = openings(texts, counter, neighbour_tokens)
         self.embedder = load_embedder(settings.embedder, settings)
-        self.vectors = self.embedder.embed(list(texts))
+        self.vectors = pool_vectors(self.embedder, texts, settings.cache_dir / "neighbour-pools")
         self.bm25 = BM25Index.build(np.arange(len(self.items)), list(texts))
         self._row_of = {str(item.path.resolve()): i for i, item in enumerate(self.items)}
 
@@ -75,6 +80,41 @@ class NeighbourPool:
     def block(self, rows: Sequence[int]) -> str:
         """The `{neighbours}` text: one line per neighbour, `label: opening words`."""
         return "\n".join(f"{self.items[i].label}: {self.openings[i]}" for i in rows)
+
+
+def pool_vectors(embedder: Any, texts: Sequence[str], cache: Path) -> np.ndarray:
+    """The pool's vectors, read from `cache` when the same embedder (same weights) has already
+    embedded the same texts, so `kb models classify` does not embed its pool on every run."""
+    key = hashlib.sha256()
+    key.update(json.dumps([embedder.model_id, getattr(embedder, "dtype", None)]).encode())
+    key.update(_weights_stamp(getattr(embedder, "path", None)).encode())
+    for text in texts:
+        key.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    path = cache / f"{key.hexdigest()[:32]}.npy"
+    try:
+        vectors = np.load(path, allow_pickle=False)
+        if vectors.shape[0] == len(texts):
+            return vectors
+    except (OSError, ValueError):  # not cached yet, or a damaged file: embed again
+        pass
+    vectors = np.asarray(embedder.embed(list(texts)))
+    buffer = io.BytesIO()
+    np.save(buffer, vectors)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, buffer.getvalue())
+    except OSError:  # a read-only cache only costs the next run the embedding
+        pass
+    return vectors
+
+
+def _weights_stamp(model_path: str | None) -> str:
+    """Names, sizes and times of a local model's files: a model saved again under the same
+    folder gets a new stamp. Empty for a remote model."""
+    if not model_path or not Path(model_path).is_dir():
+        return ""
+    files = sorted(p for p in Path(model_path).rglob("*") if p.is_file())
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
 def openings(texts: Sequence[str], counter: TokenCounter, tokens: int) -> list[str]:
