@@ -81,3 +81,25 @@ def test_model_that_cannot_be_exported_falls_back_to_torch(tmp_path, torch_fp32)
     vec = emb.query_vector(TEXTS[0])
     assert float(vec @ torch_fp32.embed(TEXTS[:1])[0]) > 0.9999
     assert emb._query_onnx is None and emb._query_onnx_cache is None
+
+
+def test_fingerprints_tell_apart_what_changes_the_vectors(tmp_path, torch_fp32, model_cache):
+    """Caches of vectors key on `fingerprint()`: precision, runtime and the weights change it."""
+    import os
+    import shutil
+
+    from kb.embedders.onnx import OnnxEmbedder
+
+    bf16 = SentenceTransformerEmbedder(bundled_minilm_path(), dtype="bfloat16")
+    int8 = OnnxEmbedder(bundled_minilm_path(), cache_dir=model_cache, dtype="int8")
+    prints = {torch_fp32.fingerprint(), bf16.fingerprint(), int8.fingerprint()}
+    assert len(prints) == 3
+    assert torch_fp32.fingerprint() == torch_fp32.fingerprint()  # stable for the same model
+
+    copy = shutil.copytree(bundled_minilm_path(), tmp_path / "minilm")
+    saved = SentenceTransformerEmbedder(str(copy), dtype="float32", model_id=torch_fp32.model_id)
+    before = saved.fingerprint()
+    weights = next(p for p in copy.rglob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # saved again
+    assert saved.fingerprint() != before

@@ -24,6 +24,11 @@ class Embedder(ABC):
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         """Embed one batch; returns an array of shape (len(texts), dimension)."""
 
+    def fingerprint(self) -> str:
+        """What decides this embedder's vectors, for caches of them: the model id here;
+        subclasses add what else changes the numbers (weights, precision, server)."""
+        return self.model_id
+
     def count_tokens(self, text: str) -> int:
         """Token count used for chunking; subclasses with a tokenizer override this."""
         return len(text.split())

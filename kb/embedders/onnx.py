@@ -90,6 +90,10 @@ class OnnxEmbedder(Embedder):
     def count_tokens(self, text: str) -> int:
         return len(self._counter.encode(text, add_special_tokens=False).ids)
 
+    def fingerprint(self) -> str:
+        exported = Path(self.onnx_path).stat()
+        return f"{self.model_id}|onnx-{self.dtype}|{exported.st_size}:{exported.st_mtime_ns}"
+
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         encodings = self._encoder.encode_batch(list(texts))
         feeds = {

@@ -29,6 +29,9 @@ class OpenAIEmbedder(Embedder):
         self._client = client or OpenAI(base_url=base_url, api_key=api_key or "unused")
         self.dimension = dimension or len(self.embed_batch(["dimension probe"])[0])
 
+    def fingerprint(self) -> str:
+        return f"{self.model_id}@{self._client.base_url}"
+
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         try:
             resp = self._client.embeddings.create(model=self.model, input=list(texts))

@@ -120,6 +120,13 @@ class SentenceTransformerEmbedder(Embedder):
             self._query_onnx_cache = None
             return None
 
+    def fingerprint(self) -> str:
+        """The model id, precision, and the names, sizes and times of the model's files, so a
+        model saved again under the same folder has a new fingerprint."""
+        files = sorted(p for p in Path(self.path).rglob("*") if p.is_file())
+        stamp = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+        return f"{self.model_id}|{self.dtype}|{stamp}"
+
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 

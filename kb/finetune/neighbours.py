@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from kb.embedders.base import Embedder
 from kb.errors import InvalidInput
 from kb.files import atomic_write
 from kb.finetune.sources import LabelledText
@@ -82,12 +81,10 @@ class NeighbourPool:
         return "\n".join(f"{self.items[i].label}: {self.openings[i]}" for i in rows)
 
 
-def pool_vectors(embedder: Any, texts: Sequence[str], cache: Path) -> np.ndarray:
+def pool_vectors(embedder: Embedder, texts: Sequence[str], cache: Path) -> np.ndarray:
     """The pool's vectors, read from `cache` when the same embedder (same weights) has already
     embedded the same texts, so `kb models classify` does not embed its pool on every run."""
-    key = hashlib.sha256()
-    key.update(json.dumps([embedder.model_id, getattr(embedder, "dtype", None)]).encode())
-    key.update(_weights_stamp(getattr(embedder, "path", None)).encode())
+    key = hashlib.sha256(embedder.fingerprint().encode() + b"\0")
     for text in texts:
         key.update(text.encode("utf-8", "surrogatepass") + b"\0")
     path = cache / f"{key.hexdigest()[:32]}.npy"
@@ -106,15 +103,6 @@ def pool_vectors(embedder: Any, texts: Sequence[str], cache: Path) -> np.ndarray
     except OSError:  # a read-only cache only costs the next run the embedding
         pass
     return vectors
-
-
-def _weights_stamp(model_path: str | None) -> str:
-    """Names, sizes and times of a local model's files: a model saved again under the same
-    folder gets a new stamp. Empty for a remote model."""
-    if not model_path or not Path(model_path).is_dir():
-        return ""
-    files = sorted(p for p in Path(model_path).rglob("*") if p.is_file())
-    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
 def openings(texts: Sequence[str], counter: TokenCounter, tokens: int) -> list[str]:
