@@ -431,12 +431,10 @@ def test_neighbour_dropout_hides_them_from_a_seeded_share(tmp_path, settings, to
         )
         records = jsonl(result.train_path)
         assert result.manifest["options"]["neighbour_dropout"] == 0.25
+        none = [r for r in records if neighbour_lines(r) == [NO_NEIGHBOURS]]
         # the others keep all three neighbours
-        assert all(len(neighbour_lines(r)) == 3 for r in records if r not in shown_none(records))
-        return sorted(r["metadata"]["source"] for r in shown_none(records))
-
-    def shown_none(records: list[dict]) -> list[dict]:
-        return [r for r in records if neighbour_lines(r) == [NO_NEIGHBOURS]]
+        assert all(len(neighbour_lines(r)) == 3 for r in records if r not in none)
+        return sorted(r["metadata"]["source"] for r in none)
 
     first = hidden(0, "a")
     assert len(first) == 2  # a quarter of 8
