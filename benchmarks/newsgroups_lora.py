@@ -10,6 +10,9 @@ whole answer, one prompt pass) or, with --eval generation, by greedy decoding.
 
 With --adapter DIR it evaluates a saved adapter (say an epoch checkpoint in an earlier job's
 folder) instead of training; with --base-from FILE it reuses an earlier run's base result.
+With --both-views each test message is also scored with its neighbours hidden (the test split
+prepared with --neighbour-dropout 1) and the two readings' label log-likelihoods are added, as
+`kb models classify --both-views` does; each view's accuracy is reported too.
 
 Writes benchmarks/results/newsgroups_lora.json and prints a table.
 """
@@ -23,6 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -82,6 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of training prompts shown no neighbours (kb finetune prepare "
         "--neighbour-dropout; test prompts show them all)",
     )
+    p.add_argument(
+        "--both-views",
+        action="store_true",
+        help="score each test message with its neighbours and without, adding the two readings' "
+        "label log-likelihoods (kb models classify --both-views); both models, both views",
+    )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--r", type=int, default=8)
@@ -115,10 +125,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.both_views and not args.neighbours:
+        p.error("--both-views adds a reading without neighbours: pass --neighbours K as well")
+    if args.both_views and args.eval_mode != "scoring":
+        p.error("--both-views adds label log-likelihoods: use it with --eval scoring")
+    return args
 
 
-def prepare(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path, list[str]]:
+def prepare(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[Path, dict[str, Path], list[str]]:
+    """The training data's folder, the test file of each view, and the labels."""
     headers = tuple(h for h in args.keep_headers.split(",") if h)
     options = PrepareOptions(
         text_budget=args.text_budget,
@@ -148,39 +166,71 @@ def prepare(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path, l
     test = prepare_dataset(
         args.data / "test", args.work / "data" / "test", options=test_options, settings=settings
     )
+    views = {"neighbours" if args.neighbours else "text": test.train_path}
+    if args.both_views:
+        alone = prepare_dataset(
+            args.data / "test",
+            args.work / "data" / "test-alone",
+            options=dataclasses.replace(test_options, neighbour_dropout=1.0),
+            settings=settings,
+        )
+        views["alone"] = alone.train_path
     labels = train.manifest["source"]["labels"]
-    return train.out_dir, test.train_path, labels
+    return train.out_dir, views, labels
 
 
-def evaluate(model, tokenizer, test_file: Path, labels: list[str], mode: str) -> dict:
-    from kb.finetune.scoring import classify_by_generation, classify_by_scoring
+def evaluate(model, tokenizer, views: dict[str, Path], labels: list[str], mode: str) -> dict:
+    """Accuracy on the test split. By scoring, each view's label log-likelihoods are kept per
+    message (`scores`) and, with two views, added before the label is picked."""
+    from kb.finetune.scoring import classify_by_generation, label_logprobs
 
-    records = read_examples(test_file)
-    correct = unparsed = 0
-    mistakes = []
     started = time.monotonic()
-    for i, record in enumerate(records, 1):
-        messages, gold = prompt_messages(record), completion_text(record)
+    per_view = {name: read_examples(path) for name, path in views.items()}
+    first = next(iter(per_view.values()))
+    for name, records in per_view.items():
+        sources = [(r.get("metadata") or {}).get("source") for r in records]
+        if sources != [(r.get("metadata") or {}).get("source") for r in first]:
+            raise SystemExit(f"the {name!r} test file lists other messages than the first view")
+    correct = unparsed = 0
+    mistakes, scores = [], []
+    view_correct = dict.fromkeys(per_view, 0)
+    for i, rows in enumerate(zip(*per_view.values(), strict=True), 1):
+        gold = completion_text(rows[0])
+        source = (rows[0].get("metadata") or {}).get("source", f"#{i}")
         if mode == "scoring":
-            guess = classify_by_scoring(model, tokenizer, messages, labels)
+            by_view = {
+                name: label_logprobs(model, tokenizer, prompt_messages(record), labels)
+                for name, record in zip(per_view, rows, strict=True)
+            }
+            for name, view in by_view.items():
+                view_correct[name] += labels[view.index(max(view))] == gold
+            total = [sum(view[k] for view in by_view.values()) for k in range(len(labels))]
+            guess = labels[total.index(max(total))]
+            scores.append({name: [round(x, 6) for x in view] for name, view in by_view.items()})
         else:
-            guess = classify_by_generation(model, tokenizer, messages, labels)
+            guess = classify_by_generation(model, tokenizer, prompt_messages(rows[0]), labels)
             unparsed += guess is None
         correct += guess == gold
         if guess != gold:
-            source = (record.get("metadata") or {}).get("source", f"#{i}")
             mistakes.append({"source": source, "gold": gold, "guess": guess})
         if i % 100 == 0:
-            print(f"  {i}/{len(records)}: accuracy so far {correct / i:.4f}", file=sys.stderr)
+            print(f"  {i}/{len(first)}: accuracy so far {correct / i:.4f}", file=sys.stderr)
     seconds = time.monotonic() - started
-    return {
-        "accuracy": correct / len(records),
+    result = {
+        "accuracy": correct / len(first),
         "correct": correct,
-        "examples": len(records),
+        "examples": len(first),
         "unparsed": unparsed,
         "eval_seconds": round(seconds, 1),
         "mistakes": mistakes,
     }
+    if mode == "scoring":
+        if len(per_view) > 1:
+            result["views"] = {
+                name: {"accuracy": n / len(first), "correct": n} for name, n in view_correct.items()
+            }
+        result["scores"] = scores  # per message, in test-file order: each label's log-likelihood
+    return result
 
 
 PROMPT_OPTIONS = (
@@ -192,6 +242,7 @@ PROMPT_OPTIONS = (
     "neighbour_tokens",
     "max_test",
     "eval_mode",
+    "both_views",
     "seed",
 )
 
@@ -201,7 +252,8 @@ def reused_base(path: Path, args: argparse.Namespace) -> dict:
     and scoring is deterministic, so re-evaluating it would give the same answers."""
     earlier = json.loads(path.read_text())
     ours = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    differ = [k for k in PROMPT_OPTIONS if earlier["options"].get(k) != ours[k]]
+    before = {"both_views": False}  # options that older results files lack
+    differ = [k for k in PROMPT_OPTIONS if earlier["options"].get(k, before.get(k)) != ours[k]]
     if differ or not earlier.get("base"):
         raise SystemExit(
             f"--base-from {path}: its base result was measured with other prompt options "
@@ -228,50 +280,55 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     settings = Settings(data_dir=args.work)
     started = time.monotonic()
-    data_dir, test_file, labels = prepare(args, settings)
+    data_dir, test_views, labels = prepare(args, settings)
     prepare_seconds = time.monotonic() - started
-    print(f"prepared {data_dir} and {test_file} in {prepare_seconds:.0f} s", file=sys.stderr)
+    print(f"prepared {data_dir} and {test_views} in {prepare_seconds:.0f} s", file=sys.stderr)
 
-    base = None
-    if args.base_from:
-        base = reused_base(args.base_from, args)
-    elif not args.skip_base:
-        print("evaluating the base model", file=sys.stderr)
-        model, tokenizer = load(settings)
-        base = evaluate(model, tokenizer, test_file, labels, args.eval_mode)
-        del model
-
+    base = reused_base(args.base_from, args) if args.base_from else None  # checked before training
     if args.adapter:
-        name, job_id, training, adapter = None, None, None, str(args.adapter)
+        name, job_id, training = trained_by(settings, args.adapter)
+        adapter = str(args.adapter)
     else:
         name, job_id, training, adapter = train(args, settings, data_dir)
 
+    def save(base: dict | None, tuned: dict, complete: bool) -> dict:
+        result = {
+            "benchmark": "newsgroups_lora",
+            "command": " ".join(["benchmarks/newsgroups_lora.py", *(argv or sys.argv[1:])]),
+            "labels": labels,
+            "eval_mode": args.eval_mode,
+            "base": base,
+            "finetuned": tuned,
+            "model": name,
+            "job_id": job_id,
+            "adapter": adapter,
+            "training": training,
+            "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "prepare_seconds": round(prepare_seconds, 1),
+            "total_seconds": round(time.monotonic() - started, 1),
+            "complete": complete,  # false: written before the base model was scored
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    # the fine-tuned model first, its result written at once: the base model's scoring can take
+    # as long again
     print(f"evaluating the fine-tuned model ({adapter})", file=sys.stderr)
     model, tokenizer = load(settings, adapter)
-    tuned = evaluate(model, tokenizer, test_file, labels, args.eval_mode)
+    tuned = evaluate(model, tokenizer, test_views, labels, args.eval_mode)
+    del model
     if name:
-        ModelRegistry(settings).update_metrics(
-            name, accuracy=tuned["accuracy"], accuracy_eval=args.eval_mode
-        )
+        how = args.eval_mode + (", both views" if args.both_views else "")
+        ModelRegistry(settings).update_metrics(name, accuracy=tuned["accuracy"], accuracy_eval=how)
 
-    result = {
-        "benchmark": "newsgroups_lora",
-        "command": " ".join(["benchmarks/newsgroups_lora.py", *(argv or sys.argv[1:])]),
-        "labels": labels,
-        "eval_mode": args.eval_mode,
-        "base": base,
-        "finetuned": tuned,
-        "model": name,
-        "job_id": job_id,
-        "adapter": adapter,
-        "training": training,
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "prepare_seconds": round(prepare_seconds, 1),
-        "total_seconds": round(time.monotonic() - started, 1),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if base is None and not args.skip_base:
+        save(None, tuned, complete=False)
+        print(f"fine-tuned: {tuned['accuracy']:.4f}; evaluating the base model", file=sys.stderr)
+        model, tokenizer = load(settings)
+        base = evaluate(model, tokenizer, test_views, labels, args.eval_mode)
+    result = save(base, tuned, complete=True)
     print_table(result)
     return result
 
@@ -299,8 +356,12 @@ def train(args: argparse.Namespace, settings: Settings, data_dir: Path) -> tuple
     record = run_finetune(JobManager(settings.jobs_dir), spec, settings, ModelRegistry(settings))
     if record.state != "succeeded":
         raise SystemExit(f"training {record.state}: {record.error}")
-    metrics = record.result["metrics"]
-    training = {
+    training = training_figures(record.result["metrics"])
+    return name, record.id, training, record.result["model_record"]["adapter"]
+
+
+def training_figures(metrics: dict) -> dict:
+    return {
         "seconds": metrics["train_seconds"],
         "examples": metrics["train_examples"],
         "epochs": metrics["epochs"],
@@ -309,7 +370,25 @@ def train(args: argparse.Namespace, settings: Settings, data_dir: Path) -> tuple
         "eval_loss": metrics["eval_loss"],
         "history": metrics.get("history"),
     }
-    return name, record.id, training, record.result["model_record"]["adapter"]
+
+
+def trained_by(settings: Settings, adapter: Path) -> tuple:
+    """(model name, job id, training figures) of the job in this work folder that saved
+    `adapter`, so evaluating a trained model again keeps how it was trained; all None for
+    another adapter (an epoch checkpoint, another folder's)."""
+    # the job files are read, not loaded into a JobManager, which would mark a job that
+    # another process is running as interrupted
+    for path in sorted(settings.jobs_dir.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        result = record.get("result") or {}
+        saved = result.get("model_record") or {}
+        same = saved.get("adapter") and Path(saved["adapter"]).resolve() == adapter.resolve()
+        if record.get("state") == "succeeded" and same:
+            return saved.get("name"), record["id"], training_figures(result["metrics"])
+    return None, None, None
 
 
 def print_table(result: dict) -> None:
@@ -325,6 +404,15 @@ def print_table(result: dict) -> None:
                     str(r["eval_seconds"]),
                 )
             )
+            for view, v in (r.get("views") or {}).items():
+                rows.append(
+                    (
+                        f"  {view} prompt only",
+                        f"{v['accuracy']:.4f}",
+                        f"{v['correct']}/{r['examples']}",
+                        "",
+                    )
+                )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))

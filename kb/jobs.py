@@ -8,7 +8,6 @@ process died is marked failed on the next start with a message saying so.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import traceback
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kb.errors import InvalidInput, JobNotFound, KBError
+from kb.files import atomic_write
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -116,9 +116,7 @@ class JobManager:
             return
         self._last_save[record.id] = now
         path = self.dir / f"{record.id}.json"
-        tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(json.dumps(record.to_dict(), default=str))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(record.to_dict(), default=str).encode("utf-8"))
 
     def submit(
         self, kind: str, params: dict[str, Any], fn: JobFn, *, lane: str | None = None

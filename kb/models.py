@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kb.errors import Conflict, InvalidInput, ModelNotFound
+from kb.files import atomic_write
 from kb.settings import GeneratorSpec, Settings
 
 RECORD_FILE = "model.json"
@@ -295,9 +296,7 @@ def _read_record(path: Path) -> ModelRecord | None:
 
 
 def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 def _copy_tree_atomically(source: Path, target: Path) -> None:

@@ -421,7 +421,9 @@ def test_the_pool_is_embedded_once_and_read_back_from_the_cache(tmp_path, tokeni
     assert len(list((settings.cache_dir / "neighbour-pools").glob("*.npy"))) == 2
 
 
-def test_neighbour_dropout_hides_them_from_a_seeded_share(tmp_path, settings, tokenizer):
+def test_neighbour_dropout_hides_them_from_a_seeded_share(
+    tmp_path, settings, tokenizer, monkeypatch
+):
     train_dir = topic_folder(tmp_path / "train", "train")
 
     def hidden(seed: int, out: str) -> list[str]:
@@ -439,6 +441,17 @@ def test_neighbour_dropout_hides_them_from_a_seeded_share(tmp_path, settings, to
     first = hidden(0, "a")
     assert len(first) == 2  # a quarter of 8
     assert hidden(0, "b") == first  # the same seed hides the same examples
+
+    # a share of 1 hides them from every prompt, without building a pool to search
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a pool was built for prompts that show no neighbours")
+
+    monkeypatch.setattr("kb.finetune.neighbours.NeighbourPool.__init__", no_pool)
+    options = PrepareOptions(neighbours=3, neighbour_dropout=1.0, val_fraction=0)
+    result = prepare_dataset(
+        train_dir, tmp_path / "alone", options=options, settings=settings, tokenizer=tokenizer
+    )
+    assert {tuple(neighbour_lines(r)) for r in jsonl(result.train_path)} == {(NO_NEIGHBOURS,)}
 
 
 def test_neighbour_options_are_checked(tmp_path, settings, tokenizer):
@@ -463,8 +476,8 @@ def test_neighbour_options_are_checked(tmp_path, settings, tokenizer):
         prepare(neighbours_from=str(folder))
     with pytest.raises(InvalidInput, match="out of range"):
         prepare(neighbours=33)
-    with pytest.raises(InvalidInput, match="neighbour_dropout 1.0 is out of range"):
-        prepare(neighbours=2, neighbour_dropout=1.0)
+    with pytest.raises(InvalidInput, match="neighbour_dropout 1.5 is out of range"):
+        prepare(neighbours=2, neighbour_dropout=1.5)
     with pytest.raises(InvalidInput, match="hides neighbours but neighbours is 0"):
         prepare(neighbour_dropout=0.3)
     with pytest.raises(InvalidInput, match=r"labels \['boats'\]"):

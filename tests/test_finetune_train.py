@@ -4,6 +4,7 @@ fine-tuning with an atomic re-index."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import threading
@@ -16,6 +17,7 @@ from fastapi import FastAPI, Form, UploadFile
 
 from kb.errors import Conflict, InvalidInput
 from kb.finetune.backends import FineTuneSpec
+from kb.finetune.builders import NO_NEIGHBOURS
 from kb.finetune.jobs import request_cancel, submit_finetune
 from kb.generators import GeneratorRegistry
 from kb.jobs import JobManager
@@ -293,6 +295,7 @@ def test_classifier_with_neighbours_labels_new_texts_as_in_training(lora_server,
         for name, source, extra in (
             ("pets-cls", "pets-train", {"val_fraction": 0.25}),
             ("pets-held", "pets-test", {"val_fraction": 0, "neighbours_from": "pets-train"}),
+            ("pets-alone", "pets-test", {"val_fraction": 0, "neighbour_dropout": 1}),
         ):
             prepared = client.post(
                 "/finetune/datasets/prepare",
@@ -326,6 +329,9 @@ def test_classifier_with_neighbours_labels_new_texts_as_in_training(lora_server,
         headers_only = "From: a@b.c\nDate: 1 Apr 1993\nLines: 0\n\n"
         empty = client.post("/models/pets-cls/classify", json={"texts": [texts[0], headers_only]})
         assert empty.status_code == 422 and "texts [1] are empty" in empty.text
+        # both views need a model that learned to read without neighbours
+        both = client.post("/models/pets-cls/classify", json={"texts": texts, "both_views": True})
+        assert both.status_code == 422 and "--neighbour-dropout" in both.text
 
     # the classifier builds exactly the prompts `prepare` built for the held-out folder
     registry, generators = ModelRegistry(settings), GeneratorRegistry(settings)
@@ -340,6 +346,31 @@ def test_classifier_with_neighbours_labels_new_texts_as_in_training(lora_server,
     texts = [Path(r["metadata"]["source"]).read_text() for r in held]
     prompts, _ = classifier.prompts(texts)
     assert prompts == [r["messages"][0]["content"] for r in held]
+    # ... and with its neighbours hidden, the prompts of `prepare --neighbour-dropout 1`
+    alone = settings.data_dir / "finetune" / "pets-alone" / "train.jsonl"
+    alone_records = [json.loads(line) for line in alone.read_text().splitlines()]
+    assert [r["metadata"]["source"] for r in alone_records] == [
+        r["metadata"]["source"] for r in held
+    ]
+    alone_prompts, shown = classifier.prompts(texts, alone=True)
+    assert alone_prompts == [r["messages"][0]["content"] for r in alone_records]
+    assert shown == [[] for _ in texts] and all(NO_NEIGHBOURS in p for p in alone_prompts)
+
+    # both views multiply the two readings' label probabilities (add their log-likelihoods);
+    # as if the model had been trained with neighbour dropout, which it was not
+    classifier.options = dataclasses.replace(classifier.options, neighbour_dropout=0.3)
+    one, both = classifier.classify(texts), classifier.classify(texts, both_views=True)
+    for single, combined in zip(one, both, strict=True):
+        assert single.views is None and combined.views["neighbours"] == single.probabilities
+        product = {
+            label: p * combined.views["alone"][label]
+            for label, p in combined.views["neighbours"].items()
+        }
+        total = sum(product.values())
+        for label, p in product.items():
+            assert combined.probabilities[label] == pytest.approx(p / total, abs=1e-4)
+        assert combined.label == max(product, key=product.get)
+        assert combined.neighbours == single.neighbours
 
     # a model trained on other data is not a classifier: the error says what is needed
     other = registry.get("pets-cls")
@@ -361,6 +392,10 @@ def test_classifier_with_neighbours_labels_new_texts_as_in_training(lora_server,
     assert "binary file" in out["skipped"][0]["reason"]
     assert "empty once mail headers are dropped" in out["skipped"][1]["reason"]
     assert out["accuracy"] == sum(r["label"] == r["gold"] for r in out["results"]) / 6
+    refused = runner.invoke(
+        models_app, ["classify", "pets-cls", str(roots / "pets-test"), "--both-views"]
+    )
+    assert refused.exit_code != 0 and "with neighbours in every prompt" in refused.output
 
 
 def test_token_dropout_spares_turn_markers_and_answers(tmp_path):

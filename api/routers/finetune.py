@@ -99,9 +99,10 @@ class PrepareRequest(Strict):
     neighbour_dropout: float = Field(
         0.0,
         ge=0,
-        lt=1,
+        le=1,
         description="Share of the prompts shown no neighbours, so that a model trained on them "
-        "also learns to read the text alone (training data only).",
+        "also learns to read the text alone; 1 hides them from every prompt (an evaluation "
+        "split of the model's own reading).",
     )
 
 
@@ -433,6 +434,12 @@ class ClassifyRequest(Strict):
         max_length=256,
         description="Texts to classify (a mail or news message may keep its headers).",
     )
+    both_views: bool = Field(
+        False,
+        description="Score each text with its labelled neighbours and without, adding the two "
+        "readings' label log-likelihoods (a model trained with neighbour_dropout; about 1.8 "
+        "times the time).",
+    )
 
 
 class ClassifiedNeighbour(BaseModel):
@@ -446,6 +453,11 @@ class ClassifiedText(BaseModel):
     neighbours: list[ClassifiedNeighbour] = Field(
         description="The labelled examples the prompt showed, nearest first (none without "
         "neighbours)."
+    )
+    views: dict[str, dict[str, float]] | None = Field(
+        None,
+        description="With both_views: each reading's own probabilities, under `neighbours` and "
+        "`alone`.",
     )
 
 
@@ -473,7 +485,7 @@ def classify(
     services: Services = request.app.state.services
     cache = services.extras.setdefault(CLASSIFIERS_KEY, ClassifierCache())
     classifier = cache.get(models.get(name), services.generators, services.settings)
-    results = classifier.classify(body.texts)
+    results = classifier.classify(body.texts, both_views=body.both_views)
     return {
         "model": name,
         "labels": classifier.labels,

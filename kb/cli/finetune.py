@@ -162,7 +162,8 @@ def prepare(
         float,
         typer.Option(
             help="Share of the prompts shown no neighbours, so that a model trained on them also "
-            "learns to read the text alone (training data only; a share in [0, 1))."
+            "learns to read the text alone (a share in [0, 1]; 1 hides them from every prompt, "
+            "an evaluation split of the model's own reading)."
         ),
     ] = 0.0,
     separator: Annotated[

@@ -92,10 +92,13 @@ def _neighbour_blocks(
     """Each example's `{neighbours}` text: its nearest labelled examples (none: empty).
 
     With `neighbour_dropout` a seeded share of the examples shows none, so a model trained on
-    them must also learn to read the text alone rather than copy its neighbours' labels.
+    them must also learn to read the text alone rather than copy its neighbours' labels; at 1
+    every example shows none (an evaluation split of the model's own reading).
     """
     if not options.neighbours:
         return [""] * len(items)
+    if options.neighbour_dropout >= 1:
+        return [NO_NEIGHBOURS] * len(items)
     if options.neighbours_from:
         pool = neighbour_pool(Path(options.neighbours_from), labels, options, counter, settings)
     else:

@@ -37,7 +37,7 @@ class PrepareOptions:
     neighbours: int = 0  # labelled folder: show the K most similar labelled examples per prompt
     neighbours_from: str | None = None  # their pool: this labelled folder (default: the source)
     neighbour_tokens: int = 16  # opening tokens of each neighbour shown
-    neighbour_dropout: float = 0.0  # share of prompts shown no neighbours (training data)
+    neighbour_dropout: float = 0.0  # share of prompts shown no neighbours (1: all of them)
 
     def check(self) -> None:
         if self.format not in ("chat", "completion"):
@@ -60,10 +60,10 @@ class PrepareOptions:
             raise InvalidInput(
                 f"neighbour_tokens {self.neighbour_tokens} must be at least 1 token, e.g. 16"
             )
-        if not 0 <= self.neighbour_dropout < 1:
+        if not 0 <= self.neighbour_dropout <= 1:
             raise InvalidInput(
                 f"neighbour_dropout {self.neighbour_dropout} is out of range: use a share in "
-                "[0, 1), e.g. 0.3"
+                "[0, 1], e.g. 0.3 (1 hides them from every prompt)"
             )
         if self.neighbour_dropout and not self.neighbours:
             raise InvalidInput(
