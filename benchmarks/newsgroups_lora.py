@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        args.out.write_text(to_json(result))
         return result
 
     # the fine-tuned model first, its result written at once: the base model's scoring can take
@@ -389,6 +389,28 @@ def trained_by(settings: Settings, adapter: Path) -> tuple:
         if record.get("state") == "succeeded" and same:
             return saved.get("name"), record["id"], training_figures(result["metrics"])
     return None, None, None
+
+
+def to_json(result: dict, width: int = 120) -> str:
+    """Indented JSON with every list or object that fits in `width` characters on one line, so
+    the per-message scores take a line each rather than four."""
+    short: dict[str, str] = {}
+
+    def mark(value):
+        if isinstance(value, dict | list):
+            flat = json.dumps(value)
+            if len(flat) <= width:
+                short[key := f"@{len(short)}@"] = flat
+                return key
+            if isinstance(value, dict):
+                return {k: mark(v) for k, v in value.items()}
+            return [mark(v) for v in value]
+        return value
+
+    text = json.dumps(mark(result), indent=2)
+    for key, flat in short.items():
+        text = text.replace(json.dumps(key), flat, 1)
+    return text + "\n"
 
 
 def print_table(result: dict) -> None:
