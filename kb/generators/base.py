@@ -20,9 +20,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kb.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from kb.settings import GeneratorSpec
 
 #: a chat message as the OpenAI API shapes it: {"role": "system"|"user"|"assistant", "content": str}
 Message = dict[str, str]
@@ -86,6 +89,19 @@ class Generator(ABC):
     context_window: int
     max_new_tokens: int = 256
     temperature: float = 0.0
+
+    def _take_spec(self, spec: GeneratorSpec, backend: str) -> None:
+        """Check that `spec` is for this class's backend, and take its name and limits."""
+        if spec.backend != backend:
+            raise InvalidInput(
+                f"generator {spec.name!r} has backend {spec.backend!r}: "
+                f"{type(self).__name__} needs {backend!r}"
+            )
+        self.spec = spec
+        self.name = spec.name
+        self.context_window = spec.context_window
+        self.max_new_tokens = spec.max_new_tokens
+        self.temperature = spec.temperature
 
     @abstractmethod
     def generate(

@@ -306,15 +306,7 @@ class LocalGenerator(Generator):
         dtype: str = INFERENCE_DTYPE,
         threads: int = GENERATION_THREADS,
     ):
-        if spec.backend != "local":
-            raise InvalidInput(
-                f"generator {spec.name!r} has backend {spec.backend!r}: LocalGenerator needs 'local'"
-            )
-        self.spec = spec
-        self.name = spec.name
-        self.context_window = spec.context_window
-        self.max_new_tokens = spec.max_new_tokens
-        self.temperature = spec.temperature
+        self._take_spec(spec, "local")
         if threads < 1:
             raise InvalidInput(f"threads={threads}: use 1 or more")
         self.threads = threads

@@ -30,15 +30,7 @@ class OpenAIGenerator(Generator):
     """
 
     def __init__(self, spec: GeneratorSpec, client=None):
-        if spec.backend != "openai":
-            raise InvalidInput(
-                f"generator {spec.name!r} has backend {spec.backend!r}: OpenAIGenerator needs 'openai'"
-            )
-        self.spec = spec
-        self.name = spec.name
-        self.context_window = spec.context_window
-        self.max_new_tokens = spec.max_new_tokens
-        self.temperature = spec.temperature
+        self._take_spec(spec, "openai")
         self.model_id = f"openai:{spec.model}"
         self.endpoint = spec.base_url or "https://api.openai.com/v1"
         self._client = client
