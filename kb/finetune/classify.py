@@ -130,6 +130,14 @@ class Classifier:
     def prompts(self, texts: list[str], alone: bool = False) -> tuple[list[str], list[list[int]]]:
         """Each text's prompt as in training, and the pool rows of the neighbours it shows;
         `alone`: the prompt with its neighbours hidden, as neighbour dropout hid them."""
+        shown, hidden, rows = self._prompts(texts, neighbours=not alone, alone=alone)
+        return (hidden if alone else shown), rows
+
+    def _prompts(
+        self, texts: list[str], neighbours: bool = True, alone: bool = False
+    ) -> tuple[list[str] | None, list[str] | None, list[list[int]]]:
+        """The prompts with neighbours (when `neighbours`) and with them hidden (when `alone`),
+        from one cleaning, cut and search, and the pool rows shown."""
         cleaned = [self.clean(t) for t in texts]
         empty = [i for i, t in enumerate(cleaned) if not t]
         if empty:
@@ -139,22 +147,22 @@ class Classifier:
             )
         cut = self._counter.truncate(cleaned, self.options.text_budget)
         rows: list[list[int]] = [[] for _ in cut]
-        if self._pool is not None and not alone:
+        if self._pool is not None and neighbours:
             rows = self._pool.nearest(cut, [None] * len(cut), self.options.neighbours)
         label_list = ", ".join(self.labels)
 
-        def block(shown: list[int]) -> str:
-            if self._pool is None:
-                return ""
-            return NO_NEIGHBOURS if alone else self._pool.block(shown)
-
-        prompts = [
-            fill_template(
-                self.template, {"labels": label_list, "text": text, "neighbours": block(r)}
+        def fill(text: str, block: str) -> str:
+            return fill_template(
+                self.template, {"labels": label_list, "text": text, "neighbours": block}
             )
-            for text, r in zip(cut, rows, strict=True)
-        ]
-        return prompts, rows
+
+        shown = hidden = None
+        if neighbours:
+            pool = self._pool
+            shown = [fill(t, pool.block(r) if pool else "") for t, r in zip(cut, rows, strict=True)]
+        if alone:
+            hidden = [fill(t, NO_NEIGHBOURS if self._pool else "") for t in cut]
+        return shown, hidden, rows
 
     def _scores(self, prompt: str) -> list[float]:
         from kb.finetune.scoring import label_logprobs
@@ -185,8 +193,8 @@ class Classifier:
             raise InvalidInput(f"{len(texts)} texts in one request: send at most {MAX_TEXTS}")
         if both_views:
             self.check_both_views()
-        prompts, rows = self.prompts(texts)
-        alone = self.prompts(texts, alone=True)[0] if both_views else [None] * len(texts)
+        prompts, hidden, rows = self._prompts(texts, alone=both_views)
+        alone = hidden or [None] * len(texts)
         out = []
         for prompt, alone_prompt, shown in zip(prompts, alone, rows, strict=True):
             scores = self._scores(prompt)
