@@ -44,13 +44,6 @@ def label_logprobs(
     return scores
 
 
-def classify_by_scoring(
-    model: Any, tokenizer: Any, messages: list[dict[str, str]], labels: Sequence[str]
-) -> str:
-    scores = label_logprobs(model, tokenizer, messages, labels)
-    return labels[max(range(len(labels)), key=scores.__getitem__)]
-
-
 def classify_by_generation(
     model: Any,
     tokenizer: Any,
