@@ -31,6 +31,7 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from kb.finetune import PrepareOptions, prepare_dataset  # noqa: E402
 from kb.finetune.backends import FineTuneSpec  # noqa: E402
+from kb.finetune.builders import NO_NEIGHBOURS, folder_template  # noqa: E402
 from kb.finetune.encoding import completion_text, prompt_messages, read_examples  # noqa: E402
 from kb.finetune.jobs import run_finetune  # noqa: E402
 from kb.jobs import JobManager  # noqa: E402
@@ -78,6 +80,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--neighbour-tokens", type=int, default=16, help="opening tokens shown of each neighbour"
+    )
+    p.add_argument(
+        "--neighbour-search",
+        choices=("whole", "shown"),
+        default="whole",
+        help="what finds each message's neighbours: the whole message, or only the part its "
+        "prompt shows (kb finetune prepare --neighbour-search)",
     )
     p.add_argument(
         "--neighbour-dropout",
@@ -144,6 +153,7 @@ def prepare(
         template=args.template,
         neighbours=args.neighbours,
         neighbour_tokens=args.neighbour_tokens,
+        neighbour_search=args.neighbour_search,
         neighbour_dropout=args.neighbour_dropout,
         max_examples=args.max_train,
         val_fraction=0.05,
@@ -159,6 +169,7 @@ def prepare(
         neighbours=args.neighbours,
         neighbours_from=str(args.data / "train") if args.neighbours else None,
         neighbour_tokens=args.neighbour_tokens,
+        neighbour_search=args.neighbour_search,
         max_examples=args.max_test,
         val_fraction=0.0,
         seed=args.seed,
@@ -177,6 +188,28 @@ def prepare(
         views["alone"] = alone.train_path
     labels = train.manifest["source"]["labels"]
     return train.out_dir, views, labels
+
+
+def neighbour_vote(path: Path, template: str) -> dict | None:
+    """What copying the neighbours would score: each test prompt's majority neighbour label (a
+    tie goes to the nearest), read back from the prompt; None when the template does not set the
+    neighbour lines apart with fixed text on both sides."""
+    head, _, tail = template.partition("{neighbours}")
+    before, after = head.rsplit("}", 1)[-1], tail.split("{", 1)[0]
+    if not before.strip() or not after.strip():
+        return None
+    correct = shown = 0
+    for record in read_examples(path):
+        prompt = prompt_messages(record)[-1]["content"]
+        block = prompt.split(before, 1)[1].split(after, 1)[0]
+        if block == NO_NEIGHBOURS:
+            continue
+        shown += 1
+        labels = [line.split(": ", 1)[0] for line in block.splitlines()]
+        counts = Counter(labels).most_common()
+        tie = len(counts) > 1 and counts[0][1] == counts[1][1]
+        correct += (labels[0] if tie else counts[0][0]) == completion_text(record)
+    return {"accuracy": correct / shown, "correct": correct, "examples": shown} if shown else None
 
 
 def evaluate(model, tokenizer, views: dict[str, Path], labels: list[str], mode: str) -> dict:
@@ -240,6 +273,7 @@ PROMPT_OPTIONS = (
     "template",
     "neighbours",
     "neighbour_tokens",
+    "neighbour_search",
     "max_test",
     "eval_mode",
     "both_views",
@@ -252,7 +286,7 @@ def reused_base(path: Path, args: argparse.Namespace) -> dict:
     and scoring is deterministic, so re-evaluating it would give the same answers."""
     earlier = json.loads(path.read_text())
     ours = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    before = {"both_views": False}  # options that older results files lack
+    before = {"both_views": False, "neighbour_search": "shown"}  # older results files lack these
     differ = [k for k in PROMPT_OPTIONS if earlier["options"].get(k, before.get(k)) != ours[k]]
     if differ or not earlier.get("base"):
         raise SystemExit(
@@ -283,6 +317,12 @@ def main(argv: list[str] | None = None) -> dict:
     data_dir, test_views, labels = prepare(args, settings)
     prepare_seconds = time.monotonic() - started
     print(f"prepared {data_dir} and {test_views} in {prepare_seconds:.0f} s", file=sys.stderr)
+    vote = None
+    if args.neighbours:
+        template = folder_template(
+            PrepareOptions(neighbours=args.neighbours, template=args.template)
+        )
+        vote = neighbour_vote(test_views["neighbours"], template)
 
     base = reused_base(args.base_from, args) if args.base_from else None  # checked before training
     if args.adapter:
@@ -299,6 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
             "eval_mode": args.eval_mode,
             "base": base,
             "finetuned": tuned,
+            "neighbour_vote": vote,  # the majority label of each test prompt's neighbours
             "model": name,
             "job_id": job_id,
             "adapter": adapter,
@@ -435,6 +476,15 @@ def print_table(result: dict) -> None:
                         "",
                     )
                 )
+    if vote := result.get("neighbour_vote"):
+        rows.append(
+            (
+                "neighbours' majority",
+                f"{vote['accuracy']:.4f}",
+                f"{vote['correct']}/{vote['examples']}",
+                "",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))

@@ -92,6 +92,16 @@ def test_newsgroups_lora_benchmark_tiny(tmp_path, model_cache):
     # --neighbour-dropout hid a quarter of the training prompts' neighbours, none of the test's
     training = "".join((work / "data" / "train" / f).read_text() for f in TRAIN_FILES)
     assert training.count("(none shown)") == 2 and "(none shown)" not in test_prompts
+    # the neighbours' majority label; of two neighbours, a tie or not, that is the nearest's
+    nearest_right = 0
+    for line, gold in zip(test_prompts.splitlines(), _test_golds(work), strict=True):
+        prompt = json.loads(line)["messages"][0]["content"]
+        nearest_right += prompt.split("most similar first:\n", 1)[1].startswith(f"{gold}: ")
+    assert first["neighbour_vote"] == {
+        "accuracy": nearest_right / 6,
+        "correct": nearest_right,
+        "examples": 6,
+    }
 
     again = run_benchmark(
         "newsgroups_lora.py",

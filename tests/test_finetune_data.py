@@ -454,6 +454,102 @@ def test_neighbour_dropout_hides_them_from_a_seeded_share(
     assert {tuple(neighbour_lines(r)) for r in jsonl(result.train_path)} == {(NO_NEIGHBOURS,)}
 
 
+FILLER = "Hello all, a question for the group, thanks in advance. "
+
+
+def late_topic_folder(folder: Path) -> Path:
+    """Messages whose opening (subject and greeting) says nothing of their label; the words that
+    do come after the first 16 tokens."""
+    for side, (label, bodies) in enumerate((("autos", CAR_BODIES), ("bikes", BIKE_BODIES))):
+        (folder / label).mkdir(parents=True)
+        for i, body in enumerate(bodies):
+            subject = f"note {2 * i + side}"  # numbers alternate between the labels
+            (folder / label / f"{i}.txt").write_text(message(subject, FILLER + body))
+    return folder
+
+
+def same_label_neighbours(result, first: int = 3) -> int:
+    """How many of each example's `first` neighbours share its label, over all examples."""
+    records = jsonl(result.train_path)
+    return sum(
+        line.split(":", 1)[0] == r["metadata"]["label"]
+        for r in records
+        for line in neighbour_lines(r)[:first]
+    )
+
+
+def test_neighbours_are_found_by_the_whole_text_not_only_the_part_shown(
+    tmp_path, settings, tokenizer
+):
+    folder = late_topic_folder(tmp_path / "train")
+
+    def prepare(out: str, **kwargs):
+        options = PrepareOptions(neighbours=3, text_budget=16, val_fraction=0, **kwargs)
+        return prepare_dataset(
+            folder, tmp_path / out, options=options, settings=settings, tokenizer=tokenizer
+        )
+
+    whole, shown = prepare("whole"), prepare("shown", neighbour_search="shown")
+    assert whole.manifest["options"]["neighbour_search"] == "whole"  # the default
+    assert shown.manifest["options"]["neighbour_search"] == "shown"
+    # both prompts show the same cut text: the topic words are past the 16-token budget
+    for a, b in zip(jsonl(whole.train_path), jsonl(shown.train_path), strict=True):
+        text = a["messages"][0]["content"].split("The message:", 1)[1]
+        assert text == b["messages"][0]["content"].split("The message:", 1)[1]
+        assert "engine" not in text and "motorcycle" not in text
+    # the whole text finds the same topic: the nearest neighbour shares the label for 7 of the 8
+    # examples (14 of all 24 neighbours do); the shown part, the same greeting in every message,
+    # does no better than chance (4 of 8 nearest, 8 of 24)
+    assert same_label_neighbours(whole, first=1) >= 7
+    assert same_label_neighbours(shown, first=1) <= 5
+    assert same_label_neighbours(shown) <= same_label_neighbours(whole) - 4
+
+
+def test_the_classifier_searches_as_its_training_data_was_searched(tmp_path, settings, tokenizer):
+    """`kb models classify` rebuilds each prompt with the recipe's neighbour search; data
+    prepared before `neighbour_search` existed searched by the part shown, and replays so."""
+    from types import SimpleNamespace
+
+    from kb.finetune.classify import Classifier
+    from kb.models import ModelRecord
+
+    train_dir = late_topic_folder(tmp_path / "train")
+    test_dir = late_topic_folder(tmp_path / "test")
+    # only the tokenizer of the model is needed to build prompts; nothing here is scored
+    generator = SimpleNamespace(local_model=SimpleNamespace(tokenizer=tokenizer))
+
+    def prepare(source: Path, out: str, **kwargs):
+        options = PrepareOptions(neighbours=3, text_budget=16, val_fraction=0, **kwargs)
+        return prepare_dataset(
+            source, tmp_path / out, options=options, settings=settings, tokenizer=tokenizer
+        )
+
+    for search in ("whole", "shown"):
+        trained = prepare(train_dir, f"train-{search}", neighbour_search=search)
+        held = jsonl(
+            prepare(
+                test_dir, f"held-{search}", neighbours_from=str(train_dir), neighbour_search=search
+            ).train_path
+        )
+        record = ModelRecord(name=f"m-{search}", dataset={"path": str(trained.train_path)})
+        classifier = Classifier(record, generator, settings)
+        texts = [Path(r["metadata"]["source"]).read_text() for r in held]
+        assert classifier.prompts(texts)[0] == [r["messages"][0]["content"] for r in held]
+        if search == "whole":
+            whole_prompts = [r["messages"][0]["content"] for r in held]
+    assert whole_prompts != [r["messages"][0]["content"] for r in held]  # the searches differ
+
+    manifest_path = trained.train_path.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["options"]["neighbour_search"]  # as prepared before the option existed
+    manifest_path.write_text(json.dumps(manifest))
+    classifier = Classifier(
+        ModelRecord(name="old", dataset={"path": str(trained.train_path)}), generator, settings
+    )
+    assert classifier.options.neighbour_search == "shown"
+    assert classifier.prompts(texts)[0] == [r["messages"][0]["content"] for r in held]
+
+
 def test_neighbour_options_are_checked(tmp_path, settings, tokenizer):
     folder = topic_folder(tmp_path / "train", "train")
     other = tmp_path / "other"
@@ -480,6 +576,8 @@ def test_neighbour_options_are_checked(tmp_path, settings, tokenizer):
         prepare(neighbours=2, neighbour_dropout=1.5)
     with pytest.raises(InvalidInput, match="hides neighbours but neighbours is 0"):
         prepare(neighbour_dropout=0.3)
+    with pytest.raises(InvalidInput, match="neighbour_search 'all' is unknown: use whole"):
+        prepare(neighbours=2, neighbour_search="all")
     with pytest.raises(InvalidInput, match=r"labels \['boats'\]"):
         prepare(neighbours=2, neighbours_from=str(other))
     with pytest.raises(InvalidInput, match="may use {labels}; it uses"):
@@ -748,9 +846,11 @@ def test_cli_prepare_json_and_bad_input(tmp_path, cli):
     result = cli(
         "prepare", folder, "--out", tmp_path / "nb", "--neighbours", 2, "--neighbours-from",
         folder, "--neighbour-tokens", 5, "--neighbour-dropout", 0.25, "--val-fraction", 0,
-        "--json",
+        "--neighbour-search", "shown", "--json",
     )  # fmt: skip
     # eight examples are written; too few to train on is the one error (exit code 1)
     assert [e["code"] for e in last_json(result)["report"]["errors"]] == ["too_few_examples"]
     shown = sorted(len(neighbour_lines(r)) for r in jsonl(tmp_path / "nb" / "train.jsonl"))
     assert shown == [1, 1] + [2] * 6  # a quarter show only `(none shown)`
+    manifest = json.loads((tmp_path / "nb" / "manifest.json").read_text())
+    assert manifest["options"]["neighbour_search"] == "shown"

@@ -96,6 +96,11 @@ class PrepareRequest(Strict):
         "training folder, when preparing an evaluation split); default: the source itself.",
     )
     neighbour_tokens: int = Field(16, ge=1, description="Opening tokens shown of each neighbour.")
+    neighbour_search: Literal["whole", "shown"] = Field(
+        "whole",
+        description="What finds the neighbours: each whole text, or only the part its prompt "
+        "shows (text_budget tokens).",
+    )
     neighbour_dropout: float = Field(
         0.0,
         ge=0,

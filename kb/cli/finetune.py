@@ -158,6 +158,13 @@ def prepare(
     neighbour_tokens: Annotated[
         int, typer.Option(help="Opening tokens shown of each neighbour.")
     ] = 16,
+    neighbour_search: Annotated[
+        str,
+        typer.Option(
+            help="What finds the neighbours: 'whole' (each whole text) or 'shown' (only the part "
+            "its prompt shows, --text-budget tokens)."
+        ),
+    ] = "whole",
     neighbour_dropout: Annotated[
         float,
         typer.Option(
@@ -198,6 +205,7 @@ def prepare(
         neighbours=neighbours,
         neighbours_from=str(neighbours_from) if neighbours_from else None,
         neighbour_tokens=neighbour_tokens,
+        neighbour_search=neighbour_search,
         neighbour_dropout=neighbour_dropout,
         separator=_unescape(separator),
         stop=_unescape(stop),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,9 @@ def examples_from_folder(
         items = [items[i] for i in keep]
     template = folder_template(options)
     texts = counter.truncate([item.text for item in items], options.text_budget)
-    blocks = _neighbour_blocks(items, texts, labels, options, counter, settings)
+    blocks = _neighbour_blocks(
+        items, search_texts(items, texts, options), labels, options, counter, settings
+    )
     label_list = ", ".join(labels)
     examples = [
         Example(
@@ -81,6 +83,16 @@ def folder_template(options: PrepareOptions) -> str:
     return template
 
 
+def search_texts(
+    items: Sequence[LabelledText], shown: list[str], options: PrepareOptions
+) -> list[str]:
+    """The texts that find neighbours (and that neighbours are found by): each whole text, or
+    with `neighbour_search="shown"` only the part its prompt shows. The whole message is the
+    better key: on the Newsgroups test split the 8 neighbours' majority label is right on 768 of
+    794 messages searched whole against 761 searched by their first 256 tokens (README)."""
+    return [item.text for item in items] if options.neighbour_search == "whole" else shown
+
+
 def _neighbour_blocks(
     items: list[LabelledText],
     texts: list[str],
@@ -89,7 +101,8 @@ def _neighbour_blocks(
     counter: TokenCounter,
     settings: Settings,
 ) -> list[str]:
-    """Each example's `{neighbours}` text: its nearest labelled examples (none: empty).
+    """Each example's `{neighbours}` text: its nearest labelled examples, found by `texts`
+    (none: empty).
 
     With `neighbour_dropout` a seeded share of the examples shows none, so a model trained on
     them must also learn to read the text alone rather than copy its neighbours' labels; at 1
@@ -127,7 +140,8 @@ def neighbour_pool(
 
     pool_labels, pool_items, _ = read_labelled_folder(folder, options.keep_headers)
     check_pool_labels(pool_labels, labels, str(folder))
-    pool_texts = counter.truncate([item.text for item in pool_items], options.text_budget)
+    shown = counter.truncate([item.text for item in pool_items], options.text_budget)
+    pool_texts = search_texts(pool_items, shown, options)
     return NeighbourPool(pool_items, pool_texts, counter, options.neighbour_tokens, settings)
 
 

@@ -76,6 +76,7 @@ def recipe(record: ModelRecord) -> tuple[list[str], PrepareOptions, Path]:
             "or ask it through /query"
         )
     stored = {k: v for k, v in (manifest.get("options") or {}).items() if k in _OPTION_NAMES}
+    stored.setdefault("neighbour_search", "shown")  # data prepared before the option searched so
     if "keep_headers" in stored:
         stored["keep_headers"] = tuple(stored["keep_headers"])
     options = PrepareOptions(**stored)
@@ -148,7 +149,8 @@ class Classifier:
         cut = self._counter.truncate(cleaned, self.options.text_budget)
         rows: list[list[int]] = [[] for _ in cut]
         if self._pool is not None and neighbours:
-            rows = self._pool.nearest(cut, [None] * len(cut), self.options.neighbours)
+            keys = cleaned if self.options.neighbour_search == "whole" else cut
+            rows = self._pool.nearest(keys, [None] * len(cut), self.options.neighbours)
         label_list = ", ".join(self.labels)
 
         def fill(text: str, block: str) -> str:

@@ -11,6 +11,7 @@ from kb.finetune.sources import DEFAULT_KEPT_HEADERS
 
 _HEADER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 MAX_NEIGHBOURS = 32  # labelled neighbours per prompt
+NEIGHBOUR_SEARCHES = ("whole", "shown")
 
 
 @dataclass
@@ -38,6 +39,8 @@ class PrepareOptions:
     neighbours_from: str | None = None  # their pool: this labelled folder (default: the source)
     neighbour_tokens: int = 16  # opening tokens of each neighbour shown
     neighbour_dropout: float = 0.0  # share of prompts shown no neighbours (1: all of them)
+    # what finds the neighbours: the whole text, or only the part its prompt shows (text_budget)
+    neighbour_search: str = "whole"
 
     def check(self) -> None:
         if self.format not in ("chat", "completion"):
@@ -64,6 +67,11 @@ class PrepareOptions:
             raise InvalidInput(
                 f"neighbour_dropout {self.neighbour_dropout} is out of range: use a share in "
                 "[0, 1], e.g. 0.3 (1 hides them from every prompt)"
+            )
+        if self.neighbour_search not in NEIGHBOUR_SEARCHES:
+            raise InvalidInput(
+                f"neighbour_search {self.neighbour_search!r} is unknown: use whole (search with "
+                "the whole text) or shown (only the part the prompt shows)"
             )
         if self.neighbour_dropout and not self.neighbours:
             raise InvalidInput(
