@@ -549,6 +549,20 @@ def test_the_classifier_searches_as_its_training_data_was_searched(tmp_path, set
     assert classifier.options.neighbour_search == "shown"
     assert classifier.prompts(texts)[0] == [r["messages"][0]["content"] for r in held]
 
+    # a model trained without neighbours cannot read a text both ways; the refusal names the flag
+    plain = prepare_dataset(
+        train_dir,
+        tmp_path / "plain",
+        options=PrepareOptions(text_budget=16, val_fraction=0),
+        settings=settings,
+        tokenizer=tokenizer,
+    )
+    classifier = Classifier(
+        ModelRecord(name="plain", dataset={"path": str(plain.train_path)}), generator, settings
+    )
+    with pytest.raises(InvalidInput, match="--both-views.* was trained without neighbours"):
+        classifier.check_both_views()
+
 
 def test_neighbour_options_are_checked(tmp_path, settings, tokenizer):
     folder = topic_folder(tmp_path / "train", "train")

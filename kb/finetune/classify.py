@@ -118,13 +118,14 @@ class Classifier:
         """Refuse `both_views` for a model that never learned to read a text without neighbours."""
         if self._pool is None:
             raise InvalidInput(
-                f"both_views reads each text with its labelled neighbours and without, but model "
-                f"{self.name!r} was trained without neighbours: classify without both_views"
+                f'both views (--both-views, or "both_views": true over HTTP) read each text '
+                f"with its labelled neighbours and without, but model {self.name!r} was trained "
+                "without neighbours: classify without both views"
             )
         if not self.options.neighbour_dropout:
             raise InvalidInput(
                 f"model {self.name!r} was trained with neighbours in every prompt, so it never "
-                "learned to read a text without them: classify without both_views, or train on "
+                "learned to read a text without them: classify without both views, or train on "
                 "data prepared with --neighbour-dropout (e.g. 0.3)"
             )
 
