@@ -146,6 +146,41 @@ def test_newsgroups_lora_benchmark_tiny(tmp_path, model_cache):
         assert sum(g == s for g, s in zip(golds, summed, strict=True)) == result["correct"]
 
 
+def test_newsgroups_neighbours_benchmark_tiny(tmp_path, model_cache):
+    """The neighbour vote on a sample; with one neighbour, the dense vote is the label of the
+    training message nearest by cosine, recomputed here from the embedder."""
+    import numpy as np
+
+    from kb.embedders import load_embedder
+    from kb.finetune.sources import read_labelled_folder
+    from kb.settings import Settings
+    from tests.conftest import data_dir_with_cache
+
+    work = data_dir_with_cache(tmp_path / "work", model_cache)
+    args = ["--work", str(work), "--max-train", "40", "--max-test", "10", "--ks", "1,3"]
+    result = run_benchmark("newsgroups_neighbours.py", *args, out=tmp_path / "vote.json")
+    assert result["test_messages"] == 10 and result["train_messages"] == 40
+    cells = {(c["search"], c["method"], c["k"]): c for c in result["cells"]}
+    assert len(cells) == 2 * 3 * 2  # search keys x methods x ks
+    assert all(
+        0 <= c["correct"] <= 10 and c["accuracy"] == c["correct"] / 10 for c in cells.values()
+    )
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from newsgroups_neighbours import sample
+
+    headers = ("subject", "from", "organization")
+    data = ROOT.parent / "shared" / "data" / "newsgroups"
+    train = sample(read_labelled_folder(data / "train", headers)[1], 40)
+    test = sample(read_labelled_folder(data / "test", headers)[1], 10)
+    assert {item.label for item in test} == {"rec.autos", "rec.motorcycles"}
+    embedder = load_embedder("minilm", Settings(data_dir=work))
+    pool, queries = (np.asarray(embedder.embed([i.text for i in x])) for x in (train, test))
+    nearest = (queries @ pool.T).argmax(axis=1)
+    right = sum(train[j].label == item.label for j, item in zip(nearest, test, strict=True))
+    assert cells[("whole", "dense", 1)]["correct"] == right
+
+
 def _test_golds(work: Path) -> list[str]:
     records = (work / "data" / "test" / "train.jsonl").read_text().splitlines()
     return [json.loads(line)["metadata"]["label"] for line in records]
