@@ -100,12 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     for search in ("shown", "whole"):
         started = time.monotonic()
         options = PrepareOptions(text_budget=args.text_budget, neighbour_search=search)
-        keys = [
-            search_texts(
-                items, counter.truncate([i.text for i in items], args.text_budget), options
-            )
-            for items in (train, test)
-        ]
+        whole = [[item.text for item in items] for items in (train, test)]
+        keys = [search_texts(w, counter.truncate(w, args.text_budget), options) for w in whole]
         pool = NeighbourPool(train, keys[0], counter, 16, settings)
         vectors = pool.embedder.embed(keys[1])
         depth = DEPTH_FACTOR * max(ks)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kb.errors import Conflict, InvalidInput
-from kb.finetune.builders import NO_NEIGHBOURS, folder_template, neighbour_pool
+from kb.finetune.builders import NO_NEIGHBOURS, folder_template, neighbour_pool, search_texts
 from kb.finetune.options import PrepareOptions
 from kb.finetune.sources import clean_message
 from kb.finetune.templates import fill_template
@@ -150,7 +150,7 @@ class Classifier:
         cut = self._counter.truncate(cleaned, self.options.text_budget)
         rows: list[list[int]] = [[] for _ in cut]
         if self._pool is not None and neighbours:
-            keys = cleaned if self.options.neighbour_search == "whole" else cut
+            keys = search_texts(cleaned, cut, self.options)
             rows = self._pool.nearest(keys, [None] * len(cut), self.options.neighbours)
         label_list = ", ".join(self.labels)
 
