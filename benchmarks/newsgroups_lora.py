@@ -31,7 +31,6 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +41,7 @@ from kb.finetune.backends import FineTuneSpec  # noqa: E402
 from kb.finetune.builders import NO_NEIGHBOURS, folder_template  # noqa: E402
 from kb.finetune.encoding import completion_text, prompt_messages, read_examples  # noqa: E402
 from kb.finetune.jobs import run_finetune  # noqa: E402
+from kb.finetune.neighbours import majority_label  # noqa: E402
 from kb.jobs import JobManager  # noqa: E402
 from kb.models import ModelRegistry  # noqa: E402
 from kb.settings import Settings  # noqa: E402
@@ -206,9 +206,7 @@ def neighbour_vote(path: Path, template: str) -> dict | None:
             continue
         shown += 1
         labels = [line.split(": ", 1)[0] for line in block.splitlines()]
-        counts = Counter(labels).most_common()
-        tie = len(counts) > 1 and counts[0][1] == counts[1][1]
-        correct += (labels[0] if tie else counts[0][0]) == completion_text(record)
+        correct += majority_label(labels) == completion_text(record)
     return {"accuracy": correct / shown, "correct": correct, "examples": shown} if shown else None
 
 

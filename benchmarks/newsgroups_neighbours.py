@@ -26,7 +26,6 @@ import platform  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from kb.finetune import PrepareOptions, TokenCounter, load_tokenizer  # noqa: E402
 from kb.finetune.builders import search_texts  # noqa: E402
-from kb.finetune.neighbours import DEPTH_FACTOR, NeighbourPool  # noqa: E402
+from kb.finetune.neighbours import DEPTH_FACTOR, NeighbourPool, majority_label  # noqa: E402
 from kb.finetune.sources import read_labelled_folder  # noqa: E402
 from kb.settings import Settings  # noqa: E402
 
@@ -69,12 +68,6 @@ def sample(items: list, n: int | None) -> list:
     if n is None or n >= len(items):
         return items
     return [items[i] for i in sorted(random.Random(0).sample(range(len(items)), n))]
-
-
-def majority(labels: list[str]) -> str:
-    """The most common label; a tie goes to the nearest neighbour's."""
-    counts = Counter(labels).most_common()
-    return labels[0] if len(counts) > 1 and counts[0][1] == counts[1][1] else counts[0][0]
 
 
 def rankings(pool: NeighbourPool, text: str, vector: np.ndarray, depth: int) -> dict:
@@ -112,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
             for method in METHODS:
                 rows = fused if method == "fused" else [r[method][:k] for r in ranked]
                 right = sum(
-                    majority([pool.items[i].label for i in r]) == g
+                    majority_label([pool.items[i].label for i in r]) == g
                     for r, g in zip(rows, gold, strict=True)
                 )
                 cells.append(

@@ -564,6 +564,14 @@ def test_the_classifier_searches_as_its_training_data_was_searched(tmp_path, set
         classifier.check_both_views()
 
 
+def test_the_neighbours_vote_is_their_majority_and_a_tie_goes_to_the_nearest():
+    from kb.finetune.neighbours import majority_label
+
+    assert majority_label(["b", "a", "a"]) == "a"
+    assert majority_label(["b", "a", "a", "b"]) == "b"  # 2-2: the nearest's label
+    assert majority_label(["a", "b"]) == "a" and majority_label(["c"]) == "c"
+
+
 def test_neighbour_options_are_checked(tmp_path, settings, tokenizer):
     folder = topic_folder(tmp_path / "train", "train")
     other = tmp_path / "other"

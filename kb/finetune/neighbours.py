@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,6 +109,13 @@ def pool_vectors(embedder: Embedder, texts: Sequence[str], cache: Path) -> np.nd
 def openings(texts: Sequence[str], counter: TokenCounter, tokens: int) -> list[str]:
     """Each text's first `tokens` tokens on one line (runs of white space made one space)."""
     return [_SPACE.sub(" ", t).strip() for t in counter.truncate(list(texts), tokens)]
+
+
+def majority_label(labels: Sequence[str]) -> str:
+    """The neighbours' vote: their most common label, a tie going to the nearest's (the first).
+    The baseline a model trained on neighbours must beat: copying them."""
+    counts = Counter(labels).most_common()
+    return labels[0] if len(counts) > 1 and counts[0][1] == counts[1][1] else counts[0][0]
 
 
 def check_pool_labels(pool_labels: Sequence[str], labels: Sequence[str], where: str) -> None:
