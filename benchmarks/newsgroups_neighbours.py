@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
         started = time.monotonic()
         options = PrepareOptions(text_budget=args.text_budget, neighbour_search=search)
         whole = [[item.text for item in items] for items in (train, test)]
-        keys = [search_texts(w, counter.truncate(w, args.text_budget), options) for w in whole]
+        keys = [search_texts(w, options, counter) for w in whole]
         pool = NeighbourPool(train, keys[0], counter, 16, settings)
         vectors = pool.embedder.embed(keys[1])
         depth = DEPTH_FACTOR * max(ks)

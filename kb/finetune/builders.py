@@ -44,7 +44,7 @@ def examples_from_folder(
     whole = [item.text for item in items]
     texts = counter.truncate(whole, options.text_budget)
     blocks = _neighbour_blocks(
-        items, search_texts(whole, texts, options), labels, options, counter, settings
+        items, search_texts(whole, options, counter, texts), labels, options, counter, settings
     )
     label_list = ", ".join(labels)
     examples = [
@@ -84,12 +84,20 @@ def folder_template(options: PrepareOptions) -> str:
     return template
 
 
-def search_texts(whole: Sequence[str], shown: list[str], options: PrepareOptions) -> list[str]:
+def search_texts(
+    whole: Sequence[str],
+    options: PrepareOptions,
+    counter: TokenCounter,
+    shown: list[str] | None = None,
+) -> list[str]:
     """The texts that find neighbours (and that neighbours are found by): each whole text, or
-    with `neighbour_search="shown"` only the part its prompt shows. The whole message is the
-    better key: on the Newsgroups test split the 8 neighbours' majority label is right on 768 of
-    794 messages searched whole against 761 searched by their first 256 tokens (README)."""
-    return list(whole) if options.neighbour_search == "whole" else shown
+    with `neighbour_search="shown"` only the part its prompt shows (`shown`, when the caller has
+    cut them already). The whole message is the better key: on the Newsgroups test split the 8
+    neighbours' majority label is right on 768 of 794 messages searched whole against 761
+    searched by their first 256 tokens (README)."""
+    if options.neighbour_search == "whole":
+        return list(whole)
+    return shown if shown is not None else counter.truncate(list(whole), options.text_budget)
 
 
 def _neighbour_blocks(
@@ -134,13 +142,14 @@ def neighbour_pool(
     counter: TokenCounter,
     settings: Settings,
 ):
-    """A labelled folder read, cut and indexed as a `NeighbourPool` for these options."""
+    """A labelled folder read and indexed as a `NeighbourPool` for these options (its texts cut
+    only when they are searched by the part shown)."""
     from kb.finetune.neighbours import NeighbourPool, check_pool_labels
 
     pool_labels, pool_items, _ = read_labelled_folder(folder, options.keep_headers)
     check_pool_labels(pool_labels, labels, str(folder))
     whole = [item.text for item in pool_items]
-    pool_texts = search_texts(whole, counter.truncate(whole, options.text_budget), options)
+    pool_texts = search_texts(whole, options, counter)
     return NeighbourPool(pool_items, pool_texts, counter, options.neighbour_tokens, settings)
 
 

@@ -150,7 +150,7 @@ class Classifier:
         cut = self._counter.truncate(cleaned, self.options.text_budget)
         rows: list[list[int]] = [[] for _ in cut]
         if self._pool is not None and neighbours:
-            keys = search_texts(cleaned, cut, self.options)
+            keys = search_texts(cleaned, self.options, self._counter, cut)
             rows = self._pool.nearest(keys, [None] * len(cut), self.options.neighbours)
         label_list = ", ".join(self.labels)
 
