@@ -72,11 +72,9 @@ def sample(items: list, n: int | None) -> list:
 
 def rankings(pool: NeighbourPool, text: str, vector: np.ndarray, depth: int) -> dict:
     """The pool rows BM25 and the dense vectors each rank first for one text."""
-    similarity = pool.vectors @ vector
-    order = np.argsort(-similarity, kind="stable")[:depth]
-    dense = [(int(i), float(similarity[i])) for i in order]
-    lexical = list(pool.bm25.search(text, depth))
-    return {"bm25": [int(i) for i, _ in lexical], "dense": [i for i, _ in dense]}
+    dense = np.argsort(-(pool.vectors @ vector), kind="stable")[:depth]
+    lexical = pool.bm25.search(text, depth)
+    return {"bm25": [int(i) for i, _ in lexical], "dense": [int(i) for i in dense]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -89,11 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
     _, test, _ = read_labelled_folder(args.data / "test", headers)
     train, test = sample(train, args.max_train), sample(test, args.max_test)
     gold = [item.label for item in test]
+    whole = [[item.text for item in items] for items in (train, test)]
     cells, seconds = [], {}
     for search in ("shown", "whole"):
         started = time.monotonic()
         options = PrepareOptions(text_budget=args.text_budget, neighbour_search=search)
-        whole = [[item.text for item in items] for items in (train, test)]
         keys = [search_texts(w, options, counter) for w in whole]
         pool = NeighbourPool(train, keys[0], counter, 16, settings)
         vectors = pool.embedder.embed(keys[1])
@@ -101,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         ranked = [rankings(pool, t, v, depth) for t, v in zip(keys[1], vectors, strict=True)]
         for k in ks:
             # the fusion of each ranking's best DEPTH_FACTOR * k, as `nearest` fuses them
-            fused = pool.nearest(keys[1], [None] * len(test), k)
+            fused = pool.nearest(keys[1], [None] * len(test), k, vectors)
             for method in METHODS:
                 rows = fused if method == "fused" else [r[method][:k] for r in ranked]
                 right = sum(

@@ -61,11 +61,17 @@ class NeighbourPool:
         self._row_of = {str(item.path.resolve()): i for i, item in enumerate(self.items)}
 
     def nearest(
-        self, texts: Sequence[str], paths: Sequence[Path | None], k: int
+        self,
+        texts: Sequence[str],
+        paths: Sequence[Path | None],
+        k: int,
+        vectors: np.ndarray | None = None,
     ) -> list[list[int]]:
         """For each text, the rows of its k nearest pool items, best first; the pool item read
-        from the text's own file (when it has one) is never its neighbour."""
-        vectors = self.embedder.embed(list(texts))
+        from the text's own file (when it has one) is never its neighbour. `vectors`: the
+        texts' embeddings, when the caller has them already."""
+        if vectors is None:
+            vectors = self.embedder.embed(list(texts))
         depth = DEPTH_FACTOR * k
         out = []
         for text, path, vector in zip(texts, paths, vectors, strict=True):
