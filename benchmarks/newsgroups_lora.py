@@ -96,6 +96,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--neighbour-dropout; test prompts show them all)",
     )
     p.add_argument(
+        "--header-labels",
+        default=None,
+        help="comma-separated message headers, e.g. from,subject: the neighbours end with a line "
+        "per header counting the labels of the training messages with the same value (kb "
+        "finetune prepare --header-labels)",
+    )
+    p.add_argument(
         "--both-views",
         action="store_true",
         help="score each test message with its neighbours and without, adding the two readings' "
@@ -116,6 +123,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-seq-len", type=int, default=384)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument(
+        "--eval-dtype",
+        default="bfloat16",
+        choices=["float32", "bfloat16"],
+        help="precision both models are scored in: bfloat16, as `kb models classify` serves them, "
+        "puts the margin between two labels' log-likelihoods on steps of 0.25 (a close call can "
+        "tie); float32 scores take ~1.45x as long",
+    )
     p.add_argument("--eval", dest="eval_mode", default="scoring", choices=["scoring", "generation"])
     p.add_argument("--skip-base", action="store_true", help="do not evaluate the base model")
     p.add_argument(
@@ -135,6 +150,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    if args.header_labels and not args.neighbours:
+        p.error("--header-labels adds a line to the neighbours: pass --neighbours K as well")
     if args.both_views and not args.neighbours:
         p.error("--both-views adds a reading without neighbours: pass --neighbours K as well")
     if args.both_views and args.eval_mode != "scoring":
@@ -147,6 +164,7 @@ def prepare(
 ) -> tuple[Path, dict[str, Path], list[str]]:
     """The training data's folder, the test file of each view, and the labels."""
     headers = tuple(h for h in args.keep_headers.split(",") if h)
+    header_labels = tuple(h for h in (args.header_labels or "").split(",") if h)
     options = PrepareOptions(
         text_budget=args.text_budget,
         keep_headers=headers,
@@ -155,6 +173,7 @@ def prepare(
         neighbour_tokens=args.neighbour_tokens,
         neighbour_search=args.neighbour_search,
         neighbour_dropout=args.neighbour_dropout,
+        header_labels=header_labels,
         max_examples=args.max_train,
         val_fraction=0.05,
         seed=args.seed,
@@ -170,6 +189,7 @@ def prepare(
         neighbours_from=str(args.data / "train") if args.neighbours else None,
         neighbour_tokens=args.neighbour_tokens,
         neighbour_search=args.neighbour_search,
+        header_labels=header_labels,
         max_examples=args.max_test,
         val_fraction=0.0,
         seed=args.seed,
@@ -190,10 +210,11 @@ def prepare(
     return train.out_dir, views, labels
 
 
-def neighbour_vote(path: Path, template: str) -> dict | None:
+def neighbour_vote(path: Path, template: str, labels: list[str]) -> dict | None:
     """What copying the neighbours would score: each test prompt's majority neighbour label (a
-    tie goes to the nearest), read back from the prompt; None when the template does not set the
-    neighbour lines apart with fixed text on both sides."""
+    tie goes to the nearest), read back from the prompt's `label: opening` lines (a
+    --header-labels line is not a neighbour); None when the template does not set the neighbour
+    lines apart with fixed text on both sides."""
     head, _, tail = template.partition("{neighbours}")
     before, after = head.rsplit("}", 1)[-1], tail.split("{", 1)[0]
     if not before.strip() or not after.strip():
@@ -205,8 +226,9 @@ def neighbour_vote(path: Path, template: str) -> dict | None:
         if block == NO_NEIGHBOURS:
             continue
         shown += 1
-        labels = [line.split(": ", 1)[0] for line in block.splitlines()]
-        correct += majority_label(labels) == completion_text(record)
+        shown_labels = [line.split(": ", 1)[0] for line in block.splitlines()]
+        shown_labels = [label for label in shown_labels if label in labels]
+        correct += majority_label(shown_labels) == completion_text(record)
     return {"accuracy": correct / shown, "correct": correct, "examples": shown} if shown else None
 
 
@@ -272,8 +294,10 @@ PROMPT_OPTIONS = (
     "neighbours",
     "neighbour_tokens",
     "neighbour_search",
+    "header_labels",
     "max_test",
     "eval_mode",
+    "eval_dtype",
     "both_views",
     "seed",
 )
@@ -284,7 +308,13 @@ def reused_base(path: Path, args: argparse.Namespace) -> dict:
     and scoring is deterministic, so re-evaluating it would give the same answers."""
     earlier = json.loads(path.read_text())
     ours = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    before = {"both_views": False, "neighbour_search": "shown"}  # older results files lack these
+    # older results files lack these
+    before = {
+        "both_views": False,
+        "neighbour_search": "shown",
+        "header_labels": None,
+        "eval_dtype": "bfloat16",
+    }
     differ = [k for k in PROMPT_OPTIONS if earlier["options"].get(k, before.get(k)) != ours[k]]
     if differ or not earlier.get("base"):
         raise SystemExit(
@@ -294,7 +324,7 @@ def reused_base(path: Path, args: argparse.Namespace) -> dict:
     return {**earlier["base"], "reused_from": str(path)}
 
 
-def load(settings: Settings, adapter: str | None = None):
+def load(settings: Settings, adapter: str | None = None, dtype: str = "bfloat16"):
     import torch
 
     from kb.generators.local import load_base_model
@@ -305,7 +335,7 @@ def load(settings: Settings, adapter: str | None = None):
 
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.eval()
-    return model.to(torch.bfloat16), tokenizer
+    return model.to(getattr(torch, dtype)), tokenizer
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -320,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
         template = folder_template(
             PrepareOptions(neighbours=args.neighbours, template=args.template)
         )
-        vote = neighbour_vote(test_views["neighbours"], template)
+        vote = neighbour_vote(test_views["neighbours"], template, labels)
 
     base = reused_base(args.base_from, args) if args.base_from else None  # checked before training
     if args.adapter:
@@ -355,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict:
     # the fine-tuned model first, its result written at once: the base model's scoring can take
     # as long again
     print(f"evaluating the fine-tuned model ({adapter})", file=sys.stderr)
-    model, tokenizer = load(settings, adapter)
+    model, tokenizer = load(settings, adapter, args.eval_dtype)
     tuned = evaluate(model, tokenizer, test_views, labels, args.eval_mode)
     del model
     if name:
@@ -365,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
     if base is None and not args.skip_base:
         save(None, tuned, complete=False)
         print(f"fine-tuned: {tuned['accuracy']:.4f}; evaluating the base model", file=sys.stderr)
-        model, tokenizer = load(settings)
+        model, tokenizer = load(settings, dtype=args.eval_dtype)
         base = evaluate(model, tokenizer, test_views, labels, args.eval_mode)
     result = save(base, tuned, complete=True)
     print_table(result)

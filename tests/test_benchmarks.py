@@ -82,17 +82,19 @@ def test_newsgroups_lora_benchmark_tiny(tmp_path, model_cache):
     work = data_dir_with_cache(tmp_path / "work", model_cache)
     tiny = ["--work", str(work), "--max-train", "8", "--max-test", "6", "--epochs", "1"]
     tiny += ["--text-budget", "48", "--max-seq-len", "160", "--neighbours", "2"]
-    tiny += ["--neighbour-dropout", "0.25"]
+    tiny += ["--neighbour-dropout", "0.25", "--header-labels", "from"]
     first = run_benchmark("newsgroups_lora.py", *tiny, out=tmp_path / "first.json")
     assert first["base"]["examples"] == first["finetuned"]["examples"] == 6
     assert first["training"]["epochs"] == 1 and first["training"]["history"]
     assert Path(first["adapter"], "adapter_config.json").is_file()
     test_prompts = (work / "data" / "test" / "train.jsonl").read_text()
     assert test_prompts.count("most similar first:") == 6  # --neighbours reached the prompts
+    assert test_prompts.count("Labelled messages with the same From: ") == 6  # --header-labels
     # --neighbour-dropout hid a quarter of the training prompts' neighbours, none of the test's
     training = "".join((work / "data" / "train" / f).read_text() for f in TRAIN_FILES)
     assert training.count("(none shown)") == 2 and "(none shown)" not in test_prompts
-    # the neighbours' majority label; of two neighbours, a tie or not, that is the nearest's
+    # the neighbours' majority label (the sender line is no neighbour); of two neighbours, a
+    # tie or not, that is the nearest's
     nearest_right = 0
     for line, gold in zip(test_prompts.splitlines(), _test_golds(work), strict=True):
         prompt = json.loads(line)["messages"][0]["content"]

@@ -564,6 +564,106 @@ def test_the_classifier_searches_as_its_training_data_was_searched(tmp_path, set
         classifier.check_both_views()
 
 
+SENDERS = {  # label -> the From header of each of its messages
+    "autos": ["Ann <ann@cars.example>", "ann@CARS.example (Ann)", "ann@cars.example", "Bo Li"],
+    "bikes": ["bo li", "Cy <cy@moto.example>", "cy@moto.example", None],
+}
+
+
+def sender_folder(folder: Path, tag: str) -> Path:
+    for label, senders in SENDERS.items():
+        (folder / label).mkdir(parents=True)
+        for i, sender in enumerate(senders):
+            head = f"From: {sender}\n" if sender else ""
+            text = f"{head}Subject: {tag} {label} {i}\nOrganization: Example\n\nA short note {i}.\n"
+            (folder / label / f"{i}.txt").write_text(text)
+    return folder
+
+
+def header_line_of(record: dict) -> str:
+    return neighbour_lines(record)[-1]
+
+
+def test_header_labels_count_the_labels_of_the_same_senders_messages(tmp_path, settings, tokenizer):
+    from types import SimpleNamespace
+
+    from kb.finetune.classify import Classifier
+    from kb.models import ModelRecord
+
+    train_dir = sender_folder(tmp_path / "train", "train")
+    options = PrepareOptions(neighbours=2, header_labels=("From",), val_fraction=0)
+    result = prepare_dataset(
+        train_dir, tmp_path / "out", options=options, settings=settings, tokenizer=tokenizer
+    )
+    assert list(result.manifest["options"]["header_labels"]) == ["from"]
+    lines = {
+        "/".join(Path(r["metadata"]["source"]).parts[-2:]): neighbour_lines(r)
+        for r in jsonl(result.train_path)
+    }
+    same = "Labelled messages with the same From: "
+    # Ann writes her address three ways: each message counts her two others, not itself
+    for i in range(3):
+        assert lines[f"autos/{i}.txt"][-1] == same + "autos 2"
+    # a name without an address matches with case and spacing ignored, across labels
+    assert lines["autos/3.txt"][-1] == same + "bikes 1"
+    assert lines["bikes/0.txt"][-1] == same + "autos 1"
+    assert lines["bikes/1.txt"][-1] == same + "bikes 1"
+    assert lines["bikes/3.txt"][-1] == same + "none"  # no From header
+    assert all(len(block) == 3 for block in lines.values())  # 2 neighbours, then the count
+
+    # a held-out split counts the whole training folder, and the classifier rebuilds its prompts
+    test_dir = sender_folder(tmp_path / "test", "test")
+    held = jsonl(
+        prepare_dataset(
+            test_dir,
+            tmp_path / "held",
+            options=PrepareOptions(
+                neighbours=2,
+                header_labels=("from",),
+                neighbours_from=str(train_dir),
+                val_fraction=0,
+            ),
+            settings=settings,
+            tokenizer=tokenizer,
+        ).train_path
+    )
+    ann = next(r for r in held if r["metadata"]["source"].endswith("autos/1.txt"))
+    assert header_line_of(ann) == same + "autos 3"
+    mixed = next(r for r in held if r["metadata"]["source"].endswith("autos/3.txt"))
+    assert header_line_of(mixed) == same + "autos 1, bikes 1"  # ties ranked by label
+    generator = SimpleNamespace(local_model=SimpleNamespace(tokenizer=tokenizer))
+    record = ModelRecord(name="senders", dataset={"path": str(result.train_path)})
+    texts = [Path(r["metadata"]["source"]).read_text() for r in held]
+    classifier = Classifier(record, generator, settings)
+    assert classifier.prompts(texts)[0] == [r["messages"][0]["content"] for r in held]
+    # each result reports the counts its prompt showed (label scoring, tested with the real
+    # model in test_finetune_train, is not what this checks)
+    classifier._scores = lambda prompt: [0.0, -1.0]
+    results = classifier.classify(texts)
+    by_source = {r["metadata"]["source"]: result for r, result in zip(held, results, strict=True)}
+    assert by_source[mixed["metadata"]["source"]].header_labels == {
+        "from": {"autos": 1, "bikes": 1}
+    }
+    assert by_source[ann["metadata"]["source"]].header_labels == {"from": {"autos": 3}}
+    assert {r.header_labels["from"].get("bikes", 0) for r in results} == {0, 1, 2}
+
+
+def test_header_keys_match_a_sender_however_the_address_is_written():
+    from collections import Counter
+
+    from kb.finetune.neighbours import header_key, header_line
+
+    assert header_key("Ann Lee <Ann.Lee@Example.org>") == "ann.lee@example.org"
+    assert header_key("ann.lee@example.org (Ann Lee)") == "ann.lee@example.org"
+    assert header_key("  Some   Team ") == header_key("some team") == "some team"
+    # a thread's subjects match: reply and forward prefixes are dropped
+    assert header_key("Re: RE[2]: Fwd:Old  Corvettes") == header_key("old corvettes")
+    assert header_key("Re: ") is None
+    assert header_key("") is None and header_key(None) is None
+    counts = Counter({"b": 1, "a": 3})
+    assert header_line("reply-to", counts) == "Labelled messages with the same Reply-To: a 3, b 1"
+
+
 def test_the_neighbours_vote_is_their_majority_and_a_tie_goes_to_the_nearest():
     from kb.finetune.neighbours import majority_label
 
@@ -598,6 +698,10 @@ def test_neighbour_options_are_checked(tmp_path, settings, tokenizer):
         prepare(neighbours=2, neighbour_dropout=1.5)
     with pytest.raises(InvalidInput, match="hides neighbours but neighbours is 0"):
         prepare(neighbour_dropout=0.3)
+    with pytest.raises(InvalidInput, match=r"header_labels \['from'\] add lines.*--neighbours"):
+        prepare(header_labels=("from",))
+    with pytest.raises(InvalidInput, match=r"\['from:'\] are not header names"):
+        prepare(neighbours=2, header_labels=("subject", "from:"))
     with pytest.raises(InvalidInput, match="neighbour_search 'all' is unknown: use whole"):
         prepare(neighbours=2, neighbour_search="all")
     with pytest.raises(InvalidInput, match=r"labels \['boats'\]"):
@@ -868,11 +972,12 @@ def test_cli_prepare_json_and_bad_input(tmp_path, cli):
     result = cli(
         "prepare", folder, "--out", tmp_path / "nb", "--neighbours", 2, "--neighbours-from",
         folder, "--neighbour-tokens", 5, "--neighbour-dropout", 0.25, "--val-fraction", 0,
-        "--neighbour-search", "shown", "--json",
+        "--neighbour-search", "shown", "--header-labels", "from, subject", "--json",
     )  # fmt: skip
     # eight examples are written; too few to train on is the one error (exit code 1)
     assert [e["code"] for e in last_json(result)["report"]["errors"]] == ["too_few_examples"]
     shown = sorted(len(neighbour_lines(r)) for r in jsonl(tmp_path / "nb" / "train.jsonl"))
-    assert shown == [1, 1] + [2] * 6  # a quarter show only `(none shown)`
+    assert shown == [1, 1] + [4] * 6  # a quarter show only `(none shown)`; 2 and two counts
     manifest = json.loads((tmp_path / "nb" / "manifest.json").read_text())
     assert manifest["options"]["neighbour_search"] == "shown"
+    assert manifest["options"]["header_labels"] == ["from", "subject"]

@@ -236,6 +236,7 @@ def test_prepare_and_validate_datasets_over_http(lora_server):
                 "val_fraction": 0,
                 "neighbours": 2,
                 "neighbours_from": "labelled",
+                "header_labels": ["from"],
             },
         )
         assert with_neighbours.status_code == 200, with_neighbours.text
@@ -245,6 +246,12 @@ def test_prepare_and_validate_datasets_over_http(lora_server):
         assert "most similar first:\ncats: Message" in first["messages"][0]["content"] or (
             "most similar first:\ndogs: Message" in first["messages"][0]["content"]
         )
+        assert "\nLabelled messages with the same From: " in first["messages"][0]["content"]
+        bad_sender = client.post(
+            "/finetune/datasets/prepare",
+            json={"name": "pets3", "source": "labelled", "neighbours": 2, "header_labels": ["a b"]},
+        )
+        assert bad_sender.status_code == 422 and "not header names" in bad_sender.text
         pool_outside = client.post(
             "/finetune/datasets/prepare",
             json={

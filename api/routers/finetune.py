@@ -109,6 +109,13 @@ class PrepareRequest(Strict):
         "also learns to read the text alone; 1 hides them from every prompt (an evaluation "
         "split of the model's own reading).",
     )
+    header_labels: list[str] = Field(
+        [],
+        max_length=8,
+        description="Message headers, e.g. from, subject: the neighbours end with a line per "
+        "header counting the labels of the pool's messages with the same value (the sender's "
+        "other messages; the rest of the thread).",
+    )
 
 
 class ValidateRequest(Strict):
@@ -463,6 +470,11 @@ class ClassifiedText(BaseModel):
         None,
         description="With both_views: each reading's own probabilities, under `neighbours` and "
         "`alone`.",
+    )
+    header_labels: dict[str, dict[str, int]] | None = Field(
+        None,
+        description="For a model prepared with header_labels: per header, how the training "
+        "messages with this text's value are labelled (the counts its prompt showed).",
     )
 
 

@@ -173,6 +173,14 @@ def prepare(
             "an evaluation split of the model's own reading)."
         ),
     ] = 0.0,
+    header_labels: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated message headers, e.g. 'from,subject': the neighbours end with "
+            "a line per header counting the labels of the pool's messages with the same value "
+            "(the sender's other messages; the rest of the thread, reply prefixes dropped)."
+        ),
+    ] = "",
     separator: Annotated[
         str, typer.Option(help="Completion format: the separator ending every prompt.")
     ] = "\\n\\n###\\n\\n",
@@ -207,6 +215,7 @@ def prepare(
         neighbour_tokens=neighbour_tokens,
         neighbour_search=neighbour_search,
         neighbour_dropout=neighbour_dropout,
+        header_labels=tuple(h.strip() for h in header_labels.split(",") if h.strip()),
         separator=_unescape(separator),
         stop=_unescape(stop),
         max_new_tokens=max_new_tokens,

@@ -111,22 +111,25 @@ def _neighbour_blocks(
     """Each example's `{neighbours}` text: its nearest labelled examples, found by `texts`
     (none: empty).
 
-    With `neighbour_dropout` a seeded share of the examples shows none, so a model trained on
-    them must also learn to read the text alone rather than copy its neighbours' labels; at 1
+    With `header_labels` each block ends with a line per header: the labels of the pool's
+    messages sharing the example's value of it. With `neighbour_dropout` a seeded share of the examples
+    shows none, so a model trained on them must also learn to read the text alone rather than copy its neighbours' labels; at 1
     every example shows none (an evaluation split of the model's own reading).
     """
     if not options.neighbours:
         return [""] * len(items)
     if options.neighbour_dropout >= 1:
         return [NO_NEIGHBOURS] * len(items)
+    from kb.finetune.neighbours import NeighbourPool
+
     if options.neighbours_from:
         pool = neighbour_pool(Path(options.neighbours_from), labels, options, counter, settings)
     else:
-        from kb.finetune.neighbours import NeighbourPool
-
         pool = NeighbourPool(items, texts, counter, options.neighbour_tokens, settings)
-    found = pool.nearest(texts, [item.path for item in items], options.neighbours)
-    blocks = [pool.block(rows) for rows in found]
+    paths = [item.path for item in items]
+    found = pool.nearest(texts, paths, options.neighbours)
+    headers = [item.headers for item in items]
+    blocks = pool.blocks(found, options.header_labels, headers, paths)
     hidden = random.Random(f"{options.seed}:neighbour-dropout").sample(
         range(len(blocks)), round(options.neighbour_dropout * len(blocks))
     )

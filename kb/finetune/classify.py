@@ -26,7 +26,7 @@ from typing import Any
 from kb.errors import Conflict, InvalidInput
 from kb.finetune.builders import NO_NEIGHBOURS, folder_template, neighbour_pool, search_texts
 from kb.finetune.options import PrepareOptions
-from kb.finetune.sources import clean_message
+from kb.finetune.sources import clean_message, message_headers
 from kb.finetune.templates import fill_template
 from kb.finetune.tokens import TokenCounter
 from kb.models import ModelRecord
@@ -46,6 +46,8 @@ class Classification:
     probabilities: dict[str, float]
     neighbours: list[dict[str, str]]  # the labelled examples shown in the prompt
     views: dict[str, dict[str, float]] | None = None  # with both_views: each reading's own
+    # with header_labels: per header, the labels of the pool's messages with the text's value
+    header_labels: dict[str, dict[str, int]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,8 +79,9 @@ def recipe(record: ModelRecord) -> tuple[list[str], PrepareOptions, Path]:
         )
     stored = {k: v for k, v in (manifest.get("options") or {}).items() if k in _OPTION_NAMES}
     stored.setdefault("neighbour_search", "shown")  # data prepared before the option searched so
-    if "keep_headers" in stored:
-        stored["keep_headers"] = tuple(stored["keep_headers"])
+    for name in ("keep_headers", "header_labels"):  # lists in JSON
+        if name in stored:
+            stored[name] = tuple(stored[name])
     options = PrepareOptions(**stored)
     return list(source["labels"]), options, Path(source["path"])
 
@@ -161,8 +164,12 @@ class Classifier:
 
         shown = hidden = None
         if neighbours:
-            pool = self._pool
-            shown = [fill(t, pool.block(r) if pool else "") for t, r in zip(cut, rows, strict=True)]
+            blocks = [""] * len(cut)
+            if self._pool is not None:
+                named = self.options.header_labels
+                headers = [message_headers(t) for t in texts] if named else []
+                blocks = self._pool.blocks(rows, named, headers, [None] * len(texts))
+            shown = [fill(t, b) for t, b in zip(cut, blocks, strict=True)]
         if alone:
             hidden = [fill(t, NO_NEIGHBOURS if self._pool else "") for t in cut]
         return shown, hidden, rows
@@ -198,8 +205,14 @@ class Classifier:
             self.check_both_views()
         prompts, hidden, rows = self._prompts(texts, alone=both_views)
         alone = hidden or [None] * len(texts)
+        named = self.options.header_labels if self._pool is not None else ()
+        headers = [message_headers(t) for t in texts] if named else []
+        counts = {
+            h: self._pool.same_header(h, [m.get(h) for m in headers], [None] * len(texts))
+            for h in named
+        }
         out = []
-        for prompt, alone_prompt, shown in zip(prompts, alone, rows, strict=True):
+        for n, (prompt, alone_prompt, shown) in enumerate(zip(prompts, alone, rows, strict=True)):
             scores = self._scores(prompt)
             views = None
             if alone_prompt is not None:
@@ -214,6 +227,7 @@ class Classifier:
                     label=self.labels[scores.index(max(scores))],
                     probabilities=self._probabilities(scores),
                     views=views,
+                    header_labels={h: dict(c[n]) for h, c in counts.items()} if named else None,
                     neighbours=[  # `shown` is empty without a pool
                         {
                             "label": self._pool.items[i].label,

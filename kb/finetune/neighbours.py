@@ -7,6 +7,11 @@ reciprocal rank. The model then learns to weigh what the nearest labelled messag
 its own reading, the way a nearest-neighbour classifier keys on rare shared words (a thread's
 subject, a product name) that a small model does not pick up from a thousand examples.
 
+With `--header-labels HEADER,...` the neighbours also end with a line per header counting the
+labels of the pool's messages whose HEADER has the text's value: `from`, the sender's other
+messages, is evidence a text's own words may not carry (who wrote it, which customer sent it);
+`subject`, its reply prefixes dropped, is the rest of the thread.
+
 The pool is the source itself (each example leaves itself out) or, for an evaluation split,
 the training folder (`--neighbours-from`), so test prompts only ever show training labels.
 """
@@ -33,6 +38,8 @@ from kb.settings import Settings
 #: each ranking (BM25, dense) contributes its best DEPTH_FACTOR * K candidates to the fusion
 DEPTH_FACTOR = 2
 _SPACE = re.compile(r"\s+")
+_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_REPLY = re.compile(r"^(?:\s*(?:re|fwd?|aw)\s*(?:\[\d+\])?\s*:)+", re.IGNORECASE)
 
 
 class NeighbourPool:
@@ -59,6 +66,7 @@ class NeighbourPool:
         self.vectors = pool_vectors(self.embedder, texts, settings.cache_dir / "neighbour-pools")
         self.bm25 = BM25Index.build(np.arange(len(self.items)), list(texts))
         self._row_of = {str(item.path.resolve()): i for i, item in enumerate(self.items)}
+        self._by_value: dict[str, dict[str, list[int]]] = {}  # header -> value key -> rows
 
     def nearest(
         self,
@@ -83,9 +91,66 @@ class NeighbourPool:
             out.append([i for i, _ in rrf([lexical, dense])[:k]])
         return out
 
-    def block(self, rows: Sequence[int]) -> str:
-        """The `{neighbours}` text: one line per neighbour, `label: opening words`."""
-        return "\n".join(f"{self.items[i].label}: {self.openings[i]}" for i in rows)
+    def blocks(
+        self,
+        found: Sequence[Sequence[int]],
+        named: Sequence[str] = (),
+        headers: Sequence[dict[str, str]] = (),
+        paths: Sequence[Path | None] = (),
+    ) -> list[str]:
+        """Each text's `{neighbours}` text: one line per neighbour row, `label: opening words`;
+        then for each `named` header a line counting the labels of the pool items that share
+        the text's value of it (`headers`: each text's; the item read from the text's own file,
+        `paths`, left out)."""
+        out = [
+            "\n".join(f"{self.items[i].label}: {self.openings[i]}" for i in rows) for rows in found
+        ]
+        for header in named:
+            same = self.same_header(header, [h.get(header) for h in headers], paths)
+            out = [f"{b}\n{header_line(header, c)}" for b, c in zip(out, same, strict=True)]
+        return out
+
+    def same_header(
+        self, header: str, values: Sequence[str | None], paths: Sequence[Path | None]
+    ) -> list[Counter[str]]:
+        """For each header value, the labels of the pool items whose `header` has the same
+        value (`header_key`), the item read from the text's own file left out."""
+        index = self._by_value.get(header)
+        if index is None:
+            index = {}
+            for row, item in enumerate(self.items):
+                key = header_key(item.headers.get(header))
+                if key is not None:
+                    index.setdefault(key, []).append(row)
+            self._by_value[header] = index
+        out = []
+        for value, path in zip(values, paths, strict=True):
+            own = self._row_of.get(str(Path(path).resolve()), -1) if path is not None else -1
+            rows = index.get(header_key(value), [])  # never a None key
+            out.append(Counter(self.items[r].label for r in rows if r != own))
+        return out
+
+
+def header_key(value: str | None) -> str | None:
+    """What makes two header values the same: the mail address in it when it has one (a
+    sender writes `Name <a@b.c>` in one message and `a@b.c (Name)` in the next), else the value
+    without reply and forward prefixes (`Re: Re[2]: Fwd:`, so a thread's subjects match), case
+    and runs of white space ignored; None for a missing or blank value."""
+    if value is None:
+        return None
+    address = _ADDRESS.search(value)
+    if address:
+        return address.group(0).casefold()
+    key = _SPACE.sub(" ", _REPLY.sub("", value)).strip().casefold()
+    return key or None
+
+
+def header_line(header: str, counts: Counter[str]) -> str:
+    """A neighbours line of `--header-labels`: the labels of the pool's messages sharing the
+    text's value of `header`, most common first, or `none`."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{label} {n}" for label, n in ranked) or "none"
+    return f"Labelled messages with the same {header.title()}: {shown}"
 
 
 def pool_vectors(embedder: Embedder, texts: Sequence[str], cache: Path) -> np.ndarray:

@@ -41,6 +41,9 @@ class PrepareOptions:
     neighbour_dropout: float = 0.0  # share of prompts shown no neighbours (1: all of them)
     # what finds the neighbours: the whole text, or only the part its prompt shows (text_budget)
     neighbour_search: str = "whole"
+    # message headers (e.g. from, subject) by whose values the pool's labelled messages are
+    # counted: the neighbours end with how the pool's messages sharing each value are labelled
+    header_labels: tuple[str, ...] = ()
 
     def check(self) -> None:
         if self.format not in ("chat", "completion"):
@@ -82,6 +85,18 @@ class PrepareOptions:
             raise InvalidInput(
                 "neighbours_from names a pool but neighbours is 0: pass --neighbours K as well"
             )
+        if self.header_labels:
+            bad = [h for h in self.header_labels if not _HEADER_NAME.fullmatch(h)]
+            if bad:
+                raise InvalidInput(
+                    f"header_labels {bad} are not header names: name headers like from, subject"
+                )
+            if not self.neighbours:
+                raise InvalidInput(
+                    f"header_labels {list(self.header_labels)} add lines to the neighbours but "
+                    "neighbours is 0: pass --neighbours K as well"
+                )
+            self.header_labels = tuple(h.lower() for h in self.header_labels)
         bad = [h for h in self.keep_headers if not _HEADER_NAME.fullmatch(h)]
         if bad:
             raise InvalidInput(

@@ -55,6 +55,7 @@ class LabelledText:
     label: str
     path: Path
     text: str
+    headers: dict[str, str] = field(default_factory=dict)  # a message's, by lower-case name
 
 
 def read_table(path: Path) -> Table:
@@ -243,30 +244,46 @@ def read_labelled_folder(
             if b"\x00" in head:
                 skipped.append(Skipped(str(path), "binary file"))
                 continue
-            text = clean_message(_read_text(path, MAX_EXAMPLE_FILE_BYTES), keep_headers)
+            raw = _read_text(path, MAX_EXAMPLE_FILE_BYTES)
+            text = clean_message(raw, keep_headers)
             if not text:
                 skipped.append(Skipped(str(path), "empty file"))
                 continue
-            items.append(LabelledText(label, path, text))
+            items.append(LabelledText(label, path, text, message_headers(raw)))
     return labels, items, skipped
 
 
 def clean_message(text: str, keep_headers: tuple[str, ...] = DEFAULT_KEPT_HEADERS) -> str:
     """For a mail or news message keep the named headers and the body; other text comes back
     stripped. Headers come out in the order named, under their usual capitalisation."""
+    headers, body = _split_message(text)
+    if body is None:
+        return text.strip()
+    kept = [
+        f"{name.title()}: {headers[name].strip()}"
+        for name in keep_headers
+        if headers.get(name, "").strip()
+    ]
+    return ("\n".join(kept) + "\n\n" + body).strip() if kept else body
+
+
+def message_headers(text: str) -> dict[str, str]:
+    """A mail or news message's headers by lower-case name (folded lines joined); {} for text
+    that is not a message."""
+    headers, body = _split_message(text)
+    return headers if body is not None else {}
+
+
+def _split_message(text: str) -> tuple[dict[str, str], str | None]:
+    """(headers, body) of a mail or news message: a block of `Name: value` lines, at least two
+    of them, one a usual message header, then a blank line. Body None: not a message."""
     lines = text.splitlines()
     headers: dict[str, str] = {}
     last = None
     for i, line in enumerate(lines):
         if not line.strip():
             if headers.keys() & _MESSAGE_HEADERS and len(headers) >= 2:
-                body = "\n".join(lines[i + 1 :]).strip()
-                kept = [
-                    f"{name.title()}: {headers[name].strip()}"
-                    for name in keep_headers
-                    if headers.get(name, "").strip()
-                ]
-                return ("\n".join(kept) + "\n\n" + body).strip() if kept else body
+                return headers, "\n".join(lines[i + 1 :]).strip()
             break
         if line[0] in " \t" and last is not None:
             headers[last] += " " + line.strip()
@@ -276,4 +293,4 @@ def clean_message(text: str, keep_headers: tuple[str, ...] = DEFAULT_KEPT_HEADER
             break
         last = match.group(1).lower()
         headers[last] = line[match.end() :].strip()
-    return text.strip()
+    return headers, None
