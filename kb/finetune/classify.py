@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -135,14 +136,15 @@ class Classifier:
     def prompts(self, texts: list[str], alone: bool = False) -> tuple[list[str], list[list[int]]]:
         """Each text's prompt as in training, and the pool rows of the neighbours it shows;
         `alone`: the prompt with its neighbours hidden, as neighbour dropout hid them."""
-        shown, hidden, rows = self._prompts(texts, neighbours=not alone, alone=alone)
+        shown, hidden, rows, _ = self._prompts(texts, neighbours=not alone, alone=alone)
         return (hidden if alone else shown), rows
 
     def _prompts(
         self, texts: list[str], neighbours: bool = True, alone: bool = False
-    ) -> tuple[list[str] | None, list[str] | None, list[list[int]]]:
+    ) -> tuple[list[str] | None, list[str] | None, list[list[int]], dict[str, list[Counter]]]:
         """The prompts with neighbours (when `neighbours`) and with them hidden (when `alone`),
-        from one cleaning, cut and search, and the pool rows shown."""
+        from one cleaning, cut and search, the pool rows shown, and per `header_labels` header
+        each text's label counts (empty without neighbours)."""
         cleaned = [self.clean(t) for t in texts]
         empty = [i for i, t in enumerate(cleaned) if not t]
         if empty:
@@ -163,16 +165,22 @@ class Classifier:
             )
 
         shown = hidden = None
+        counts: dict[str, list[Counter]] = {}
         if neighbours:
             blocks = [""] * len(cut)
             if self._pool is not None:
                 named = self.options.header_labels
                 headers = [message_headers(t) for t in texts] if named else []
-                blocks = self._pool.blocks(rows, named, headers, [None] * len(texts))
+                nowhere = [None] * len(texts)
+                counts = {
+                    h: self._pool.same_header(h, [m.get(h) for m in headers], nowhere)
+                    for h in named
+                }
+                blocks = self._pool.blocks(rows, named, headers, nowhere)
             shown = [fill(t, b) for t, b in zip(cut, blocks, strict=True)]
         if alone:
             hidden = [fill(t, NO_NEIGHBOURS if self._pool else "") for t in cut]
-        return shown, hidden, rows
+        return shown, hidden, rows, counts
 
     def _scores(self, prompt: str) -> list[float]:
         from kb.finetune.scoring import label_logprobs
@@ -203,14 +211,8 @@ class Classifier:
             raise InvalidInput(f"{len(texts)} texts in one request: send at most {MAX_TEXTS}")
         if both_views:
             self.check_both_views()
-        prompts, hidden, rows = self._prompts(texts, alone=both_views)
+        prompts, hidden, rows, counts = self._prompts(texts, alone=both_views)
         alone = hidden or [None] * len(texts)
-        named = self.options.header_labels if self._pool is not None else ()
-        headers = [message_headers(t) for t in texts] if named else []
-        counts = {
-            h: self._pool.same_header(h, [m.get(h) for m in headers], [None] * len(texts))
-            for h in named
-        }
         out = []
         for n, (prompt, alone_prompt, shown) in enumerate(zip(prompts, alone, rows, strict=True)):
             scores = self._scores(prompt)
@@ -227,7 +229,7 @@ class Classifier:
                     label=self.labels[scores.index(max(scores))],
                     probabilities=self._probabilities(scores),
                     views=views,
-                    header_labels={h: dict(c[n]) for h, c in counts.items()} if named else None,
+                    header_labels={h: dict(c[n]) for h, c in counts.items()} if counts else None,
                     neighbours=[  # `shown` is empty without a pool
                         {
                             "label": self._pool.items[i].label,
