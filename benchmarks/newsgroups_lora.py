@@ -99,8 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--header-labels",
         default=None,
         help="comma-separated message headers, e.g. from,subject: the neighbours end with a line "
-        "per header counting the labels of the training messages with the same value (kb "
-        "finetune prepare --header-labels)",
+        "per header counting the labels of the training messages with the same value; quoted: "
+        "of the messages by the authors it quotes (kb finetune prepare --header-labels)",
     )
     p.add_argument(
         "--both-views",

@@ -82,7 +82,7 @@ def test_newsgroups_lora_benchmark_tiny(tmp_path, model_cache):
     work = data_dir_with_cache(tmp_path / "work", model_cache)
     tiny = ["--work", str(work), "--max-train", "8", "--max-test", "6", "--epochs", "1"]
     tiny += ["--text-budget", "48", "--max-seq-len", "160", "--neighbours", "2"]
-    tiny += ["--neighbour-dropout", "0.25", "--header-labels", "from"]
+    tiny += ["--neighbour-dropout", "0.25", "--header-labels", "from,quoted"]
     first = run_benchmark("newsgroups_lora.py", *tiny, out=tmp_path / "first.json")
     assert first["base"]["examples"] == first["finetuned"]["examples"] == 6
     assert first["training"]["epochs"] == 1 and first["training"]["history"]
@@ -90,6 +90,7 @@ def test_newsgroups_lora_benchmark_tiny(tmp_path, model_cache):
     test_prompts = (work / "data" / "test" / "train.jsonl").read_text()
     assert test_prompts.count("most similar first:") == 6  # --neighbours reached the prompts
     assert test_prompts.count("Labelled messages with the same From: ") == 6  # --header-labels
+    assert test_prompts.count("Labelled messages by the authors it quotes: ") == 6
     # --neighbour-dropout hid a quarter of the training prompts' neighbours, none of the test's
     training = "".join((work / "data" / "train" / f).read_text() for f in TRAIN_FILES)
     assert training.count("(none shown)") == 2 and "(none shown)" not in test_prompts
@@ -146,6 +147,24 @@ def test_newsgroups_lora_benchmark_tiny(tmp_path, model_cache):
         ]
         golds = _test_golds(work)
         assert sum(g == s for g, s in zip(golds, summed, strict=True)) == result["correct"]
+
+    # --eval-dtype float32 scores the same adapter in float32: a bfloat16 run's base result is
+    # refused for it, and each label log-likelihood moves by bfloat16 rounding, within 15%
+    fp32_args = [*tiny, "--adapter", first["adapter"], "--eval-dtype", "float32"]
+    with pytest.raises(AssertionError, match="other prompt options \\(eval_dtype\\)"):
+        run_benchmark(
+            "newsgroups_lora.py", *fp32_args, "--base-from", str(tmp_path / "first.json"),
+            out=tmp_path / "refused.json",
+        )  # fmt: skip
+    fp32 = run_benchmark(
+        "newsgroups_lora.py", *fp32_args, "--skip-base", out=tmp_path / "fp32.json"
+    )
+    assert fp32["options"]["eval_dtype"] == "float32" and fp32["base"] is None
+    moved = []
+    for scores, seen in zip(fp32["finetuned"]["scores"], first["finetuned"]["scores"], strict=True):
+        assert scores["neighbours"] == pytest.approx(seen["neighbours"], rel=0.15, abs=0.5)
+        moved += [abs(a - b) for a, b in zip(scores["neighbours"], seen["neighbours"], strict=True)]
+    assert max(moved) > 0  # not the bfloat16 scores again
 
 
 def test_newsgroups_neighbours_benchmark_tiny(tmp_path, model_cache):

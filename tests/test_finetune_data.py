@@ -664,6 +664,112 @@ def test_header_keys_match_a_sender_however_the_address_is_written():
     assert header_line("reply-to", counts) == "Labelled messages with the same Reply-To: a 3, b 1"
 
 
+QUOTING = {  # label/file -> (From, body): whom each message quotes is on its attribution lines
+    "autos/0.txt": ("Ann <ann@cars.example>", "Cars are fine."),
+    "autos/1.txt": ("ann@cars.example (Ann)", "Still fine."),
+    "autos/2.txt": (
+        "ann@cars.example",
+        "ann@CARS.example writes:\n> my own words\n"
+        "In a previous article, dee@moto.example says:\n>> two wheels\nA reply.",
+    ),
+    "bikes/0.txt": ("cy@moto.example", "Bikes are fine."),
+    "bikes/1.txt": (
+        "Dee <dee@moto.example>",
+        "In article <x1@news.example>, ann@cars.example (Ann) writes:\n> four wheels\n"
+        ">cy@moto.example wrote:\n>> bikes\nA reply.",
+    ),
+    "bikes/2.txt": ("cy@moto.example", "Mail ann@cars.example for the manual."),
+}
+
+
+def test_quoted_labels_count_the_labels_of_the_authors_a_message_quotes(
+    tmp_path, settings, tokenizer
+):
+    from types import SimpleNamespace
+
+    from kb.finetune.classify import Classifier
+    from kb.models import ModelRecord
+
+    for folder in ("train", "test"):
+        for name, (sender, body) in QUOTING.items():
+            path = tmp_path / folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"From: {sender}\nSubject: {folder} {name}\n\n{body}\n")
+    options = PrepareOptions(neighbours=2, header_labels=("from", "quoted"), val_fraction=0)
+    result = prepare_dataset(
+        tmp_path / "train",
+        tmp_path / "out",
+        options=options,
+        settings=settings,
+        tokenizer=tokenizer,
+    )
+    tail = {
+        "/".join(Path(r["metadata"]["source"]).parts[-2:]): neighbour_lines(r)[-2:]
+        for r in jsonl(result.train_path)
+    }
+    quotes = "Labelled messages by the authors it quotes: "
+    # Dee quotes Ann (three autos messages) and, one level deeper, Cy (two bikes messages)
+    assert tail["bikes/1.txt"] == [
+        "Labelled messages with the same From: none",
+        quotes + "autos 3, bikes 2",
+    ]
+    # Ann quoting herself does not count; Dee's one message does
+    assert tail["autos/2.txt"][-1] == quotes + "bikes 1"
+    # an address outside an attribution line is not a quote
+    assert tail["bikes/2.txt"][-1] == quotes + "none"
+    assert tail["autos/0.txt"][-1] == quotes + "none"
+
+    # a held-out split counts the training folder, and the classifier rebuilds the prompts
+    held = jsonl(
+        prepare_dataset(
+            tmp_path / "test",
+            tmp_path / "held",
+            options=PrepareOptions(
+                neighbours=2,
+                header_labels=("from", "quoted"),
+                neighbours_from=str(tmp_path / "train"),
+                val_fraction=0,
+            ),
+            settings=settings,
+            tokenizer=tokenizer,
+        ).train_path
+    )
+    dee = next(r for r in held if r["metadata"]["source"].endswith("bikes/1.txt"))
+    assert neighbour_lines(dee)[-1] == quotes + "autos 3, bikes 2"
+    generator = SimpleNamespace(local_model=SimpleNamespace(tokenizer=tokenizer))
+    record = ModelRecord(name="quoting", dataset={"path": str(result.train_path)})
+    texts = [Path(r["metadata"]["source"]).read_text() for r in held]
+    classifier = Classifier(record, generator, settings)
+    assert classifier.prompts(texts)[0] == [r["messages"][0]["content"] for r in held]
+    classifier._scores = lambda prompt: [0.0, -1.0]
+    results = classifier.classify(texts)
+    got = next(c for r, c in zip(held, results, strict=True) if r is dee)
+    assert got.header_labels == {"from": {"bikes": 1}, "quoted": {"autos": 3, "bikes": 2}}
+
+
+def test_quoted_senders_are_read_from_attribution_lines():
+    from kb.finetune.neighbours import quoted_senders
+
+    text = (
+        "From: Ed <ed@a.example>\nSubject: Re: wrote: in the subject, x@subject.example\n\n"
+        "In article <1993Apr1.0@b.example>, Bo@B.example (Bo) writes:\n"
+        "> In a previous article, cy@c.example says:\n"
+        "> >ed@a.example wrote:\n"
+        "| dee@d.example said:\n"
+        "bo@b.example writes:\n"
+        "Write to fay@f.example (not a quote).\n"
+    )
+    # the message id on the first line is address-shaped and kept: it matches no sender
+    assert quoted_senders(text, "ed@A.example (Ed)") == [
+        "1993apr1.0@b.example",
+        "bo@b.example",
+        "cy@c.example",
+        "dee@d.example",
+    ]
+    assert quoted_senders("gus@g.example wrote:\n> hi") == ["gus@g.example"]  # not a message
+    assert quoted_senders("No quotes here, hal@h.example.") == []
+
+
 def test_the_neighbours_vote_is_their_majority_and_a_tie_goes_to_the_nearest():
     from kb.finetune.neighbours import majority_label
 

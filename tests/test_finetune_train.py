@@ -236,7 +236,7 @@ def test_prepare_and_validate_datasets_over_http(lora_server):
                 "val_fraction": 0,
                 "neighbours": 2,
                 "neighbours_from": "labelled",
-                "header_labels": ["from"],
+                "header_labels": ["from", "quoted"],
             },
         )
         assert with_neighbours.status_code == 200, with_neighbours.text
@@ -247,6 +247,7 @@ def test_prepare_and_validate_datasets_over_http(lora_server):
             "most similar first:\ndogs: Message" in first["messages"][0]["content"]
         )
         assert "\nLabelled messages with the same From: " in first["messages"][0]["content"]
+        assert "\nLabelled messages by the authors it quotes: " in first["messages"][0]["content"]
         bad_sender = client.post(
             "/finetune/datasets/prepare",
             json={"name": "pets3", "source": "labelled", "neighbours": 2, "header_labels": ["a b"]},

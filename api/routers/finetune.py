@@ -114,7 +114,8 @@ class PrepareRequest(Strict):
         max_length=8,
         description="Message headers, e.g. from, subject: the neighbours end with a line per "
         "header counting the labels of the pool's messages with the same value (the sender's "
-        "other messages; the rest of the thread).",
+        "other messages; the rest of the thread); quoted counts the labels of the messages "
+        "sent by the authors the text quotes.",
     )
 
 

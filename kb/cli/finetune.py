@@ -178,7 +178,9 @@ def prepare(
         typer.Option(
             help="Comma-separated message headers, e.g. 'from,subject': the neighbours end with "
             "a line per header counting the labels of the pool's messages with the same value "
-            "(the sender's other messages; the rest of the thread, reply prefixes dropped)."
+            "(the sender's other messages; the rest of the thread, reply prefixes dropped). "
+            "'quoted' counts the labels of the messages sent by the authors the text quotes "
+            "(its 'a@b.c writes:' lines)."
         ),
     ] = "",
     separator: Annotated[

@@ -130,7 +130,8 @@ def _neighbour_blocks(
     paths = [item.path for item in items]
     found = pool.nearest(texts, paths, options.neighbours)
     headers = [item.headers for item in items]
-    blocks = pool.blocks(found, options.header_labels, headers, paths)
+    counts = pool.label_counts(options.header_labels, headers, [i.text for i in items], paths)
+    blocks = pool.blocks(found, counts)
     hidden = random.Random(f"{options.seed}:neighbour-dropout").sample(
         range(len(blocks)), round(options.neighbour_dropout * len(blocks))
     )

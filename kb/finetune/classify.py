@@ -172,11 +172,8 @@ class Classifier:
                 named = self.options.header_labels
                 headers = [message_headers(t) for t in texts] if named else []
                 nowhere = [None] * len(texts)
-                counts = {
-                    h: self._pool.same_header(h, [m.get(h) for m in headers], nowhere)
-                    for h in named
-                }
-                blocks = self._pool.blocks(rows, named, headers, nowhere)
+                counts = self._pool.label_counts(named, headers, texts, nowhere)
+                blocks = self._pool.blocks(rows, counts)
             shown = [fill(t, b) for t, b in zip(cut, blocks, strict=True)]
         if alone:
             hidden = [fill(t, NO_NEIGHBOURS if self._pool else "") for t in cut]

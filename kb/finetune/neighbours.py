@@ -10,7 +10,9 @@ subject, a product name) that a small model does not pick up from a thousand exa
 With `--header-labels HEADER,...` the neighbours also end with a line per header counting the
 labels of the pool's messages whose HEADER has the text's value: `from`, the sender's other
 messages, is evidence a text's own words may not carry (who wrote it, which customer sent it);
-`subject`, its reply prefixes dropped, is the rest of the thread.
+`subject`, its reply prefixes dropped, is the rest of the thread. The name `quoted` is not a
+header: it counts the labels of the pool's messages sent by the authors the text quotes (its
+attribution lines, `a@b.c (Name) writes:`), whose replies sit in the same conversation.
 
 The pool is the source itself (each example leaves itself out) or, for an evaluation split,
 the training folder (`--neighbours-from`), so test prompts only ever show training labels.
@@ -30,7 +32,7 @@ import numpy as np
 from kb.embedders.base import Embedder
 from kb.errors import InvalidInput
 from kb.files import atomic_write
-from kb.finetune.sources import LabelledText
+from kb.finetune.sources import LabelledText, split_message
 from kb.finetune.tokens import TokenCounter
 from kb.retrieval import rrf
 from kb.settings import Settings
@@ -39,6 +41,13 @@ from kb.settings import Settings
 DEPTH_FACTOR = 2
 _SPACE = re.compile(r"\s+")
 _ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+#: a line that names whom a message quotes: "... writes:", "In article <id>, ...", "... said:"
+_ATTRIBUTION = re.compile(
+    r"\b(?:writes|wrote|says|said)\b|^[\s>|:]*in (?:a previous )?(?:article|message)\b",
+    re.IGNORECASE,
+)
+#: the `--header-labels` name that counts the labels of the authors a message quotes
+QUOTED = "quoted"
 _REPLY = re.compile(r"^(?:\s*(?:re|fwd?|aw)\s*(?:\[\d+\])?\s*:)+", re.IGNORECASE)
 
 
@@ -91,30 +100,51 @@ class NeighbourPool:
             out.append([i for i, _ in rrf([lexical, dense])[:k]])
         return out
 
-    def blocks(
+    def label_counts(
         self,
-        found: Sequence[Sequence[int]],
-        named: Sequence[str] = (),
-        headers: Sequence[dict[str, str]] = (),
-        paths: Sequence[Path | None] = (),
+        named: Sequence[str],
+        headers: Sequence[dict[str, str]],
+        texts: Sequence[str],
+        paths: Sequence[Path | None],
+    ) -> dict[str, list[Counter[str]]]:
+        """Per `--header-labels` name, each text's counts of pool labels: for a header, the
+        pool items sharing the text's value of it (`headers`: each text's); for `quoted`, the
+        pool items sent by the authors its attribution lines quote (`texts`). The item read
+        from the text's own file (`paths`) is left out."""
+        out = {}
+        for header in named:
+            if header == QUOTED:
+                values = [
+                    " ".join(quoted_senders(t, h.get("from")))
+                    for t, h in zip(texts, headers, strict=True)
+                ]
+                out[header] = self.same_header("from", values, paths, several=True)
+            else:
+                out[header] = self.same_header(header, [h.get(header) for h in headers], paths)
+        return out
+
+    def blocks(
+        self, found: Sequence[Sequence[int]], counts: dict[str, list[Counter[str]]] | None = None
     ) -> list[str]:
         """Each text's `{neighbours}` text: one line per neighbour row, `label: opening words`;
-        then for each `named` header a line counting the labels of the pool items that share
-        the text's value of it (`headers`: each text's; the item read from the text's own file,
-        `paths`, left out)."""
+        then a line per `label_counts` entry, in its order."""
         out = [
             "\n".join(f"{self.items[i].label}: {self.openings[i]}" for i in rows) for rows in found
         ]
-        for header in named:
-            same = self.same_header(header, [h.get(header) for h in headers], paths)
-            out = [f"{b}\n{header_line(header, c)}" for b, c in zip(out, same, strict=True)]
+        for header, per_text in (counts or {}).items():
+            out = [f"{b}\n{header_line(header, c)}" for b, c in zip(out, per_text, strict=True)]
         return out
 
     def same_header(
-        self, header: str, values: Sequence[str | None], paths: Sequence[Path | None]
+        self,
+        header: str,
+        values: Sequence[str | None],
+        paths: Sequence[Path | None],
+        several: bool = False,
     ) -> list[Counter[str]]:
         """For each header value, the labels of the pool items whose `header` has the same
-        value (`header_key`), the item read from the text's own file left out."""
+        value (`header_key`), the item read from the text's own file left out. `several`: each
+        value is a space-separated list of keys, and the items matching any one are counted."""
         index = self._by_value.get(header)
         if index is None:
             index = {}
@@ -126,7 +156,8 @@ class NeighbourPool:
         out = []
         for value, path in zip(values, paths, strict=True):
             own = self._row_of.get(str(Path(path).resolve()), -1) if path is not None else -1
-            rows = index.get(header_key(value), [])  # never a None key
+            keys = (value or "").split() if several else [header_key(value)]
+            rows = {r for key in keys for r in index.get(key, [])}  # never a None key
             out.append(Counter(self.items[r].label for r in rows if r != own))
         return out
 
@@ -147,10 +178,31 @@ def header_key(value: str | None) -> str | None:
 
 def header_line(header: str, counts: Counter[str]) -> str:
     """A neighbours line of `--header-labels`: the labels of the pool's messages sharing the
-    text's value of `header`, most common first, or `none`."""
+    text's value of `header` (for `quoted`, sent by the authors it quotes), most common first,
+    or `none`."""
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     shown = ", ".join(f"{label} {n}" for label, n in ranked) or "none"
+    if header == QUOTED:
+        return f"Labelled messages by the authors it quotes: {shown}"
     return f"Labelled messages with the same {header.title()}: {shown}"
+
+
+def quoted_senders(text: str, sender: str | None = None) -> list[str]:
+    """The mail addresses on a message's attribution lines (`In article <id>, a@b.c (Name)
+    writes:`, `a@b.c wrote:`, `In a previous article, a@b.c says:`, at any quoting depth),
+    case-folded, first seen first, the message's own `sender` (its From value) left out. Only
+    the body is read when the text is a mail or news message."""
+    _, body = split_message(text)
+    own = header_key(sender)
+    out: list[str] = []
+    for line in (text if body is None else body).splitlines():
+        if not _ATTRIBUTION.search(line):
+            continue
+        for address in _ADDRESS.findall(line):
+            address = address.casefold()
+            if address != own and address not in out:
+                out.append(address)
+    return out
 
 
 def pool_vectors(embedder: Embedder, texts: Sequence[str], cache: Path) -> np.ndarray:

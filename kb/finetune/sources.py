@@ -256,7 +256,7 @@ def read_labelled_folder(
 def clean_message(text: str, keep_headers: tuple[str, ...] = DEFAULT_KEPT_HEADERS) -> str:
     """For a mail or news message keep the named headers and the body; other text comes back
     stripped. Headers come out in the order named, under their usual capitalisation."""
-    headers, body = _split_message(text)
+    headers, body = split_message(text)
     if body is None:
         return text.strip()
     kept = [
@@ -270,11 +270,11 @@ def clean_message(text: str, keep_headers: tuple[str, ...] = DEFAULT_KEPT_HEADER
 def message_headers(text: str) -> dict[str, str]:
     """A mail or news message's headers by lower-case name (folded lines joined); {} for text
     that is not a message."""
-    headers, body = _split_message(text)
+    headers, body = split_message(text)
     return headers if body is not None else {}
 
 
-def _split_message(text: str) -> tuple[dict[str, str], str | None]:
+def split_message(text: str) -> tuple[dict[str, str], str | None]:
     """(headers, body) of a mail or news message: a block of `Name: value` lines, at least two
     of them, one a usual message header, then a blank line. Body None: not a message."""
     lines = text.splitlines()
