@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,6 +77,7 @@ class NeighbourPool:
         self.bm25 = BM25Index.build(np.arange(len(self.items)), list(texts))
         self._row_of = {str(item.path.resolve()): i for i, item in enumerate(self.items)}
         self._by_value: dict[str, dict[str, list[int]]] = {}  # header -> value key -> rows
+        self._index_lock = threading.Lock()
 
     def nearest(
         self,
@@ -145,14 +147,15 @@ class NeighbourPool:
         """For each header value, the labels of the pool items whose `header` has the same
         value (`header_key`), the item read from the text's own file left out. `several`: each
         value is a space-separated list of keys, and the items matching any one are counted."""
-        index = self._by_value.get(header)
-        if index is None:
-            index = {}
-            for row, item in enumerate(self.items):
-                key = header_key(item.headers.get(header))
-                if key is not None:
-                    index.setdefault(key, []).append(row)
-            self._by_value[header] = index
+        with self._index_lock:  # the service's classifier serves requests from threads
+            index = self._by_value.get(header)
+            if index is None:
+                index = {}
+                for row, item in enumerate(self.items):
+                    key = header_key(item.headers.get(header))
+                    if key is not None:
+                        index.setdefault(key, []).append(row)
+                self._by_value[header] = index
         out = []
         for value, path in zip(values, paths, strict=True):
             own = self._row_of.get(str(Path(path).resolve()), -1) if path is not None else -1
