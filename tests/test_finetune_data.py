@@ -584,12 +584,25 @@ def header_line_of(record: dict) -> str:
     return neighbour_lines(record)[-1]
 
 
-def test_header_labels_count_the_labels_of_the_same_senders_messages(tmp_path, settings, tokenizer):
+def replayed(train_path: Path, held: list[dict], settings, tokenizer) -> list:
+    """The classifier of a model trained on `train_path`: it must rebuild the `held` prompts
+    from their files byte for byte; its results for them, each reporting the counts its prompt
+    showed (label scoring, tested with the real model in test_finetune_train, is stubbed)."""
     from types import SimpleNamespace
 
     from kb.finetune.classify import Classifier
     from kb.models import ModelRecord
 
+    generator = SimpleNamespace(local_model=SimpleNamespace(tokenizer=tokenizer))
+    record = ModelRecord(name="replayed", dataset={"path": str(train_path)})
+    texts = [Path(r["metadata"]["source"]).read_text() for r in held]
+    classifier = Classifier(record, generator, settings)
+    assert classifier.prompts(texts)[0] == [r["messages"][0]["content"] for r in held]
+    classifier._scores = lambda prompt: [0.0, -1.0]
+    return classifier.classify(texts)
+
+
+def test_header_labels_count_the_labels_of_the_same_senders_messages(tmp_path, settings, tokenizer):
     train_dir = sender_folder(tmp_path / "train", "train")
     options = PrepareOptions(neighbours=2, header_labels=("From",), val_fraction=0)
     result = prepare_dataset(
@@ -631,15 +644,7 @@ def test_header_labels_count_the_labels_of_the_same_senders_messages(tmp_path, s
     assert header_line_of(ann) == same + "autos 3"
     mixed = next(r for r in held if r["metadata"]["source"].endswith("autos/3.txt"))
     assert header_line_of(mixed) == same + "autos 1, bikes 1"  # ties ranked by label
-    generator = SimpleNamespace(local_model=SimpleNamespace(tokenizer=tokenizer))
-    record = ModelRecord(name="senders", dataset={"path": str(result.train_path)})
-    texts = [Path(r["metadata"]["source"]).read_text() for r in held]
-    classifier = Classifier(record, generator, settings)
-    assert classifier.prompts(texts)[0] == [r["messages"][0]["content"] for r in held]
-    # each result reports the counts its prompt showed (label scoring, tested with the real
-    # model in test_finetune_train, is not what this checks)
-    classifier._scores = lambda prompt: [0.0, -1.0]
-    results = classifier.classify(texts)
+    results = replayed(result.train_path, held, settings, tokenizer)
     by_source = {r["metadata"]["source"]: result for r, result in zip(held, results, strict=True)}
     assert by_source[mixed["metadata"]["source"]].header_labels == {
         "from": {"autos": 1, "bikes": 1}
@@ -685,11 +690,6 @@ QUOTING = {  # label/file -> (From, body): whom each message quotes is on its at
 def test_quoted_labels_count_the_labels_of_the_authors_a_message_quotes(
     tmp_path, settings, tokenizer
 ):
-    from types import SimpleNamespace
-
-    from kb.finetune.classify import Classifier
-    from kb.models import ModelRecord
-
     for folder in ("train", "test"):
         for name, (sender, body) in QUOTING.items():
             path = tmp_path / folder / name
@@ -736,13 +736,7 @@ def test_quoted_labels_count_the_labels_of_the_authors_a_message_quotes(
     )
     dee = next(r for r in held if r["metadata"]["source"].endswith("bikes/1.txt"))
     assert neighbour_lines(dee)[-1] == quotes + "autos 3, bikes 2"
-    generator = SimpleNamespace(local_model=SimpleNamespace(tokenizer=tokenizer))
-    record = ModelRecord(name="quoting", dataset={"path": str(result.train_path)})
-    texts = [Path(r["metadata"]["source"]).read_text() for r in held]
-    classifier = Classifier(record, generator, settings)
-    assert classifier.prompts(texts)[0] == [r["messages"][0]["content"] for r in held]
-    classifier._scores = lambda prompt: [0.0, -1.0]
-    results = classifier.classify(texts)
+    results = replayed(result.train_path, held, settings, tokenizer)
     got = next(c for r, c in zip(held, results, strict=True) if r is dee)
     assert got.header_labels == {"from": {"bikes": 1}, "quoted": {"autos": 3, "bikes": 2}}
 
