@@ -112,10 +112,10 @@ def _neighbour_blocks(
     (none: empty).
 
     With `header_labels` each block ends with a line per header: the labels of the pool's
-    messages sharing the example's value of it (for `quoted`, sent by the authors it quotes). With `neighbour_dropout` a seeded share of the
-    examples shows none, so a model trained on them must also learn to read the text alone
-    rather than copy its neighbours' labels; at 1 every example shows none (an evaluation split
-    of the model's own reading).
+    messages sharing the example's value of it (for `quoted`, sent by the authors it quotes).
+    With `neighbour_dropout` a seeded share of the examples shows none, so a model trained on
+    them must also learn to read the text alone rather than copy its neighbours' labels; at 1
+    every example shows none (an evaluation split of the model's own reading).
     """
     if not options.neighbours:
         return [""] * len(items)

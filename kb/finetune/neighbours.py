@@ -116,11 +116,10 @@ class NeighbourPool:
         out = {}
         for header in named:
             if header == QUOTED:
-                values = [
-                    " ".join(quoted_senders(t, h.get("from")))
-                    for t, h in zip(texts, headers, strict=True)
+                keys = [
+                    quoted_senders(t, h.get("from")) for t, h in zip(texts, headers, strict=True)
                 ]
-                out[header] = self.same_header("from", values, paths, several=True)
+                out[header] = self._labels("from", keys, paths)
             else:
                 out[header] = self.same_header(header, [h.get(header) for h in headers], paths)
         return out
@@ -138,15 +137,17 @@ class NeighbourPool:
         return out
 
     def same_header(
-        self,
-        header: str,
-        values: Sequence[str | None],
-        paths: Sequence[Path | None],
-        several: bool = False,
+        self, header: str, values: Sequence[str | None], paths: Sequence[Path | None]
     ) -> list[Counter[str]]:
         """For each header value, the labels of the pool items whose `header` has the same
-        value (`header_key`), the item read from the text's own file left out. `several`: each
-        value is a space-separated list of keys, and the items matching any one are counted."""
+        value (`header_key`), the item read from the text's own file left out."""
+        return self._labels(header, [[header_key(v)] for v in values], paths)
+
+    def _labels(
+        self, header: str, keys: Sequence[Sequence[str | None]], paths: Sequence[Path | None]
+    ) -> list[Counter[str]]:
+        """For each text's `header_key`s, the labels of the pool items whose `header` has any
+        one of them, the item read from the text's own file left out."""
         with self._index_lock:  # the service's classifier serves requests from threads
             index = self._by_value.get(header)
             if index is None:
@@ -157,10 +158,9 @@ class NeighbourPool:
                         index.setdefault(key, []).append(row)
                 self._by_value[header] = index
         out = []
-        for value, path in zip(values, paths, strict=True):
+        for wanted, path in zip(keys, paths, strict=True):
             own = self._row_of.get(str(Path(path).resolve()), -1) if path is not None else -1
-            keys = (value or "").split() if several else [header_key(value)]
-            rows = {r for key in keys for r in index.get(key, [])}  # never a None key
+            rows = {r for key in wanted for r in index.get(key, [])}  # never a None key
             out.append(Counter(self.items[r].label for r in rows if r != own))
         return out
 
