@@ -43,15 +43,15 @@ class Settings(BaseSettings):
 
     # embeddings: "minilm" (bundled all-MiniLM-L6-v2), "st:<name-or-path>", "openai:<model>"
     embedder: str = "minilm"
-    # 16: torch bfloat16 embeds SciFact abstracts ~15% faster than in batches of 64 on this
-    # CPU (45.7 against 39.8 chunks/s, medians of three alternating runs)
+    # 16: in torch bfloat16 on a CPU, batches of 16 embedded faster than 64 or 128 (2.0x against
+    # 1.7x a plain float32 encode; docs/benchmarks.md, ingestion levers)
     embed_batch_size: int = 16
     # local models: bfloat16/float32 run in torch; int8 runs an ONNX Runtime export (cache_dir)
     embed_dtype: Literal["float32", "bfloat16", "int8"] = "bfloat16"
     embed_query_cache: int = 1024  # query vectors kept for repeated searches; 0 disables
     # torch-run models embed single queries through an ONNX Runtime export: "onnx-int8" is
-    # per-channel int8 (4 ms less CPU a query than float32 here; cosine 0.993 to float32;
-    # SciFact nDCG@10 hybrid +0.002, dense -0.005), "onnx" float32 (the same vectors as torch)
+    # per-channel int8 (about 3 ms less CPU a query than float32, SciFact nDCG@10 within 0.006
+    # of it: docs/benchmarks.md), "onnx" float32 (the same vectors as torch)
     embed_query_runtime: Literal["torch", "onnx", "onnx-int8"] = "onnx-int8"
     embed_base_url: str | None = None
     embed_api_key: str | None = None
@@ -70,17 +70,17 @@ class Settings(BaseSettings):
     min_score: float = 0.2  # dense cosine under which a passage does not count as relevant
     # "auto", "flat", "ivf", "hnsw" or a kind with options, e.g. "ivf:nlist=1024,nprobe=32"
     index_type: str = "auto"
-    # "auto" switches from exact search to IVF past this many vectors: exact search costs
-    # 0.05-0.07 ms per thousand 384-d vectors per query here, IVF under 1 ms at recall@10 0.97
-    # (benchmarks/scale.py), and /search must stay fast under concurrent load
+    # "auto" switches from exact search to IVF past this many vectors: exact search costs about
+    # 0.05 ms per thousand 384-d vectors per query, IVF under 1 ms at recall@10 0.97 for a
+    # million (docs/benchmarks.md, scale), and /search must stay fast under concurrent load
     exact_search_max: int = 25_000
     reranker: str | None = None  # a cross-encoder name or path; None disables re-ranking
     # searches run at once, the rest wait in arrival order; None: one per CPU core, 0: no limit.
     # More threads than cores only time-share the cores and stretch every search's latency
     search_concurrency: int | None = Field(None, ge=0)
     # readers map up to this much of a collection's SQLite file into memory (0: off): a search
-    # reads its passages' scattered rows, ~0.08 ms for 10 rows mapped against ~1.6 ms through
-    # read() calls once the rows fall outside SQLite's own 2 MB page cache
+    # reads its passages' scattered rows, and once they fall outside SQLite's own 2 MB page
+    # cache a mapped row costs no read() call
     sqlite_mmap_mb: int = Field(1024, ge=0)
 
     # generation
