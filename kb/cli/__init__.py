@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-# before torch or FAISS load OpenMP: idle threads sleep instead of spinning, which on a busy
-# two-core machine made 2-thread FAISS work 4-8x slower (see benchmarks/scale.py)
+# before torch or FAISS load OpenMP: idle threads sleep instead of spinning, which on shared
+# cores made 2-thread FAISS work 4-8x slower (benchmarks/scale.py)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer

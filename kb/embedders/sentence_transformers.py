@@ -72,9 +72,9 @@ class SentenceTransformerEmbedder(Embedder):
             self._counter_rust.no_padding()
         self._counter = copy.deepcopy(self._model.tokenizer)
         self._counter_lock = threading.Lock()
-        # single queries through torch took ~300 ms on a busy 2-core machine (two intra-op
-        # threads waiting on each other) against ~10 ms in ONNX Runtime; the float32 export gives
-        # the same vectors as torch float32 (benchmarks/query.py)
+        # single queries go through ONNX Runtime: in torch, two intra-op threads wait on each other
+        # on busy cores (a /search at 8 clients spent 16 ms of server CPU with torch queries, 10
+        # with float32 ONNX, 6 with int8: docs/benchmarks.md); float32 ONNX gives torch's vectors
         self._query_onnx_cache = query_onnx_cache
         self._query_onnx_dtype = query_onnx_dtype
         self._query_onnx = None

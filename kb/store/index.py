@@ -28,7 +28,7 @@ workers made single-query flat search several times slower (benchmarks/scale.py 
 Concurrency for single queries comes from the caller's thread pool instead. Larger batches use
 the thread's default OpenMP thread count. On a shared or busy machine, start the process with
 OMP_WAIT_POLICY=PASSIVE (it must be set before FAISS loads): with spinning OpenMP workers,
-2-thread training and HNSW builds ran 4-8x slower than with passive ones on a loaded 2-core box.
+2-thread training and HNSW builds ran 4-8x slower than with passive ones on loaded cores.
 """
 
 from __future__ import annotations
@@ -170,9 +170,9 @@ def default_train_size(n: int, spec: IndexSpec) -> int:
 def default_nprobe(nlist: int) -> int:
     """Lists probed per query: 64, or nlist/64 for very large indexes, at most 256.
 
-    benchmarks/scale.py (SciFact-derived data): nprobe=64 gave recall@10 0.989 at 1M vectors
-    (nlist 4000, p50 under 1 ms), 0.983 at 200k, and 0.955 on a deliberately sparser variant
-    at 200k; recall at a fixed nprobe hardly falls as nlist grows with 4*sqrt(N).
+    benchmarks/scale.py (SciFact-derived data): nprobe=64 gives recall@10 0.97 at 1M vectors
+    (nlist 4000, p50 under 1 ms); recall at a fixed nprobe hardly falls as nlist grows with
+    4*sqrt(N).
     """
     return min(nlist, max(64, min(256, math.ceil(nlist / 64))))
 
