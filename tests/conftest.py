@@ -36,6 +36,31 @@ CORPUS = {
 
 TEST_MAX_NEW_TOKENS = 32
 
+#: the shared data sets (scifact, newsgroups, sqlite-docs) sit beside the checkout, not in it
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _missing(names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if not (SHARED_DATA / name).is_dir()]
+
+
+def _reason(missing: list[str]) -> str:
+    folders = ", ".join(f"../shared/data/{name}" for name in missing)
+    return f"needs {folders}, which this checkout lacks (the shared data sets are not in git)"
+
+
+def needs_shared_data(*names: str) -> pytest.MarkDecorator:
+    """A mark that skips a test, with the reason, where a shared data set is absent."""
+    missing = _missing(names)
+    return pytest.mark.skipif(bool(missing), reason=_reason(missing))
+
+
+def require_shared_data(*names: str) -> None:
+    """Skip the calling test or fixture, with the reason, where a shared data set is absent."""
+    missing = _missing(names)
+    if missing:
+        pytest.skip(_reason(missing))
+
 
 @dataclass
 class LiveServer:

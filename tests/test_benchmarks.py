@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+from tests.conftest import needs_shared_data
 
-pytestmark = pytest.mark.skipif(
-    not (SCIFACT / "corpus.jsonl").exists(), reason="needs ../shared/data/scifact"
-)
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = needs_shared_data("scifact")
 
 
 def run_benchmark(script: str, *args: str, out: Path) -> dict:
@@ -73,6 +72,7 @@ def test_query_benchmark_tiny(tmp_path):
 TRAIN_FILES = ("train.jsonl", "validation.jsonl")
 
 
+@needs_shared_data("newsgroups")
 def test_newsgroups_lora_benchmark_tiny(tmp_path, model_cache):
     """Trains a tiny adapter through the job code and scores it; a second run evaluates the saved
     adapter without training and reuses the first run's base result, and gets the same answers;
@@ -167,6 +167,7 @@ def test_newsgroups_lora_benchmark_tiny(tmp_path, model_cache):
     assert max(moved) > 0  # not the bfloat16 scores again
 
 
+@needs_shared_data("newsgroups")
 def test_newsgroups_neighbours_benchmark_tiny(tmp_path, model_cache):
     """The neighbour vote on a sample; with one neighbour, the dense vote is the label of the
     training message nearest by cosine, recomputed here from the embedder."""

@@ -23,6 +23,7 @@ from kb.finetune import (
 from kb.finetune.builders import NO_NEIGHBOURS
 from kb.finetune.synthetic import parse_qa
 from kb.settings import Settings
+from tests.conftest import needs_shared_data
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -314,6 +315,7 @@ def test_labelled_messages_keep_the_headers_asked_for(tmp_path, settings, tokeni
         )
 
 
+@needs_shared_data("newsgroups")
 def test_newsgroups_train_split_is_stratified(tmp_path, settings, tokenizer):
     result = prepare_dataset(
         NEWSGROUPS_TRAIN, tmp_path / "out", settings=settings, tokenizer=tokenizer

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.badfiles import make_bad_corpus, make_good_corpus
+from tests.conftest import require_shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWSGROUPS = ROOT.parent / "shared" / "data" / "newsgroups"
@@ -55,6 +56,7 @@ def search(embedders: dict, data_dir: Path, query: str, **kw) -> list[dict]:
 @pytest.fixture(scope="module")
 def newsgroups_copy(tmp_path_factory) -> Path:
     """A writable copy of the newsgroups training split (1,192 messages)."""
+    require_shared_data("newsgroups")
     dest = tmp_path_factory.mktemp("ng") / "train"
     shutil.copytree(NEWSGROUPS / "train", dest)
     return dest
