@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-Mode = Literal["base", "rag", "finetuned", "rag+finetuned", "compare"]
+Mode = Literal["base", "rag", "extract", "finetuned", "rag+finetuned", "compare"]
+SupportPolicy = Literal["flag", "drop", "fallback"]
 Method = Literal["dense", "bm25", "hybrid"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -85,8 +86,15 @@ class QueryRequest(Strict):
     mode: Mode = Field(
         "rag",
         description="base: the base model alone; rag: base model + retrieved passages; "
+        "extract: the passages' own best sentences, quoted with offsets (no model); "
         "finetuned: a fine-tuned model alone; rag+finetuned: a fine-tuned model + passages; "
         "compare: every mode that can run, side by side.",
+    )
+    support: SupportPolicy | None = Field(
+        None,
+        description="What a generated answer's unsupported sentences become (default: "
+        "KB_SUPPORT_POLICY): flag marks them, drop removes them, fallback answers with the "
+        "extractive answer instead. Streams under drop and fallback send the text once checked.",
     )
     model: str | None = Field(
         None,
@@ -113,7 +121,7 @@ class QueryRequest(Strict):
 class ModelOut(BaseModel):
     name: str = Field(description="The generator's name in the registry.")
     model_id: str = Field(description="The model (file, folder or remote id) it runs.")
-    kind: Literal["base", "finetuned"]
+    kind: Literal["base", "finetuned", "extract"]
     backend: str
 
 
@@ -127,6 +135,50 @@ class CitationOut(BaseModel):
     page: int | None = None
     snippet: str = Field("", description="A quoted piece of the passage.")
     cited: bool = Field(False, description="Whether the answer cites [n].")
+
+
+class SentenceOut(BaseModel):
+    text: str
+    start: int = Field(description="Character offset of the sentence in the answer.")
+    end: int
+    claim: bool = Field(description="False for sentences with no content to check.")
+    score: float | None = Field(None, description="Support score, 0-1 (claims only).")
+    passage: int | None = Field(None, description="The passage [n] the sentence rests on.")
+    supported: bool | None = Field(None, description="None when the sentence is not a claim.")
+    missing: list[str] = Field(
+        default_factory=list,
+        description="Numbers, identifiers, names or quoted strings the passage does not contain.",
+    )
+
+
+class SupportOut(BaseModel):
+    policy: SupportPolicy
+    scorer: str = Field(description="What scored support: embedder, cross-encoder:... or nli:...")
+    threshold: float
+    action: str = Field(
+        description="kept (all claims supported), flagged, dropped (unsupported sentences "
+        "removed), fallback (the extractive answer replaced it) or not_covered."
+    )
+    supported_share: float | None = Field(None, description="Supported claims / claims.")
+    sentences: list[SentenceOut] = Field(default_factory=list)
+    removed_citations: list[int] = Field(
+        default_factory=list,
+        description="Citation numbers the model wrote for passages it was not given; removed.",
+    )
+    generated: str | None = Field(
+        None, description="The model's own text, when the answer returned differs from it."
+    )
+
+
+class QuoteOut(BaseModel):
+    text: str
+    passage: int = Field(description="The passage [n] quoted.")
+    chunk_id: int
+    source: str
+    start: int = Field(description="Character offset of the quote in the source document.")
+    end: int
+    page: int | None = None
+    score: float
 
 
 class UsageOut(BaseModel):
@@ -146,16 +198,30 @@ class AnswerOut(BaseModel):
     answer: str = Field(description="The answer text; empty for compare (see `answers`).")
     model: ModelOut | None = None
     collection: str | None = None
+    grounded: bool = Field(
+        False,
+        description="Answered from passages (rag, extract, rag+finetuned); base and finetuned "
+        "answers are ungrounded: nothing checks them.",
+    )
     not_covered: bool = Field(
-        False, description="No passage reached KB_MIN_SCORE: the answer says so, no model ran."
+        False,
+        description="The passages do not cover the question: the answer says so, no model ran "
+        "(or the model said so).",
     )
     finish_reason: str | None = None
     citations: list[CitationOut] = Field(default_factory=list)
     passages: list[PassageOut] = Field(default_factory=list)
+    support: SupportOut | None = Field(
+        None, description="The support check of a generated grounded answer, per sentence."
+    )
+    quotes: list[QuoteOut] = Field(
+        default_factory=list, description="extract (and fallback): the sentences quoted."
+    )
     usage: UsageOut = Field(default_factory=UsageOut)
     timings: dict[str, float] = Field(
         default_factory=dict,
-        description="Seconds: retrieve, prompt, generate, total; first_token when streamed.",
+        description="Seconds: retrieve, extract, prompt, generate, check, total; first_token "
+        "when streamed.",
     )
     answers: list[AnswerOut] = Field(default_factory=list, description="compare: one per mode.")
     unavailable: list[UnavailableOut] = Field(
@@ -279,6 +345,15 @@ class Health(BaseModel):
     version: str
     default_generator: str
     generator_loaded: bool
+    ready: bool = Field(
+        description="The start-up warm-up has finished (or was turned off): the indexes, the "
+        "query encoder and the default local model are loaded, so the first request is as "
+        "fast as later ones."
+    )
+    loading: list[str] = Field(
+        default_factory=list,
+        description="What the warm-up is still loading, e.g. 'collection default'.",
+    )
 
 
 # -- OpenAI-compatible -------------------------------------------------------------------------
@@ -317,6 +392,11 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     n: int | None = Field(None, ge=1, le=1, description="Only one choice is supported.")
     k: int | None = Field(None, ge=1, le=50, description="kb extension: passages to retrieve.")
+    support: SupportPolicy | None = Field(
+        None,
+        description="kb extension: the support policy for grounded answers (flag, drop, "
+        "fallback; default KB_SUPPORT_POLICY). The openai client sends it with extra_body.",
+    )
 
 
 class ChatChoiceMessage(BaseModel):
@@ -334,7 +414,10 @@ class KbAnswerInfo(BaseModel):
     mode: str
     collection: str | None = None
     model: ModelOut | None = None
+    grounded: bool = False
     not_covered: bool = False
+    support: SupportOut | None = None
+    quotes: list[QuoteOut] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
 
 

@@ -1,19 +1,27 @@
-"""Answer modes: base, rag, finetuned, rag+finetuned, and compare (all of them side by side).
+"""Answer modes: base, rag, extract, finetuned, rag+finetuned, and compare (side by side).
 
 `Answerer.stream` yields events in a fixed order: one `passages` event (the retrieved
 passages numbered as the prompt shows them, the model chosen), then `delta` events with the
 answer text, then `done` with the full `AnswerResult`. In `compare` mode each mode's deltas
 carry its name and each mode ends with a `result` event before the final `done`.
 
-A grounded mode whose passages all score below `settings.min_score` (dense cosine) answers
-with the not-covered sentence and never calls the model.
+Grounded modes (rag, extract, rag+finetuned) answer only from their passages:
+- passages that all score below `settings.min_score` (dense cosine), or that do not cover the
+  question's terms (`kb.grounding.extract`), give the not-covered sentence; no model runs;
+- `extract` quotes the passages' best sentences; no model runs at all;
+- a generated answer is checked sentence by sentence (`kb.grounding.check`), and the support
+  policy decides what goes out: `flag` marks unsupported sentences, `drop` removes them,
+  `fallback` answers with the extractive answer instead. Under `drop` and `fallback` a stream
+  holds the text back until it is checked, so no unsupported sentence is ever sent.
+`base` and `finetuned` answers have no passages: they are marked ungrounded.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from kb.errors import (
@@ -24,6 +32,10 @@ from kb.errors import (
     ModeUnavailable,
 )
 from kb.generators import GeneratorRegistry
+from kb.grounding import POLICIES, Extract, Extractor, SupportChecker, SupportReport, load_scorer
+from kb.grounding.check import join_sentences
+from kb.grounding.extract import Quote
+from kb.grounding.scorers import EmbeddingScorer
 from kb.prompting import (
     Citation,
     build_base_messages,
@@ -34,7 +46,8 @@ from kb.prompting import (
 )
 from kb.types import Passage
 
-MODES = ("base", "rag", "finetuned", "rag+finetuned")
+EXTRACT = "extract"
+MODES = ("base", "rag", EXTRACT, "finetuned", "rag+finetuned")
 COMPARE = "compare"
 ANSWER_MODES = (*MODES, COMPARE)
 MAX_K = 100
@@ -45,11 +58,45 @@ FINETUNE_HINT = (
 
 
 def uses_retrieval(mode: str) -> bool:
-    return mode in ("rag", "rag+finetuned")
+    return mode in ("rag", EXTRACT, "rag+finetuned")
 
 
 def uses_finetuned(mode: str) -> bool:
     return mode in ("finetuned", "rag+finetuned")
+
+
+@dataclass
+class AnswerRequest:
+    """One question and how to answer it: the single object the CLI, HTTP and tests build."""
+
+    question: str
+    mode: str = "rag"
+    collection: str | None = None
+    k: int = 5
+    model: str | None = None
+    method: str | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    #: False: retrieve and build the prompt, skip the model
+    generate: bool = True
+    #: flag | drop | fallback; None: KB_SUPPORT_POLICY
+    support: str | None = None
+
+    def check(self) -> None:
+        if not (self.question or "").strip():
+            raise InvalidInput("the question is empty: send the text of a question")
+        if self.mode not in ANSWER_MODES:
+            raise InvalidInput(f"unknown mode {self.mode!r}: use one of {', '.join(ANSWER_MODES)}")
+        if not 1 <= self.k <= MAX_K:
+            raise InvalidInput(
+                f"k={self.k} is out of range: ask for between 1 and {MAX_K} passages"
+            )
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise InvalidInput(f"max_new_tokens={self.max_new_tokens} must be at least 1")
+        if self.support is not None and self.support not in POLICIES:
+            raise InvalidInput(
+                f"unknown support policy {self.support!r}: use one of {', '.join(POLICIES)}"
+            )
 
 
 @dataclass
@@ -62,12 +109,11 @@ class ModelInfo:
     backend: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "model_id": self.model_id,
-            "kind": self.kind,
-            "backend": self.backend,
-        }
+        return asdict(self)
+
+
+#: what answers in extract mode: no generator, the passages' own sentences
+EXTRACTIVE = ModelInfo(name=EXTRACT, model_id="kb-extract", kind=EXTRACT, backend="kb")
 
 
 @dataclass
@@ -106,10 +152,15 @@ class AnswerResult:
     not_covered: bool = False
     finish_reason: str | None = None
     usage: Usage = field(default_factory=Usage)
-    # seconds: retrieve, prompt, generate, total; first_token (streams) counts from the start
+    # seconds: retrieve, prompt, generate, check, total; first_token (streams) from the start
     timings: dict[str, float] = field(default_factory=dict)
     answers: list[AnswerResult] = field(default_factory=list)
     unavailable: list[UnavailableMode] = field(default_factory=list)
+    #: answered from passages (rag, extract, rag+finetuned); base and finetuned are not
+    grounded: bool = False
+    support: SupportReport | None = None
+    #: the passages' sentences an extractive answer quotes, with offsets into their sources
+    quotes: list[Quote] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,10 +169,13 @@ class AnswerResult:
             "answer": self.answer,
             "model": self.model.to_dict() if self.model else None,
             "collection": self.collection,
+            "grounded": self.grounded,
             "not_covered": self.not_covered,
             "finish_reason": self.finish_reason,
             "citations": [c.to_dict() for c in self.citations],
             "passages": [p.to_dict() for p in self.passages],
+            "support": self.support.to_dict() if self.support else None,
+            "quotes": [q.to_dict() for q in self.quotes],
             "usage": self.usage.to_dict(),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "answers": [a.to_dict() for a in self.answers],
@@ -149,11 +203,24 @@ class AnswerEvent:
 
 @dataclass
 class _Plan:
-    """What one mode will run: the generator and whether it sees passages."""
+    """What one mode will run: the generator (none for extract) and whether it sees passages."""
 
     mode: str
-    generator: str
+    generator: str | None
     grounded: bool
+
+
+@dataclass
+class _Context:
+    """What a request's modes share: the retrieval, the extractive answer, the clock."""
+
+    request: AnswerRequest
+    collection: str
+    policy: str
+    started: float
+    timings: dict[str, float] = field(default_factory=dict)
+    relevant: list[Passage] = field(default_factory=list)
+    extract: Extract | None = None
 
 
 class Answerer:
@@ -163,6 +230,8 @@ class Answerer:
         self.kb = kb
         self.generators = generators
         self.settings = kb.settings
+        self._checkers: dict[str, SupportChecker] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings) -> Answerer:
@@ -176,49 +245,18 @@ class Answerer:
 
     # -- public ----------------------------------------------------------------------------
 
-    def answer(
-        self,
-        question: str,
-        *,
-        mode: str = "rag",
-        collection: str | None = None,
-        k: int = 5,
-        model: str | None = None,
-        method: str | None = None,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        generate: bool = True,
-    ) -> AnswerResult:
+    def answer(self, request: AnswerRequest | str, **fields: Any) -> AnswerResult:
         """Answer one question and return the whole result (no deltas)."""
-        events = self._events(
-            question, mode, collection, k, model, method, max_new_tokens, temperature,
-            stream=False, generate=generate,
-        )  # fmt: skip
         result = None
-        for event in events:
+        for event in self._events(_request(request, fields), stream=False):
             if event.type == "done":
                 result = event.result
         assert result is not None
         return result
 
-    def stream(
-        self,
-        question: str,
-        *,
-        mode: str = "rag",
-        collection: str | None = None,
-        k: int = 5,
-        model: str | None = None,
-        method: str | None = None,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        generate: bool = True,
-    ) -> Iterator[AnswerEvent]:
+    def stream(self, request: AnswerRequest | str, **fields: Any) -> Iterator[AnswerEvent]:
         """Answer one question as events: passages, then deltas, then done (see module doc)."""
-        return self._events(
-            question, mode, collection, k, model, method, max_new_tokens, temperature,
-            stream=True, generate=generate,
-        )  # fmt: skip
+        return self._events(_request(request, fields), stream=True)
 
     def modes(self, model: str | None = None) -> dict[str, str | None]:
         """Every mode -> None if it can run now, else the reason it cannot."""
@@ -245,6 +283,8 @@ class Answerer:
         raise ModelNotFound(f"no model {name!r}: use one of {known} (list them with GET /models)")
 
     def _plan(self, mode: str, model: str | None, *, in_compare: bool = False) -> _Plan:
+        if mode == EXTRACT:
+            return _Plan(mode, None, True)
         requested = self._spec(model) if model else None
         if uses_finetuned(mode):
             if requested is not None and requested.kind == "finetuned":
@@ -279,105 +319,115 @@ class Answerer:
         self._spec(name)
         return _Plan(mode, name, uses_retrieval(mode))
 
+    # -- grounding -------------------------------------------------------------------------
+
+    def _checker(self, collection: str) -> SupportChecker:
+        """The support checker for a collection (its embedder scores, unless a model is set)."""
+        spec = self.settings.support_scorer
+        key = collection if spec == "embedder" else spec
+        with self._lock:
+            checker = self._checkers.get(key)
+        if checker is None:
+            scorer = load_scorer(spec, lambda: self._embedder(collection))
+            checker = SupportChecker(scorer, self.settings.support_threshold)
+            with self._lock:
+                checker = self._checkers.setdefault(key, checker)
+        return checker
+
+    def _embedder(self, collection: str):
+        return self.kb.embedder_for(self.kb.collection(collection).snapshot().embedder)
+
+    def _extract(self, ctx: _Context) -> Extract:
+        """The extractive answer over the relevant passages, made once per request."""
+        if ctx.extract is None:
+            t = time.perf_counter()
+            bm25 = self.kb.collection(ctx.collection).snapshot().bm25
+            rerank = self.kb.retriever.reranker
+            extractor = Extractor(
+                EmbeddingScorer(self._embedder(ctx.collection)),
+                rerank=rerank.score_pairs if rerank is not None else None,
+                min_score=self.settings.extract_min_score,
+                min_coverage=self.settings.extract_min_coverage,
+            )
+            ctx.extract = extractor.answer(
+                ctx.request.question,
+                ctx.relevant,
+                lambda terms: (bm25.size, bm25.document_frequencies(terms)),
+            )
+            ctx.timings["extract"] = time.perf_counter() - t
+        return ctx.extract
+
     # -- running ---------------------------------------------------------------------------
 
-    def _events(
-        self,
-        question: str,
-        mode: str,
-        collection: str | None,
-        k: int,
-        model: str | None,
-        method: str | None,
-        max_new_tokens: int | None,
-        temperature: float | None,
-        *,
-        stream: bool,
-        generate: bool = True,
-    ) -> Iterator[AnswerEvent]:
+    def _events(self, request: AnswerRequest, *, stream: bool) -> Iterator[AnswerEvent]:
         started = time.perf_counter()
-        question = (question or "").strip()
-        if not question:
-            raise InvalidInput("the question is empty: send the text of a question")
-        if mode not in ANSWER_MODES:
-            raise InvalidInput(f"unknown mode {mode!r}: use one of {', '.join(ANSWER_MODES)}")
-        if not 1 <= k <= MAX_K:
-            raise InvalidInput(f"k={k} is out of range: ask for between 1 and {MAX_K} passages")
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise InvalidInput(f"max_new_tokens={max_new_tokens} must be at least 1")
-        name = collection or self.settings.default_collection
-        if model:
-            self._spec(model)  # an unknown model is an error in every mode, compare included
+        request.check()
+        request = replace(request, question=request.question.strip())
+        mode = request.mode
+        name = request.collection or self.settings.default_collection
+        if request.model:
+            self._spec(request.model)  # an unknown model is an error in every mode
 
         plans: list[_Plan] = []
         unavailable: list[UnavailableMode] = []
         if mode == COMPARE:
             for m in MODES:
                 try:
-                    plans.append(self._plan(m, model, in_compare=True))
+                    plans.append(self._plan(m, request.model, in_compare=True))
                 except (ModeUnavailable, ModelNotFound) as exc:
                     unavailable.append(UnavailableMode(m, str(exc)))
         else:
-            plans.append(self._plan(mode, model))
+            plans.append(self._plan(mode, request.model))
 
-        if collection is not None or any(p.grounded for p in plans):
+        if request.collection is not None or any(p.grounded for p in plans):
             try:
                 self.kb.collection(name)
             except CollectionNotFound as exc:
-                if collection is not None or mode != COMPARE:
+                if request.collection is not None or mode != COMPARE:
                     raise
                 # compare without a collection still shows the ungrounded modes
                 unavailable += [UnavailableMode(p.mode, str(exc)) for p in plans if p.grounded]
                 plans = [p for p in plans if not p.grounded]
 
-        timings: dict[str, float] = {}
-        retrieved: list[Passage] = []
+        ctx = _Context(
+            request, name, request.support or self.settings.support_policy, started=started
+        )
         if any(p.grounded for p in plans):
             t = time.perf_counter()
-            retrieved = self.kb.search(question, collection=name, k=k, method=method)
-            timings["retrieve"] = time.perf_counter() - t
-        relevant = [p for p in retrieved if p.scores.get("dense", 0.0) >= self.settings.min_score]
+            retrieved = self.kb.search(
+                request.question, collection=name, k=request.k, method=request.method
+            )
+            ctx.timings["retrieve"] = time.perf_counter() - t
+            ctx.relevant = [
+                p for p in retrieved if p.scores.get("dense", 0.0) >= self.settings.min_score
+            ]
 
         if mode == COMPARE:
-            yield from self._compare(
-                question, name, plans, unavailable, relevant, timings, started,
-                max_new_tokens, temperature, stream, generate=generate,
-            )  # fmt: skip
+            yield from self._compare(ctx, plans, unavailable, stream)
             return
-        plan = plans[0]
-        runner = self._run(
-            question, name, plan, relevant, dict(timings), started, max_new_tokens, temperature,
-            stream, generate=generate,
-        )  # fmt: skip
+        runner = self._run(ctx, plans[0], dict(ctx.timings), started, stream)
         try:
             for event in runner:
                 if event.type == "result":
-                    event = AnswerEvent("done", plan.mode, result=event.result)
+                    event = AnswerEvent("done", plans[0].mode, result=event.result)
                 yield event
         finally:
             runner.close()
 
     def _compare(
         self,
-        question: str,
-        collection: str,
+        ctx: _Context,
         plans: list[_Plan],
         unavailable: list[UnavailableMode],
-        relevant: list[Passage],
-        timings: dict[str, float],
-        started: float,
-        max_new_tokens: int | None,
-        temperature: float | None,
         stream: bool,
-        *,
-        generate: bool = True,
     ) -> Iterator[AnswerEvent]:
+        relevant = ctx.relevant
         numbered = [_citation_stub(i, p) for i, p in enumerate(relevant, 1)]
         yield AnswerEvent(
             "passages",
             COMPARE,
             data={
-                "collection": collection,
+                "collection": ctx.collection,
                 "modes": [p.mode for p in plans],
                 "unavailable": [u.to_dict() for u in unavailable],
                 "passages": [p.to_dict() for p in relevant],
@@ -387,11 +437,9 @@ class Answerer:
         )
         answers: list[AnswerResult] = []
         for plan in plans:
-            mode_started = time.perf_counter()
             runner = self._run(
-                question, collection, plan, relevant, dict(timings), mode_started,
-                max_new_tokens, temperature, stream, announce=False, generate=generate,
-            )  # fmt: skip
+                ctx, plan, dict(ctx.timings), time.perf_counter(), stream, announce=False
+            )
             try:
                 for event in runner:
                     if event.type == "result" and event.result is not None:
@@ -399,18 +447,17 @@ class Answerer:
                     yield event
             finally:
                 runner.close()
-        total = time.perf_counter() - started
         result = AnswerResult(
-            question=question,
+            question=ctx.request.question,
             mode=COMPARE,
-            collection=collection,
+            collection=ctx.collection,
             passages=relevant,
             not_covered=not relevant and any(p.grounded for p in plans),
             usage=Usage(
                 sum(a.usage.prompt_tokens for a in answers),
                 sum(a.usage.completion_tokens for a in answers),
             ),
-            timings={**timings, "total": total},
+            timings={**ctx.timings, "total": time.perf_counter() - ctx.started},
             answers=answers,
             unavailable=unavailable,
         )
@@ -418,54 +465,64 @@ class Answerer:
 
     def _run(
         self,
-        question: str,
-        collection: str,
+        ctx: _Context,
         plan: _Plan,
-        relevant: list[Passage],
         timings: dict[str, float],
         started: float,
-        max_new_tokens: int | None,
-        temperature: float | None,
         stream: bool,
         *,
         announce: bool = True,
-        generate: bool = True,
     ) -> Iterator[AnswerEvent]:
         """One mode: passages event (unless announced by compare), deltas, then a result event."""
-        generator = self.generators.get(plan.generator)
-        spec = self._spec(plan.generator)
-        info = ModelInfo(
-            name=plan.generator,
-            model_id=str(getattr(generator, "model_id", spec.model)),
-            kind=spec.kind,
-            backend=spec.backend,
-        )
-        budget = max_new_tokens or spec.max_new_tokens
-        temp = spec.temperature if temperature is None else temperature
+        request = ctx.request
+        generator = self.generators.get(plan.generator) if plan.generator else None
+        if generator is not None:
+            spec = self._spec(plan.generator)
+            info = ModelInfo(
+                name=plan.generator,
+                model_id=str(getattr(generator, "model_id", spec.model)),
+                kind=spec.kind,
+                backend=spec.backend,
+            )
+            budget = request.max_new_tokens or spec.max_new_tokens
+            temp = spec.temperature if request.temperature is None else request.temperature
+        else:
+            info, budget, temp = EXTRACTIVE, 0, 0.0
         result = AnswerResult(
-            question=question,
+            question=request.question,
             mode=plan.mode,
             model=info,
-            collection=collection if plan.grounded else None,
+            collection=ctx.collection if plan.grounded else None,
+            grounded=plan.grounded,
         )
 
         t = time.perf_counter()
         used: list[Passage] = []
-        if plan.grounded and not relevant:
+        messages = None
+        covered = bool(ctx.relevant)
+        if plan.grounded and covered:
+            covered = self._extract(ctx).covered
+            timings["extract"] = ctx.timings["extract"]
+        if plan.grounded and not covered:
             result.not_covered = True
             result.answer = not_covered_answer()
             result.finish_reason = "not_covered"
-            messages = None
+        elif plan.mode == EXTRACT:
+            used = list(ctx.relevant)
+            extract = self._extract(ctx)
+            result.answer, result.quotes = extract.text, extract.quotes
+            result.finish_reason = "extract"
         elif plan.grounded:
+            assert generator is not None
             messages, used = build_rag_messages(
-                question,
-                relevant,
+                request.question,
+                ctx.relevant,
                 count_tokens=generator.count_tokens,
                 context_window=generator.context_window,
                 max_new_tokens=budget,
             )
         else:
-            messages = build_base_messages(question)
+            messages = build_base_messages(request.question)
         timings["prompt"] = time.perf_counter() - t
         result.passages = used
 
@@ -476,6 +533,7 @@ class Answerer:
                 data={
                     "collection": result.collection,
                     "model": info.to_dict(),
+                    "grounded": plan.grounded,
                     "passages": [p.to_dict() for p in used],
                     "citations": [_citation_stub(i, p) for i, p in enumerate(used, 1)],
                     "not_covered": result.not_covered,
@@ -483,12 +541,15 @@ class Answerer:
             )
 
         t = time.perf_counter()
-        stop = load_prompt("rag" if plan.grounded else "base").stop or None
-        if messages is not None and not generate:
+        # a checked answer is held back under drop and fallback: nothing unsupported goes out
+        live = stream and (not plan.grounded or ctx.policy == "flag")
+        if messages is not None and not request.generate:
             result.finish_reason = "skipped"  # generate=False: retrieval and prompt only
         elif messages is not None:
+            assert generator is not None
+            stop = load_prompt("rag" if plan.grounded else "base").stop or None
             generation = None
-            if stream:
+            if live:
                 events = generator.stream(
                     messages, max_new_tokens=budget, temperature=temp, stop=stop
                 )
@@ -511,15 +572,75 @@ class Answerer:
             result.answer = generation.text.strip()
             result.finish_reason = generation.finish_reason
             result.usage = Usage(generation.prompt_tokens, generation.completion_tokens)
-        elif stream:
+        timings["generate"] = time.perf_counter() - t
+
+        if plan.grounded and used and generator is not None and request.generate:
+            t = time.perf_counter()
+            self._apply_support(ctx, result, used)
+            timings["check"] = time.perf_counter() - t
+        if stream and not live or (live and messages is None):
             timings.setdefault("first_token", time.perf_counter() - started)
             yield AnswerEvent("delta", plan.mode, text=result.answer)
-        timings["generate"] = time.perf_counter() - t
         if used:
             result.citations = extract_citations(result.answer, used)
         timings["total"] = time.perf_counter() - started
         result.timings = timings
         yield AnswerEvent("result", plan.mode, result=result)
+
+    def _apply_support(self, ctx: _Context, result: AnswerResult, used: list[Passage]) -> None:
+        """Check a generated answer against the passages it was given; apply the policy."""
+        not_covered = not_covered_answer()
+        generated = result.answer
+        text, report = self._checker(ctx.collection).check(
+            generated, used, policy=ctx.policy, not_covered=not_covered
+        )
+        result.support = report
+        claims = report.claims
+        if not claims:  # the model said it is not covered, or nothing with content
+            said_not_covered = bool(report.sentences)
+            result.not_covered = said_not_covered
+            result.answer = not_covered if said_not_covered else text
+            if ctx.policy == "fallback" and not said_not_covered:
+                self._fall_back(ctx, result, used, generated)
+            return
+        if report.all_supported or ctx.policy == "flag":
+            report.action = "kept" if report.all_supported else "flagged"
+            result.answer = text
+        elif ctx.policy == "drop":
+            kept = [s for s in report.sentences if s.supported]
+            if kept:
+                report.action = "dropped"
+                result.answer = join_sentences(kept)
+            else:
+                report.action = "not_covered"
+                result.answer = not_covered
+                result.not_covered = True
+        else:
+            self._fall_back(ctx, result, used, generated)
+        if result.answer != generated:
+            report.generated = generated
+
+    def _fall_back(
+        self, ctx: _Context, result: AnswerResult, used: list[Passage], generated: str
+    ) -> None:
+        extract = self._extract(ctx)
+        report = result.support
+        assert report is not None
+        report.action = "fallback"
+        report.generated = generated
+        result.answer = extract.text
+        result.quotes = extract.quotes
+        result.finish_reason = "fallback"
+        # the quotes are numbered over the relevant passages; the prompt used a prefix of them
+        if any(q.n > len(used) for q in extract.quotes):
+            used[:] = ctx.relevant[: max(q.n for q in extract.quotes)]
+            result.passages = used
+
+
+def _request(request: AnswerRequest | str, fields: dict[str, Any]) -> AnswerRequest:
+    if isinstance(request, AnswerRequest):
+        return replace(request, **fields) if fields else request
+    return AnswerRequest(request, **fields)
 
 
 def _citation_stub(n: int, p: Passage) -> dict[str, Any]:

@@ -33,10 +33,25 @@ class CrossEncoderReranker:
                 self._model = CrossEncoder(self.model_path, device="cpu")
             return self._model
 
-    def rerank(self, query: str, passages: list[Passage]) -> list[Passage]:
+    def score_pairs(self, pairs: list[tuple[str, str]]):
+        """The model's raw score (logits) for each (query, text) pair, shape (n, labels) or (n,)."""
+        import torch
+
         model = self._load()
+        return model.predict(
+            pairs,
+            batch_size=self.batch_size,
+            show_progress_bar=False,
+            activation_fn=torch.nn.Identity(),
+        )
+
+    def label_names(self) -> list[str]:
+        config = self._load().model.config
+        return [str(config.id2label.get(i, i)).lower() for i in range(config.num_labels)]
+
+    def rerank(self, query: str, passages: list[Passage]) -> list[Passage]:
         pairs = [(query, f"{p.title}\n{p.text}" if p.title else p.text) for p in passages]
-        scores = model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)
+        scores = self.score_pairs(pairs)
         for p, s in zip(passages, scores, strict=True):
             p.scores["fused"] = p.score
             p.scores["rerank"] = float(s)

@@ -4,13 +4,16 @@ The model id picks the collection and the answer mode:
 
     kb:{collection}:base                    default base model, no passages
     kb:{collection}:rag                     default base model + passages from {collection}
+    kb:{collection}:extract                 the passages' own sentences, no model
     kb:{collection}:finetuned:{model}       fine-tuned generator {model}, no passages
     kb:{collection}:rag+finetuned:{model}   fine-tuned generator {model} + passages
 
 `kb:{collection}:base:{model}` and `kb:{collection}:rag:{model}` pick another base generator.
 The last user message is the question (earlier turns and system messages are ignored).
 Citations come back in a `citations` field of the completion (of the last chunk when
-streaming) and as a "Sources:" list appended to the answer text.
+streaming) and as a "Sources:" list appended to the answer text; the support check of a
+grounded answer in its `kb.support` field. Under the drop and fallback policies a stream
+sends the answer once checked, so an unsupported sentence never reaches the client.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from kb.errors import CollectionNotFound, InvalidInput, ModelNotFound
 router = APIRouter(prefix="/v1", tags=["openai"], responses=ERROR_RESPONSES)
 
 SCHEME = (
-    "kb:{collection}:base, kb:{collection}:rag, kb:{collection}:finetuned:{model} or "
+    "kb:{collection}:base, kb:{collection}:rag, kb:{collection}:extract, "
+    "kb:{collection}:finetuned:{model} or "
     "kb:{collection}:rag+finetuned:{model}"
 )
 
@@ -49,7 +53,7 @@ SCHEME = (
 def model_ids(collections: list[str], finetuned: list[str]) -> list[str]:
     ids = []
     for c in collections:
-        ids += [f"kb:{c}:rag", f"kb:{c}:base"]
+        ids += [f"kb:{c}:rag", f"kb:{c}:extract", f"kb:{c}:base"]
         for m in finetuned:
             ids += [f"kb:{c}:finetuned:{m}", f"kb:{c}:rag+finetuned:{m}"]
     return ids
@@ -107,6 +111,8 @@ def chat_completions(body: ChatCompletionRequest, answerer: AnswererDep, caller:
     }
     if body.k:
         args["k"] = body.k
+    if body.support:
+        args["support"] = body.support
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     try:
@@ -189,7 +195,10 @@ def _kb_info(result: AnswerResult) -> dict:
         "mode": result.mode,
         "collection": result.collection,
         "model": result.model.to_dict() if result.model else None,
+        "grounded": result.grounded,
         "not_covered": result.not_covered,
+        "support": result.support.to_dict() if result.support else None,
+        "quotes": [q.to_dict() for q in result.quotes],
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
     }
 

@@ -20,13 +20,14 @@ from api.sse import (
     sse_response_doc,
     stream_response,
 )
-from kb.answering import Answerer, AnswerEvent, uses_retrieval
+from kb.answering import Answerer, AnswerEvent, AnswerRequest, uses_retrieval
 
 router = APIRouter(tags=["query"], responses=ERROR_RESPONSES)
 
 STREAM_DOC = (
     "With `stream: true`, a text/event-stream of events: `passages` (the numbered passages "
-    "and the model chosen), `delta` ({mode, text}) pieces of the answer, in compare mode a "
+    "and the model chosen), `delta` ({mode, text}) pieces of the answer (a grounded answer "
+    "under the drop or fallback policy comes in one piece, once checked), in compare mode a "
     "`result` per mode, then `done` (the same object as the JSON answer) or `error` "
     "({error: {message, type, code}})."
 )
@@ -61,6 +62,7 @@ async def query(body: QueryRequest, services: ServicesDep, caller: Caller) -> Re
         "max_new_tokens": body.max_new_tokens,
         "temperature": body.temperature,
         "generate": body.generate,
+        "support": body.support,
     }
     if not body.stream:
         if retrieves and not body.generate:
@@ -86,12 +88,12 @@ async def query(body: QueryRequest, services: ServicesDep, caller: Caller) -> Re
 
 
 def _answer(answerer: Answerer, question: str, args: dict) -> Response:
-    return model_response(AnswerOut, answerer.answer(question, **args).to_dict())
+    return model_response(AnswerOut, answerer.answer(AnswerRequest(question, **args)).to_dict())
 
 
 def _first_event(answerer: Answerer, question: str, args: dict) -> tuple[AnswerEvent, Iterator]:
     """The stream's first event (its errors raise here, before any status is sent) and the rest."""
-    return first_then_rest(answerer.stream(question, **args))
+    return first_then_rest(answerer.stream(AnswerRequest(question, **args)))
 
 
 def _event(event: AnswerEvent) -> str:

@@ -89,19 +89,57 @@ function cardFor(mode) {
   return document.querySelector(`.answer[data-mode="${CSS.escape(mode)}"]`) || answerCard(mode);
 }
 
-function renderAnswerText(card, text, mode) {
-  const box = card.querySelector(".text");
-  box.replaceChildren();
-  const parts = text.split(/(\[\d+\])/g);
-  for (const part of parts) {
+function appendWithCitations(box, text, mode) {
+  const cites = passagesByMode[mode] || passagesByMode["*"] || [];
+  for (const part of text.split(/(\[\d+\])/g)) {
     const m = part.match(/^\[(\d+)\]$/);
-    const cites = passagesByMode[mode] || passagesByMode["*"] || [];
     const cite = m && cites.find((c) => c.n === Number(m[1]));
     if (cite) {
       box.append(el("a", { href: "#", class: "cite", "data-n": m[1], "aria-label": `citation ${m[1]}: ${cite.source}`,
         onclick: (e) => { e.preventDefault(); showPassage(cite); } }, part));
     } else box.append(part);
   }
+}
+
+// the answer, each checked sentence in a span: unsupported ones are marked and say why
+function renderAnswerText(card, text, mode, support) {
+  const box = card.querySelector(".text");
+  box.replaceChildren();
+  const sentences = (support && support.sentences) || [];
+  // offsets index the checked text, which is the answer only when it was kept or flagged
+  if (!sentences.length || !["kept", "flagged"].includes(support.action)) {
+    appendWithCitations(box, text, mode);
+    return;
+  }
+  let at = 0;
+  for (const s of sentences) {
+    if (s.start > at) box.append(text.slice(at, s.start));
+    const cls = !s.claim ? "sent" : s.supported ? "sent supported" : "sent unsupported";
+    const why = !s.claim ? "" : s.supported
+      ? `supported by passage [${s.passage}] (score ${s.score})`
+      : `not supported by the passages` + (s.missing.length ? `: passage [${s.passage}] lacks ${s.missing.join(", ")}` : ` (best score ${s.score})`);
+    const span = el("span", { class: cls, title: why });
+    appendWithCitations(span, text.slice(s.start, s.end), mode);
+    box.append(span);
+    at = s.end;
+  }
+  if (at < text.length) box.append(text.slice(at));
+}
+
+function supportNote(result) {
+  if (!result.grounded) return " · ungrounded: no passages, nothing checked it";
+  const s = result.support;
+  if (!s) return result.mode === "extract" && !result.not_covered ? " · quoted from the passages" : "";
+  const share = s.supported_share === null ? "" : ` · ${Math.round(100 * s.supported_share)}% of claims supported`;
+  const actions = {
+    kept: "",
+    flagged: " · unsupported sentences marked",
+    dropped: " · unsupported sentences removed",
+    fallback: " · the model's answer was not supported: quoted from the passages instead",
+    not_covered: " · nothing supported was left",
+  };
+  const removed = s.removed_citations.length ? ` · removed citations ${s.removed_citations.map((n) => `[${n}]`).join("")} to passages not given` : "";
+  return share + (actions[s.action] || "") + removed;
 }
 
 function showPassage(cite) {
@@ -132,12 +170,12 @@ function finishCard(result) {
   const card = cardFor(result.mode);
   const cites = citationsWithText(result.citations, result.passages);
   if (cites.length) passagesByMode[result.mode] = cites;
-  renderAnswerText(card, result.answer || "", result.mode);
+  renderAnswerText(card, result.answer || "", result.mode, result.support);
   if (result.model) card.querySelector(".model").textContent = `${result.model.name} · ${result.model.model_id}`;
   const t = result.timings || {};
   const usage = result.usage || {};
   card.querySelector(".meta").textContent =
-    `${usage.completion_tokens || 0} tokens · ${(t.total || 0).toFixed(2)} s` + (result.not_covered ? " · not covered by the documents" : "");
+    `${usage.completion_tokens || 0} tokens · ${(t.total || 0).toFixed(2)} s` + (result.not_covered ? " · not covered by the documents" : "") + supportNote(result);
 }
 
 async function ask(event) {

@@ -17,7 +17,11 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     warm: Annotated[
-        bool, typer.Option(help="Load the default local model in the background at startup.")
+        bool,
+        typer.Option(
+            help="Load the collections' indexes, the embedder and the default local model in "
+            "the background at startup (GET /ready answers 503 until they are loaded)."
+        ),
     ] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
@@ -42,8 +46,18 @@ def ask(
     question: Annotated[str, typer.Argument(help="The question to answer.")],
     mode: Annotated[
         str,
-        typer.Option(help="base, rag, finetuned, rag+finetuned, or compare (all side by side)."),
+        typer.Option(
+            help="base, rag, extract (quotes, no model), finetuned, rag+finetuned, or compare "
+            "(all side by side)."
+        ),
     ] = "rag",
+    support: Annotated[
+        str | None,
+        typer.Option(
+            help="Unsupported sentences of a grounded answer: flag, drop, or fallback (to the "
+            "extractive answer). Default: KB_SUPPORT_POLICY."
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(help="Generator name (default: KB_DEFAULT_GENERATOR / latest fine-tuned)."),
@@ -64,23 +78,25 @@ def ask(
     ] = False,
 ) -> None:
     """Answer a question: the answer streams to the terminal, then its numbered sources."""
-    from kb.answering import Answerer
+    from kb.answering import Answerer, AnswerRequest
 
     answerer = Answerer.from_settings(Settings())
-    args = {
-        "mode": mode,
-        "collection": collection,
-        "k": k,
-        "model": model,
-        "method": method,
-        "max_new_tokens": max_new_tokens,
-    }
+    request = AnswerRequest(
+        question,
+        mode=mode,
+        collection=collection,
+        k=k,
+        model=model,
+        method=method,
+        max_new_tokens=max_new_tokens,
+        support=support,
+    )
     if json_out:
-        print_json(answerer.answer(question, **args).to_dict())
+        print_json(answerer.answer(request).to_dict())
         return
     out = sys.stdout
     current = None
-    for event in answerer.stream(question, **args):
+    for event in answerer.stream(request):
         if event.type == "passages":
             for item in event.data.get("unavailable", []):
                 console.print(
@@ -99,6 +115,7 @@ def ask(
 def _print_sources(result) -> None:
     out = sys.stdout
     out.write("\n")
+    _print_support(result)
     cited = [c for c in result.citations if c.cited] or result.citations
     if cited:
         out.write("\nSources:\n")
@@ -108,6 +125,8 @@ def _print_sources(result) -> None:
     out.flush()
     t = result.timings
     name = result.model.name if result.model else "?"
+    if not result.grounded:
+        console.print("[dim]ungrounded: no passages, nothing checked this answer[/]")
     console.print(
         f"[dim]{result.mode} with {name}: {result.usage.completion_tokens} tokens, "
         f"{t.get('total', 0):.1f} s"
@@ -120,3 +139,19 @@ def _print_sources(result) -> None:
 def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.command()(ask)
+
+
+def _print_support(result) -> None:
+    """What the support check found: unsupported sentences, removed citations, the action."""
+    report = result.support
+    if report is None:
+        return
+    for s in report.sentences:
+        if s.claim and not s.supported:
+            why = f" (not in passage: {', '.join(s.missing)})" if s.missing else ""
+            console.print(f"[yellow]unsupported:[/] {s.text}{why}", highlight=False)
+    if report.removed_citations:
+        numbers = ", ".join(f"[{n}]" for n in report.removed_citations)
+        console.print(f"[yellow]removed citations of passages not given:[/] {numbers}")
+    if report.action in ("fallback", "dropped", "not_covered"):
+        console.print(f"[dim]support check: {report.action} (policy {report.policy})[/]")

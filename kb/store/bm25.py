@@ -80,6 +80,20 @@ class BM25Index:
         model = bm25s.BM25.load(str(folder), show_progress=False) if len(ids) else bm25s.BM25()
         return cls(model, ids)
 
+    @property
+    def size(self) -> int:
+        return int(len(self.ids))
+
+    def document_frequencies(self, terms: list[str]) -> dict[str, int]:
+        """How many rows contain each (stemmed) term; 0 for a term the index never saw."""
+        vocab = getattr(self._model, "vocab_dict", None) or {}
+        indptr = self._model.scores.get("indptr") if len(self.ids) else None
+        out = {}
+        for term in terms:
+            tid = vocab.get(term)
+            out[term] = 0 if tid is None or indptr is None else int(indptr[tid + 1] - indptr[tid])
+        return out
+
     def search(
         self, query: str, k: int, allowed: np.ndarray | None = None
     ) -> list[tuple[int, float]]:

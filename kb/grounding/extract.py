@@ -1,0 +1,240 @@
+"""Extractive answers: the passages' own sentences that best answer the question.
+
+No generator runs. Each sentence of the given passages is scored against the question:
+BM25-style term weights (inverse document frequencies from the collection's own index) and
+the embedder's cosine, or the configured cross-encoder in its place. The best sentence
+answers, with its neighbour when it is too short to stand alone, each quoted with its
+citation and its character offsets into the source document.
+
+The same weights decide whether the passages cover the question at all: `coverage` is the
+share of the question's term weight found in the answer's passage. A question about a term
+the collection never mentions (weight at its highest) falls short, and so does one whose
+best sentence matches it only loosely.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kb.grounding.evidence import terms
+from kb.grounding.scorers import EmbeddingScorer
+from kb.grounding.sentences import split_sentences, word_count
+from kb.types import Passage
+
+#: sentences scored by the embedder (or re-ranker) after the lexical pre-selection
+CANDIDATES = 12
+#: a best sentence shorter than this many words takes the next sentence of its passage too
+MIN_WORDS = 8
+MAX_WORDS = 60
+#: the answer's sentences, one with its neighbour at most
+MAX_SENTENCES = 2
+#: sentences longer than this are table dumps or run-on text, not an answer
+MAX_SENTENCE_WORDS = 80
+#: a question that asks for an amount, a size or a time wants a sentence with a number in it
+_QUANTITY = re.compile(
+    r"\b(?:how (?:many|much|big|large|long|often|old|small|far)|what (?:year|size|number)"
+    r"|when\b|maximum|minimum|largest|smallest|default (?:size|value|limit))",
+    re.IGNORECASE,
+)
+_HAS_NUMBER = re.compile(
+    r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|hundred"
+    r"|thousand|million|billion)\b",
+    re.IGNORECASE,
+)
+NUMBER_BONUS = 0.1
+#: a sentence's terms count fully, its previous sentence's at this weight ("It lays three
+#: eggs" answers a question about the heron that the sentence before it names)
+CONTEXT_WEIGHT = 0.5
+#: question words (stemmed as BM25 stems them), which BM25's stop-word list keeps
+QUESTION_WORDS = frozenset(
+    [
+        "how",
+        "what",
+        "which",
+        "why",
+        "when",
+        "where",
+        "who",
+        "whom",
+        "whose",
+        "do",
+        "doe",
+        "did",
+        "can",
+        "could",
+        "would",
+        "should",
+        "shall",
+        "will",
+        "may",
+        "might",
+        "must",
+    ]
+)
+
+
+@dataclass
+class Quote:
+    """A sentence quoted from passage `n`; `start:end` index the source document's text."""
+
+    text: str
+    n: int
+    chunk_id: int
+    source: str
+    start: int
+    end: int
+    page: int | None
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "passage": self.n,
+            "chunk_id": self.chunk_id,
+            "source": self.source,
+            "start": self.start,
+            "end": self.end,
+            "page": self.page,
+            "score": round(self.score, 4),
+        }
+
+
+@dataclass
+class Extract:
+    text: str
+    quotes: list[Quote] = field(default_factory=list)
+    score: float = 0.0  # the best sentence's score
+    coverage: float = 0.0  # share of the question's term weight in the answer's passage
+    covered: bool = False
+
+
+@dataclass
+class _Candidate:
+    n: int
+    index: int  # sentence number within its passage
+    text: str
+    start: int  # offsets into the passage text
+    end: int
+    previous: str = ""  # the sentence before it in its passage
+    lexical: float = 0.0
+    semantic: float = 0.0
+    bonus: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return 0.5 * self.lexical + 0.5 * self.semantic + self.bonus
+
+
+class Extractor:
+    """Builds extractive answers; `doc_freq(terms) -> (rows, {term: rows containing it})`."""
+
+    def __init__(
+        self,
+        scorer: EmbeddingScorer,
+        *,
+        rerank: Callable[[list[tuple[str, str]]], Sequence[float]] | None = None,
+        min_score: float = 0.45,
+        min_coverage: float = 0.5,
+    ):
+        self.scorer = scorer
+        self.rerank = rerank
+        self.min_score = min_score
+        self.min_coverage = min_coverage
+
+    def answer(
+        self,
+        question: str,
+        passages: Sequence[Passage],
+        doc_freq: Callable[[list[str]], tuple[int, dict[str, int]]] | None = None,
+    ) -> Extract:
+        q_terms = sorted(terms(question) - QUESTION_WORDS)
+        weights = _idf(q_terms, doc_freq)
+        total = sum(weights.values()) or 1.0
+        candidates = self._candidates(passages)
+        if not candidates or not q_terms:
+            return Extract(text="")
+        wants_number = bool(_QUANTITY.search(question))
+        for c in candidates:
+            found, before = terms(c.text), terms(c.previous)
+            c.lexical = (
+                sum(
+                    w if t in found else CONTEXT_WEIGHT * w
+                    for t, w in weights.items()
+                    if t in found or t in before
+                )
+                / total
+            )
+            if wants_number and _HAS_NUMBER.search(c.text):
+                c.bonus = NUMBER_BONUS
+        # the best lexical matches, the top passages' sentences breaking ties
+        shortlist = sorted(candidates, key=lambda c: (-c.lexical - c.bonus, c.n, c.index))
+        shortlist = shortlist[:CANDIDATES]
+        texts = [c.text for c in shortlist]
+        if self.rerank is not None:
+            raw = self.rerank([(question, t) for t in texts])
+            semantic = [1.0 / (1.0 + math.exp(-float(s))) for s in raw]
+        else:
+            semantic = self.scorer.similarity([question], texts)[0].tolist()
+        for c, s in zip(shortlist, semantic, strict=True):
+            c.semantic = float(s)
+        best = max(shortlist, key=lambda c: (c.score, -c.n, -c.index))
+        chosen = [best]
+        following = [c for c in candidates if c.n == best.n and c.index == best.index + 1]
+        short = word_count(best.text) < MIN_WORDS or best.text.rstrip().endswith(":")
+        if (
+            following
+            and short
+            and word_count(best.text) + word_count(following[0].text) <= MAX_WORDS
+        ):
+            chosen.append(following[0])
+        passage = passages[best.n - 1]
+        found = terms(passage.text) | terms(passage.title or "")
+        coverage = sum(w for t, w in weights.items() if t in found) / total
+        quotes = [_quote(c, passages[c.n - 1]) for c in chosen[:MAX_SENTENCES]]
+        text = " ".join(f"{q.text} [{q.n}]" for q in quotes)
+        covered = best.score - best.bonus >= self.min_score and coverage >= self.min_coverage
+        return Extract(text, quotes, best.score, coverage, covered)
+
+    def _candidates(self, passages: Sequence[Passage]) -> list[_Candidate]:
+        out = []
+        for n, p in enumerate(passages, 1):
+            previous = p.title or ""
+            for i, span in enumerate(split_sentences(p.text)):
+                words = word_count(span.text)
+                if 3 <= words <= MAX_SENTENCE_WORDS and terms(span.text):
+                    out.append(_Candidate(n, i, span.text, span.start, span.end, previous))
+                previous = span.text
+        return out
+
+
+def _idf(
+    q_terms: list[str], doc_freq: Callable[[list[str]], tuple[int, dict[str, int]]] | None
+) -> dict[str, float]:
+    if doc_freq is None:
+        return dict.fromkeys(q_terms, 1.0)
+    rows, df = doc_freq(q_terms)
+    # a term the collection never uses weighs as much as one it uses once: a paraphrase's
+    # unseen word must not outweigh the rest of the question
+    return {
+        t: math.log(1.0 + (rows - 0.5) / 1.5)
+        if df.get(t, 0) < 1
+        else math.log(1.0 + (rows - df[t] + 0.5) / (df[t] + 0.5))
+        for t in q_terms
+    }
+
+
+def _quote(c: _Candidate, p: Passage) -> Quote:
+    return Quote(
+        text=c.text,
+        n=c.n,
+        chunk_id=p.chunk_id,
+        source=p.source,
+        start=p.start + c.start,
+        end=p.start + c.end,
+        page=p.page,
+        score=c.score,
+    )

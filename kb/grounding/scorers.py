@@ -1,0 +1,96 @@
+"""Support scorers: how well a piece of evidence backs a claim, from 0 to 1.
+
+A scorer needs one method, `similarity(claims, evidence)`. What runs everywhere is the
+collection's own embedder (cosine of the two texts); a cross-encoder or NLI model given by
+path scores each pair directly and is the better judge where one is installed. Lexical
+evidence (shared terms, exact numbers and names) is added on top by `kb.grounding.check`,
+whatever the scorer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from kb.embedders.base import Embedder
+from kb.errors import InvalidInput
+
+SCORER_KINDS = ("embedder", "cross-encoder:<path>", "nli:<path>")
+#: texts embedded one by one through the embedder's query path (cached, no padding) up to this
+#: many; more go through its batched path
+_SINGLE_LIMIT = 16
+
+
+class SupportScorer(Protocol):
+    name: str
+
+    def similarity(self, claims: Sequence[str], evidence: Sequence[str]) -> np.ndarray:
+        """Array (len(claims), len(evidence)) of scores in [0, 1]."""
+
+
+class EmbeddingScorer:
+    """Cosine similarity of the embedder's vectors, negative values read as 0."""
+
+    name = "embedder"
+
+    def __init__(self, embedder: Embedder):
+        self.embedder = embedder
+
+    def vectors(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        if len(texts) <= _SINGLE_LIMIT:
+            return np.stack([self.embedder.embed_query(t) for t in texts])
+        return self.embedder.embed(list(texts))
+
+    def similarity(self, claims: Sequence[str], evidence: Sequence[str]) -> np.ndarray:
+        if not claims or not evidence:
+            return np.zeros((len(claims), len(evidence)), dtype=np.float32)
+        both = self.vectors([*claims, *evidence])
+        return np.clip(both[: len(claims)] @ both[len(claims) :].T, 0.0, 1.0)
+
+
+class CrossEncoderScorer:
+    """A local cross-encoder (one relevance logit, read through a sigmoid) or NLI model (the
+    softmax probability of its entailment label), given by folder path."""
+
+    def __init__(self, path: str, *, nli: bool):
+        from kb.rerank import CrossEncoderReranker
+
+        self.model = CrossEncoderReranker(path)
+        self.nli = nli
+        self.name = f"{'nli' if nli else 'cross-encoder'}:{path}"
+
+    def similarity(self, claims: Sequence[str], evidence: Sequence[str]) -> np.ndarray:
+        if not claims or not evidence:
+            return np.zeros((len(claims), len(evidence)), dtype=np.float32)
+        # the evidence is the premise, the claim the hypothesis
+        pairs = [(e, c) for c in claims for e in evidence]
+        raw = np.asarray(self.model.score_pairs(pairs), dtype=np.float64)
+        if raw.ndim == 2 and raw.shape[1] > 1:
+            labels = self.model.label_names()
+            if self.nli and not any("entail" in name for name in labels):
+                raise InvalidInput(
+                    f"support scorer {self.name!r} has labels {labels} and none is entailment: "
+                    "give an NLI model, or use cross-encoder:<path> for a relevance model"
+                )
+            col = next((i for i, name in enumerate(labels) if "entail" in name), raw.shape[1] - 1)
+            exp = np.exp(raw - raw.max(axis=1, keepdims=True))
+            scores = exp[:, col] / exp.sum(axis=1)
+        else:
+            scores = 1.0 / (1.0 + np.exp(-raw.reshape(-1)))
+        return scores.reshape(len(claims), len(evidence)).astype(np.float32)
+
+
+def load_scorer(spec: str, embedder: Callable[[], Embedder]) -> SupportScorer:
+    """'embedder', 'cross-encoder:<path>' or 'nli:<path>'; `embedder` gives the collection's."""
+    kind, _, path = spec.partition(":")
+    if spec == "embedder":
+        return EmbeddingScorer(embedder())
+    if kind in ("cross-encoder", "nli") and path:
+        return CrossEncoderScorer(path, nli=kind == "nli")
+    raise InvalidInput(
+        f"unknown support scorer {spec!r}: set KB_SUPPORT_SCORER to one of {', '.join(SCORER_KINDS)}"
+    )

@@ -1,0 +1,57 @@
+"""Sentences with their character offsets, for checking answers and quoting passages."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: an end of sentence: . ! or ? (then closing quotes or brackets) before space and a capital,
+#: digit, quote, bracket or code mark; or any line break. "e.g. the" and "3.40.1" do not split.
+_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*[ \t]+(?=[\"'(\[`*_A-Z0-9])|[ \t]*\n\s*")
+#: citation marks that a writer put after the period ("... 8000. [1]") belong to that sentence
+_LEADING_CITATIONS = re.compile(r"(?:\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]\s*)+")
+_ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|etc|vs|cf|approx|Dr|Mr|Ms|Mrs|No|Fig|Sec)\.)$")
+
+
+@dataclass(frozen=True)
+class Span:
+    """A piece of a text and where it is: `text == source[start:end]`."""
+
+    text: str
+    start: int
+    end: int
+
+
+def split_sentences(text: str) -> list[Span]:
+    """The sentences (and stand-alone lines) of `text`, stripped, with offsets into it."""
+    pieces: list[tuple[int, int]] = []
+    cursor = 0
+    for match in _BOUNDARY.finditer(text):
+        if match.group().strip(" \t") == "" and _ABBREVIATION.search(text[: match.start()]):
+            continue  # "e.g. The" inside a sentence
+        pieces.append((cursor, match.start()))
+        cursor = match.end()
+    pieces.append((cursor, len(text)))
+
+    spans: list[Span] = []
+    for start, end in pieces:
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        if start >= end:
+            continue
+        lead = _LEADING_CITATIONS.match(text, start, end)
+        if lead and spans and lead.end() > start:
+            prev = spans[-1]
+            cut = start + len(lead.group().rstrip())
+            spans[-1] = Span(text[prev.start : cut], prev.start, cut)
+            start = lead.end()
+            if start >= end:
+                continue
+        spans.append(Span(text[start:end], start, end))
+    return spans
+
+
+def word_count(text: str) -> int:
+    return len(text.split())

@@ -1,0 +1,324 @@
+"""Grounded answers: the support check, the policies, extract mode, over real HTTP.
+
+The generated answers that must be wrong in a known way (a changed port number, a citation of
+a passage that was never given) come from a scripted model behind the OpenAI-compatible
+backend, the same interface a remote model uses; the bundled SmolLM2 answers the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from openai import OpenAI
+
+from kb.grounding.check import remove_foreign_citations
+from kb.grounding.evidence import key_tokens, missing_tokens
+from kb.grounding.sentences import split_sentences
+from kb.settings import GeneratorSpec, Settings
+from tests.conftest import TEST_MAX_NEW_TOKENS, LiveServer, data_dir_with_cache, live_server
+
+GUIDE = (
+    "# Running the service\n\n"
+    "The kb service listens on port 8000 after you run kb serve. "
+    "Send a POST request to /query with a question to get an answer.\n\n"
+    "# Adding documents\n\n"
+    "Run kb ingest with a folder to add its documents to a collection. "
+    "Files that did not change since the last run are skipped.\n"
+)
+BIRDS = (
+    "The Veltrani heron nests on the salt flats of Tembry. It lays exactly three blue eggs "
+    "every spring, and both parents guard the nest.\n"
+)
+PORT_QUESTION = "Which port does the kb service listen on?"
+#: what the scripted model answers, chosen by the request's max_tokens
+SCRIPT = {
+    101: "The kb service listens on port 8080 [1].",
+    102: "The kb service listens on port 8000 [1][7].",
+    103: "The kb service listens on port 8000 [1]. It was written by Martians in 1990.",
+}
+WRONG_PORT, FOREIGN_CITATION, ONE_MADE_UP = (
+    {"max_new_tokens": n, "model": "scripted", "mode": "rag"} for n in SCRIPT
+)
+
+
+# --- units -------------------------------------------------------------------------------------
+
+
+def test_sentences_keep_offsets_and_trailing_citations() -> None:
+    text = "It listens on port 8000. [1] Use e.g. kb serve to start it.\n- a list item"
+    spans = split_sentences(text)
+    assert [s.text for s in spans] == [
+        "It listens on port 8000. [1]",
+        "Use e.g. kb serve to start it.",
+        "- a list item",
+    ]
+    assert all(text[s.start : s.end] == s.text for s in spans)
+
+
+def test_key_tokens_must_occur_in_the_passage() -> None:
+    sentence = 'Set PRAGMA page_size to 4,096 in SQLite 3.40.1, says "the manual" by Ada Prunk [2].'
+    assert key_tokens(sentence) == [
+        "the manual",
+        "4,096",
+        "3.40.1",
+        "PRAGMA",
+        "page_size",
+        "SQLite",
+        "Ada Prunk",
+    ]
+    passage = "pragma page_size=4096 in sqlite 3.40.1 (the manual, Ada Prunk)"
+    assert missing_tokens(sentence, passage) == []
+    assert missing_tokens("It listens on port 8080.", "It listens on port 8000.") == ["8080"]
+    assert missing_tokens("It listens on port 800.", "It listens on port 8000.") == ["800"]
+
+
+def test_foreign_citations_are_removed_and_reported() -> None:
+    assert remove_foreign_citations("Port 8000 [1][7]. See [2, 9]. Also [9].", 3) == (
+        "Port 8000 [1]. See [2]. Also.",
+        [7, 9],
+    )
+
+
+# --- a service with a scripted model beside the bundled one ------------------------------------
+
+
+def _scripted_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        text = SCRIPT.get(body.get("max_tokens"), "I do not know.")
+        usage = {"prompt_tokens": 10, "completion_tokens": 9, "total_tokens": 19}
+        base = {"id": "s1", "created": int(time.time()), "model": body["model"]}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": text}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            return {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+        from fastapi.responses import StreamingResponse
+
+        def events():
+            for i, word in enumerate(text.split(" ")):
+                delta = {"content": word if i == 0 else " " + word}
+                chunk = {**base, "object": "chat.completion.chunk"}
+                chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": None}]
+                yield f"data: {json.dumps(chunk)}\n\n"
+            end = {**base, "object": "chat.completion.chunk"}
+            end["choices"] = [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+            yield f"data: {json.dumps(end)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def scripted_url() -> Iterator[str]:
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(_scripted_app(), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the scripted model's server did not start"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def grounded(tmp_path_factory, model_cache: Path, scripted_url: str) -> Iterator[LiveServer]:
+    base = tmp_path_factory.mktemp("kb-grounded")
+    corpus = base / "corpus"
+    corpus.mkdir()
+    (corpus / "guide.txt").write_text(GUIDE, encoding="utf-8")
+    (corpus / "birds.txt").write_text(BIRDS, encoding="utf-8")
+    settings = Settings(
+        data_dir=data_dir_with_cache(base / "data", model_cache),
+        generators=[
+            GeneratorSpec(name="smollm2", model="smollm2", max_new_tokens=TEST_MAX_NEW_TOKENS),
+            GeneratorSpec(
+                name="scripted",
+                backend="openai",
+                model="scripted",
+                base_url=scripted_url,
+                api_key="unused",
+            ),
+        ],
+        default_generator="smollm2",
+    )
+    with live_server(settings, warm=False) as live:
+        live.corpus = corpus
+        live.services.kb.ingest_path(corpus, collection="default")
+        yield live
+
+
+@pytest.fixture(scope="module")
+def http(grounded: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=grounded.url, timeout=300) as client:
+        yield client
+
+
+def ask(http: httpx.Client, question: str, **body) -> dict:
+    r = http.post("/query", json={"question": question, **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_canary_wrong_port_is_flagged(http: httpx.Client) -> None:
+    out = ask(http, PORT_QUESTION, **WRONG_PORT, support="flag")
+    assert out["grounded"] is True
+    assert "8080" in out["answer"]  # flag keeps the text ...
+    (claim,) = [s for s in out["support"]["sentences"] if s["claim"]]
+    assert claim["supported"] is False  # ... and marks the sentence
+    assert claim["missing"] == ["8080"]
+    assert out["support"]["action"] == "flagged"
+    assert out["support"]["supported_share"] == 0.0
+
+
+def test_canary_wrong_port_falls_back_to_the_extractive_answer(
+    http: httpx.Client, grounded: LiveServer
+) -> None:
+    out = ask(http, PORT_QUESTION, **WRONG_PORT, support="fallback")
+    assert "8080" not in out["answer"]
+    assert "port 8000" in out["answer"]
+    assert out["support"]["action"] == "fallback"
+    assert "8080" in out["support"]["generated"]
+    assert out["finish_reason"] == "fallback"
+    assert out["quotes"], out
+    text = (grounded.corpus / "guide.txt").read_text(encoding="utf-8")
+    for quote in out["quotes"]:
+        assert text[quote["start"] : quote["end"]] == quote["text"]
+        assert quote["source"].endswith("guide.txt")
+    assert any(c["cited"] for c in out["citations"])
+
+
+def test_drop_keeps_only_supported_sentences(http: httpx.Client) -> None:
+    out = ask(http, PORT_QUESTION, **ONE_MADE_UP, support="drop")
+    assert "8000" in out["answer"] and "Martians" not in out["answer"]
+    assert out["support"]["action"] == "dropped"
+    flags = [s["supported"] for s in out["support"]["sentences"] if s["claim"]]
+    assert flags == [True, False]
+
+
+def test_citation_to_a_passage_not_given_never_reaches_the_response(http: httpx.Client) -> None:
+    for support in ("flag", "drop", "fallback"):
+        out = ask(http, PORT_QUESTION, **FOREIGN_CITATION, support=support)
+        assert "[7]" not in out["answer"]
+        assert out["support"]["removed_citations"] == [7]
+        assert all(c["n"] <= len(out["passages"]) for c in out["citations"])
+        assert out["support"]["action"] == "kept"
+
+
+def test_stream_under_fallback_sends_no_unsupported_text(http: httpx.Client) -> None:
+    body = {"question": PORT_QUESTION, **WRONG_PORT, "stream": True}
+    deltas, done = [], None
+    with http.stream("POST", "/query", json={**body, "support": "fallback"}) as r:
+        assert r.status_code == 200
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+                if event == "delta":
+                    deltas.append(data["text"])
+                elif event == "done":
+                    done = data
+    assert done is not None
+    assert "".join(deltas) == done["answer"]
+    assert not any("8080" in d for d in deltas)
+    assert done["support"]["action"] == "fallback"
+
+
+def test_openai_client_gets_the_checked_answer(grounded: LiveServer) -> None:
+    client = OpenAI(base_url=f"{grounded.url}/v1", api_key="unused")
+    completion = client.chat.completions.create(
+        model="kb:default:rag:scripted",
+        messages=[{"role": "user", "content": PORT_QUESTION}],
+        max_tokens=101,
+        extra_body={"support": "fallback"},
+    )
+    content = completion.choices[0].message.content
+    assert "8080" not in content and "8000" in content
+    kb = completion.model_extra["kb"]
+    assert kb["support"]["action"] == "fallback" and kb["grounded"] is True
+    stream = client.chat.completions.create(
+        model="kb:default:rag:scripted",
+        messages=[{"role": "user", "content": PORT_QUESTION}],
+        max_tokens=101,
+        extra_body={"support": "fallback"},
+        stream=True,
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert "8080" not in streamed and "8000" in streamed
+    ids = [m.id for m in client.models.list()]
+    assert "kb:default:extract" in ids
+
+
+def test_extract_quotes_the_passage_with_offsets(http: httpx.Client, grounded: LiveServer) -> None:
+    out = ask(http, "How many eggs does the Veltrani heron lay?", mode="extract")
+    assert out["grounded"] is True and out["not_covered"] is False
+    assert "three blue eggs" in out["answer"]
+    assert out["model"]["kind"] == "extract" and out["usage"]["completion_tokens"] == 0
+    text = (grounded.corpus / "birds.txt").read_text(encoding="utf-8")
+    for quote in out["quotes"]:
+        assert text[quote["start"] : quote["end"]] == quote["text"]
+        assert f"[{quote['passage']}]" in out["answer"]
+    assert out["citations"][out["quotes"][0]["passage"] - 1]["cited"] is True
+
+
+def test_questions_the_documents_do_not_cover(http: httpx.Client) -> None:
+    for mode in ("extract", "rag"):
+        out = ask(http, "How do I bake sourdough bread at home?", mode=mode)
+        assert out["not_covered"] is True, out
+        assert out["answer"] == "The documents do not cover this question."
+
+
+def test_ungrounded_modes_are_labelled(http: httpx.Client) -> None:
+    out = ask(http, PORT_QUESTION, mode="base", model="scripted")
+    assert out["grounded"] is False and out["support"] is None
+
+
+def test_real_model_answers_go_out_only_when_supported(http: httpx.Client) -> None:
+    """Whatever the bundled model writes, drop returns supported sentences or not-covered,
+    and fallback returns its own checked text or quotes from the passages."""
+    for question in (PORT_QUESTION, "How do I add documents to a collection?"):
+        out = ask(http, question, mode="rag", support="drop")
+        claims = [s for s in out["support"]["sentences"] if s["claim"]] if out["support"] else []
+        if out["support"] and out["support"]["action"] in ("kept",):
+            assert all(s["supported"] for s in claims)
+        if out["support"] and out["support"]["action"] == "dropped":
+            kept = [s["text"] for s in claims if s["supported"]]
+            assert out["answer"] == " ".join(kept)
+        fb = ask(http, question, mode="rag", support="fallback")
+        if fb["support"] and fb["support"]["action"] == "fallback":
+            assert fb["quotes"] and fb["answer"].startswith(fb["quotes"][0]["text"])
+
+
+def test_compare_shows_extract_beside_the_generated_modes(http: httpx.Client) -> None:
+    out = ask(http, PORT_QUESTION, mode="compare", model="scripted", max_new_tokens=101)
+    modes = [a["mode"] for a in out["answers"]]
+    assert "extract" in modes and "rag" in modes and "base" in modes
+    by_mode = {a["mode"]: a for a in out["answers"]}
+    assert "8000" in by_mode["extract"]["answer"]
+    assert by_mode["base"]["grounded"] is False
+
+
+def test_unknown_policy_names_the_choices(http: httpx.Client) -> None:
+    r = http.post("/query", json={"question": PORT_QUESTION, "support": "ignore"})
+    assert r.status_code == 422
+    assert "flag" in r.text and "fallback" in r.text
