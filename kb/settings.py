@@ -18,6 +18,10 @@ class GeneratorSpec(BaseModel):
     # local: "smollm2" (bundled), a Hugging Face folder, or a .gguf file; openai: the remote model id
     model: str = "smollm2"
     adapter: str | None = None  # local LoRA adapter folder
+    # local: what runs the weights. "auto" runs a GGUF model without adapter on llama.cpp when
+    # llama-cpp-python is installed (it decodes SmolLM2 several times faster than transformers
+    # here, benchmarks/generation.py) and anything else, or when it cannot load, on transformers
+    runtime: Literal["auto", "llamacpp", "transformers"] = "auto"
     base_url: str | None = None  # openai backend: e.g. http://localhost:11434/v1
     api_key: str | None = None
     context_window: int = 2048
@@ -59,6 +63,9 @@ class Settings(BaseSettings):
     # tokens of the embedder's tokenizer (MiniLM reads 256 with its 2 special tokens)
     chunk_size: int = 250
     chunk_overlap: int = 32
+    # leave out of the chunks the lines repeated across at least half of a collection's files
+    # (navigation, footers, banners; ingest/boilerplate.py)
+    drop_boilerplate: bool = True
     commit_every_chunks: int = 20_000  # a long ingest commits a generation this often
 
     # retrieval
@@ -75,6 +82,20 @@ class Settings(BaseSettings):
     # million (docs/benchmarks.md, scale), and /search must stay fast under concurrent load
     exact_search_max: int = 25_000
     reranker: str | None = None  # a cross-encoder name or path; None disables re-ranking
+
+    # grounded answers (kb.grounding): what a generated answer that its passages do not back
+    # becomes. flag: marked per sentence; drop: unsupported sentences removed; fallback: the
+    # extractive answer instead. fallback by default: the bundled 135M model often answers
+    # fluently from outside its passages, and only a checked answer may go out as grounded
+    support_policy: Literal["flag", "drop", "fallback"] = "fallback"
+    # "embedder" (the collection's own, on CPU), "cross-encoder:<path>" or "nli:<path>"
+    support_scorer: str = "embedder"
+    # a claim's score (half term overlap, half the scorer) at which its passage backs it
+    support_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    # extractive answers and the coverage gate of every grounded mode: the best sentence's
+    # score, and the share of the question's term weight (IDF) its passage must hold
+    extract_min_score: float = Field(0.45, ge=0.0, le=1.0)
+    extract_min_coverage: float = Field(0.5, ge=0.0, le=1.0)
     # searches run at once, the rest wait in arrival order; None: one per CPU core, 0: no limit.
     # More threads than cores only time-share the cores and stretch every search's latency
     search_concurrency: int | None = Field(None, ge=0)
