@@ -322,3 +322,48 @@ def test_unknown_policy_names_the_choices(http: httpx.Client) -> None:
     r = http.post("/query", json={"question": PORT_QUESTION, "support": "ignore"})
     assert r.status_code == 422
     assert "flag" in r.text and "fallback" in r.text
+
+
+# --- scorers by path -----------------------------------------------------------------------------
+
+
+def _cross_encoder(folder: Path, labels: list[str]) -> str:
+    """A cross-encoder on the bundled MiniLM weights with an untrained head: real loading and
+    scoring code, meaningless scores (no such model installs here)."""
+    from sentence_transformers import CrossEncoder
+
+    from kb.embedders.sentence_transformers import bundled_minilm_path
+
+    model = CrossEncoder(bundled_minilm_path(), num_labels=len(labels), device="cpu")
+    model.model.config.id2label = dict(enumerate(labels))
+    model.model.config.label2id = {name: i for i, name in enumerate(labels)}
+    model.save(str(folder))
+    return str(folder)
+
+
+def test_nli_and_cross_encoder_scorers_load_by_path(tmp_path: Path) -> None:
+    from kb.errors import InvalidInput
+    from kb.grounding import SupportChecker, load_scorer
+    from kb.types import Passage
+
+    passage = Passage(1, "d", "guide.txt", "The service listens on port 8000.", 1.0, 0, 33)
+    nli = _cross_encoder(tmp_path / "nli", ["contradiction", "entailment", "neutral"])
+    scorer = load_scorer(f"nli:{nli}", embedder=lambda: None)
+    scores = scorer.similarity(["It listens on port 8000."], ["The service listens on port 8000."])
+    assert scores.shape == (1, 1) and 0.0 <= float(scores[0, 0]) <= 1.0
+    checker = SupportChecker(scorer, threshold=0.0)
+    _, report = checker.check(
+        "It listens on port 8080 [1].", [passage], policy="flag", not_covered="Not covered."
+    )
+    assert report.scorer == f"nli:{nli}"
+    assert report.sentences[0].missing == ["8080"] and report.sentences[0].supported is False
+
+    relevance = _cross_encoder(tmp_path / "ce", ["relevant"])
+    one = load_scorer(f"cross-encoder:{relevance}", embedder=lambda: None)
+    assert 0.0 <= float(one.similarity(["a claim"], ["some evidence"])[0, 0]) <= 1.0
+
+    bad = _cross_encoder(tmp_path / "bad", ["yes", "no"])
+    with pytest.raises(InvalidInput, match="none is entailment"):
+        load_scorer(f"nli:{bad}", embedder=lambda: None).similarity(["a"], ["b"])
+    with pytest.raises(InvalidInput, match="KB_SUPPORT_SCORER"):
+        load_scorer("magic", embedder=lambda: None)
