@@ -3,15 +3,13 @@
     uvicorn --factory api.app:create_app      # or: kb serve
 
 Routers are listed by module path in ROUTERS; a router module may also define
-`startup(services)` and `shutdown(services)`, called in the app's lifespan (e.g. to build and
-register its own objects in `services.extras`).
+`startup(services)` and `shutdown(services)`, called in the app's lifespan (e.g. to start and
+stop a thread pool of its own, kept in a field of Services).
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
@@ -25,8 +23,6 @@ from api.deps import Services
 from api.limits import UploadLimit
 from api.routers.health import version
 from kb.settings import Settings
-
-log = logging.getLogger("kb.api")
 
 #: open to every caller, even when API keys are configured
 PUBLIC_ROUTERS = ["api.routers.health", "api.routers.ui"]
@@ -52,47 +48,35 @@ configured (KB_API_KEYS), send `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 
 
 def build_services(settings: Settings) -> Services:
-    """The core objects every request shares; nothing loads a model here."""
+    """The core objects every request shares, stored fine-tuned models registered; nothing
+    loads a model or an index here (the warm-up does, once started)."""
+    from api.warmup import Warmup
     from kb.answering import Answerer
-    from kb.generators import GeneratorRegistry
+    from kb.finetune.classify import ClassifierCache
     from kb.jobs import JobManager
+    from kb.models import build_generators
     from kb.service import KnowledgeBase
 
     kb = KnowledgeBase(settings)
-    generators = GeneratorRegistry(settings)
-    jobs = JobManager(settings.jobs_dir)
+    generators, models = build_generators(settings)
     return Services(
         settings=settings,
         kb=kb,
         generators=generators,
-        jobs=jobs,
+        models=models,
+        jobs=JobManager(settings.jobs_dir),
         answerer=Answerer(kb, generators),
+        classifiers=ClassifierCache(),
+        warmup=Warmup(settings, kb, generators),
     )
 
 
-WARM_JOIN_SECONDS = 120  # a shutdown waits this long at most for a warm-up in progress
-
-
-def _warm(services: Services) -> None:
-    """Load the default generator (if local) and the embedder, so the first request is quick."""
-    try:
-        spec = next(
-            (
-                s
-                for s in services.generators.specs()
-                if s.name == services.settings.default_generator
-            ),
-            None,
-        )
-        if spec is not None and spec.backend == "local":
-            services.generators.get(spec.name).load()
-        services.kb.embedder  # noqa: B018 - loads the default embedder
-    except Exception:  # warming is an optimisation; the first request reports real errors
-        log.warning("warm-up failed; models will load on first use", exc_info=True)
+WARM_JOIN_SECONDS = 120  # a shutdown waits this long at most for a warm-up step in progress
 
 
 def create_app(settings: Settings | None = None, *, warm: bool = True) -> FastAPI:
-    """The API app; `warm` loads the default local model in the background at startup."""
+    """The API app; `warm` loads the collections' indexes, the embedder and the default local
+    model in the background at startup (GET /ready answers 503 until it is done)."""
     settings = settings or Settings()
     public = [importlib.import_module(m) for m in PUBLIC_ROUTERS]
     guarded = [importlib.import_module(m) for m in ROUTERS]
@@ -105,10 +89,8 @@ def create_app(settings: Settings | None = None, *, warm: bool = True) -> FastAP
         for module in modules:
             if hook := getattr(module, "startup", None):
                 hook(services)
-        warming = None
         if warm:
-            warming = threading.Thread(target=_warm, args=(services,), name="kb-warm", daemon=True)
-            warming.start()
+            services.warmup.start()
         try:
             yield
         finally:
@@ -116,11 +98,9 @@ def create_app(settings: Settings | None = None, *, warm: bool = True) -> FastAP
                 if hook := getattr(module, "shutdown", None):
                     hook(services)
             services.jobs.shutdown()
-            if warming is not None and warming.is_alive():
-                # a process that exits while a thread is inside torch's model loading aborts
-                # (SIGABRT, "terminate called without an active exception"): let it finish
-                log.info("waiting for the model warm-up to finish before shutting down")
-                warming.join(WARM_JOIN_SECONDS)
+            # a process that exits while a thread is inside torch's model loading aborts
+            # (SIGABRT, "terminate called without an active exception"): let it finish
+            services.warmup.stop(WARM_JOIN_SECONDS)
 
     app = FastAPI(
         title="kb",

@@ -1,8 +1,9 @@
 """Registry of fine-tuned models: generation models under `models/<name>/model.json` (with
 their LoRA adapter beside it) and embedding models under `models/embeddings/<name>/`.
 
-Stored generation models are registered into the live GeneratorRegistry on service start
-(`load_into`) and the moment a job registers them, so `finetuned` answer modes see them at once.
+Stored generation models are registered into the live GeneratorRegistry when the service is
+built (`build_generators`, whoever builds it: the CLI, the HTTP app, a test) and the moment a job
+registers them, so `finetuned` answer modes see them at once.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kb.errors import Conflict, InvalidInput, ModelNotFound
 from kb.files import atomic_write
 from kb.settings import GeneratorSpec, Settings
+
+if TYPE_CHECKING:
+    from kb.generators import GeneratorRegistry
 
 RECORD_FILE = "model.json"
 ADAPTER_DIR = "adapter"
@@ -282,6 +286,18 @@ class ModelRegistry:
         if self.generators is None:
             self.generators = generators
         return names
+
+
+def build_generators(settings: Settings) -> tuple[GeneratorRegistry, ModelRegistry]:
+    """The settings' generators with every stored fine-tuned model registered, and the model
+    registry that keeps them in step (a model registered or deleted later joins or leaves them
+    at once). Every service is built from here, so mode=finetuned never depends on who built it."""
+    from kb.generators import GeneratorRegistry
+
+    generators = GeneratorRegistry(settings)
+    models = ModelRegistry(settings, generators)
+    models.load_into(generators)
+    return generators, models
 
 
 def _read_record(path: Path) -> ModelRecord | None:

@@ -18,12 +18,14 @@ from ingest.pipeline import (
     document_sources,
     folder_sources,
 )
-from kb.embedders import Embedder, load_embedder
+from kb.embedders import Embedder, load_embedder, runs_locally
 from kb.errors import CollectionNotFound, DocumentNotFound, InvalidInput
 from kb.retrieval import RetrievalOptions, Retriever
 from kb.settings import Settings
 from kb.store.collection import Collection, validate_name
 from kb.types import Document, Passage
+
+WARM_QUERY = "warm-up"  # any text: the warm-up search only walks the path a query takes
 
 
 class KnowledgeBase:
@@ -67,7 +69,8 @@ class KnowledgeBase:
         BM25 then sees the whole chunk while the dense vector covers its first window, which is
         how BEIR treats abstracts as units; the default fits inside MiniLM's 256 tokens."""
         size = self.settings.chunk_size
-        return Chunker(embedder.count_tokens, size, min(self.settings.chunk_overlap, size // 2))
+        overlap = min(self.settings.chunk_overlap, size // 2)
+        return Chunker(embedder.count_tokens, size, overlap, self.settings.drop_boilerplate)
 
     # -- collections -----------------------------------------------------------------------
 
@@ -112,12 +115,15 @@ class KnowledgeBase:
             self._collections[name] = col
             return col
 
-    def list_collections(self) -> list[dict[str, Any]]:
+    def collection_names(self) -> list[str]:
+        """The names of the collections on disk, without opening them."""
         root = self.settings.collections_dir
         if not root.exists():
             return []
-        names = sorted(p.name for p in root.iterdir() if (p / "store.sqlite").exists())
-        return [self.collection(n).info() for n in names]
+        return sorted(p.name for p in root.iterdir() if (p / "store.sqlite").exists())
+
+    def list_collections(self) -> list[dict[str, Any]]:
+        return [self.collection(n).info() for n in self.collection_names()]
 
     def delete_collection(self, name: str) -> None:
         col = self.collection(name)
@@ -309,6 +315,15 @@ class KnowledgeBase:
             if value is not None:
                 setattr(opts, key, value)
         return opts
+
+    def warm(self, collection: str) -> None:
+        """Load a collection's indexes and its query encoder and run one search through them,
+        so that its first real search pays for no lazy loading (the service's warm-up)."""
+        snapshot = self.collection(collection).snapshot()
+        if runs_locally(snapshot.embedder):
+            self.search(WARM_QUERY, collection=collection, k=1)
+        else:  # a search would call the remote embedding API; building its client is enough
+            self.embedder_for(snapshot.embedder)
 
     def search_limited(self, collection: str | None = None) -> bool:
         """Whether searches of the collection share the per-core limiter (KB_SEARCH_CONCURRENCY).

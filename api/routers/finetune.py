@@ -10,45 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from api.auth import Caller
-from api.deps import JobsDep, KBDep, Services, SettingsDep
+from api.deps import JobsDep, KBDep, ModelsDep, Services, SettingsDep
 from api.errors import ERROR_RESPONSES
 from api.ingest_jobs import lane, resolve_ingest_path
 from api.schemas import JobEvent, JobList, JobOut, Strict
 from kb.errors import Conflict, InvalidInput, NotFound
-from kb.models import ModelRegistry, validate_model_name
+from kb.models import validate_model_name
 from kb.settings import Settings
 
 router = APIRouter(tags=["fine-tuning"], responses=ERROR_RESPONSES)
 
-MODELS_KEY = "models"
-CLASSIFIERS_KEY = "classifiers"
 ACCEPTED = {202: {"description": "Accepted: the job runs in the background; poll its URL."}}
 DATASETS_DIR = "finetune"
 JOB_KINDS = ("finetune", "embeddings")
-
-
-def startup(services: Services) -> None:
-    """Register every stored fine-tuned model, so models survive restarts."""
-    registry = ModelRegistry(services.settings, services.generators)
-    registry.load_into(services.generators)
-    services.extras[MODELS_KEY] = registry
-
-
-def get_model_registry(request: Request) -> ModelRegistry:
-    services: Services = request.app.state.services
-    registry = services.extras.get(MODELS_KEY)
-    if registry is None:  # an app built without this router's startup hook
-        registry = services.extras[MODELS_KEY] = ModelRegistry(
-            services.settings, services.generators
-        )
-    return registry
-
-
-ModelsDep = Annotated[ModelRegistry, Depends(get_model_registry)]
 
 
 # -- schemas -------------------------------------------------------------------------------
@@ -497,12 +475,9 @@ def classify(
     training (template, headers, token budget, and the nearest labelled examples when it was
     prepared with `neighbours`), and each label's probability comes from its log-likelihood as
     the whole answer."""
-    from kb.finetune.classify import ClassifierCache
-
     caller.check(None, "read")
     services: Services = request.app.state.services
-    cache = services.extras.setdefault(CLASSIFIERS_KEY, ClassifierCache())
-    classifier = cache.get(models.get(name), services.generators, services.settings)
+    classifier = services.classifiers.get(models.get(name), services.generators, services.settings)
     results = classifier.classify(body.texts, both_views=body.both_views)
     return {
         "model": name,

@@ -28,18 +28,18 @@ from kb.service import KnowledgeBase
 
 router = APIRouter(tags=["search"], responses=ERROR_RESPONSES)
 
-POOL_KEY = "search_pool"
 T = TypeVar("T")
 
 
 def startup(services: Services) -> None:
     slots = services.kb.retriever.limiter.slots
     if slots:
-        services.extras[POOL_KEY] = ThreadPoolExecutor(slots, thread_name_prefix="kb-search")
+        services.search_pool = ThreadPoolExecutor(slots, thread_name_prefix="kb-search")
 
 
 def shutdown(services: Services) -> None:
-    if pool := services.extras.pop(POOL_KEY, None):
+    if pool := services.search_pool:
+        services.search_pool = None
         pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -57,7 +57,7 @@ async def on_search_threads(
 ) -> T:
     """`fn(*args)`, a search of `collection`, on the search threads when its searches take a
     limiter slot, else (no limit, or a remote embedder) on the shared thread pool."""
-    pool = services.extras.get(POOL_KEY)
+    pool = services.search_pool
     if pool is not None and services.kb.search_limited(collection):
         return await in_pool(pool, fn, *args)
     return await run_in_threadpool(fn, *args)
