@@ -2,6 +2,9 @@
 
 Plain core calls (no FastAPI), so any edge can submit the same jobs. Jobs writing one
 collection share the JobManager lane `collection:<name>` and so run one after another.
+
+A job record names files as clients know them: a folder by the path the client sent, its files
+relative to it, uploads by their file names; the server's own folders appear nowhere in it.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ingest.pipeline import IngestProgress
-from kb.errors import InvalidInput, PermissionDenied
-from kb.jobs import JobContext, JobManager, JobRecord
+from kb.errors import InvalidInput, KBError, PermissionDenied
+from kb.jobs import Cancelled, JobContext, JobFn, JobManager, JobRecord
 from kb.service import KnowledgeBase
 
 #: seconds an ingest job waits for another process (e.g. the CLI) writing the same collection
@@ -92,8 +95,17 @@ def resolve_ingest_path(path: str, roots: list[Path]) -> Path:
 
 
 def submit_folder_ingest(
-    jobs: JobManager, kb: KnowledgeBase, collection: str, path: Path, prune: bool
+    jobs: JobManager,
+    kb: KnowledgeBase,
+    collection: str,
+    path: Path,
+    prune: bool,
+    shown: str | None = None,
 ) -> JobRecord:
+    """Ingest the server-side folder `path`, named `shown` (the path the client sent) in the
+    job record."""
+    shown = shown or path.name
+
     def run(ctx: JobContext) -> dict[str, Any]:
         report = kb.ingest_path(
             path,
@@ -104,8 +116,8 @@ def submit_folder_ingest(
         )
         return report.to_dict()
 
-    params = {"collection": collection, "path": str(path), "prune": prune, "source": "folder"}
-    return jobs.submit("ingest", params, run, lane=lane(collection))
+    params = {"collection": collection, "path": shown, "prune": prune, "source": "folder"}
+    return jobs.submit("ingest", params, _naming(path, shown, run), lane=lane(collection))
 
 
 def submit_files_ingest(
@@ -117,12 +129,31 @@ def submit_files_ingest(
         )
         return report.to_dict()
 
-    params = {
-        "collection": collection,
-        "files": [str(f) for f in files],
-        "source": "upload",
-    }
-    return jobs.submit("ingest", params, run, lane=lane(collection))
+    params = {"collection": collection, "files": [f.name for f in files], "source": "upload"}
+    folder = files[0].parent if files else Path("/")
+    return jobs.submit("ingest", params, _naming(folder, "", run), lane=lane(collection))
+
+
+def _naming(folder: Path, shown: str, run: JobFn) -> JobFn:
+    """`run`, its errors naming `folder` as `shown` (reports and events name files already as
+    clients know them; an error raised past the ingest, say a full disk, may not)."""
+
+    def named(ctx: JobContext) -> dict[str, Any] | None:
+        try:
+            return run(ctx)
+        except Cancelled:
+            raise
+        except Exception as exc:
+            message = str(exc)
+            if str(folder) not in message:
+                raise
+            message = message.replace(str(folder) + os.sep, shown and shown.rstrip(os.sep) + os.sep)
+            message = message.replace(str(folder), shown or ".")
+            if isinstance(exc, KBError):
+                raise type(exc)(message) from None
+            raise KBError(f"{type(exc).__name__}: {message}") from None
+
+    return named
 
 
 def uploads_dir(data_dir: Path, collection: str) -> Path:

@@ -64,6 +64,7 @@ class _Pending:
     origin_hash: str
     status: str  # "added" | "updated"
     docs: list[tuple[Document, list[Chunk]]]
+    display: str = ""  # the origin as readers see it (relative to the folder ingested)
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Source:
     origin: str
     content_hash: str
     load: Callable[[], list[Document]]
-    display: str = ""
+    display: str = ""  # shown in reports and stored as the documents' display source
 
 
 def file_hash(path: Path, max_bytes: int) -> str:
@@ -191,7 +192,7 @@ class Ingestor:
             self.progress.file_done(name, "failed", _describe(exc))
             return None
         status = "updated" if source.origin in stored else "added"
-        return _Pending(source.origin, source.content_hash, status, chunked)
+        return _Pending(source.origin, source.content_hash, status, chunked, name)
 
     def _embed(self, batch: list[_Pending], report: IngestReport) -> int:
         chunks = [c for p in batch for _, cs in p.docs for c in cs]
@@ -231,29 +232,38 @@ class Ingestor:
                         chars=len(doc.text),
                         chunks=chunks,
                         vectors=np.asarray(vectors),
+                        display=p.display + doc.source[len(p.origin) :]
+                        if doc.source.startswith(p.origin)
+                        else p.display,
                     )
                 )
         generation = self.collection.commit(add=add, delete_doc_ids=delete)
         report.documents_written += len(add)
         for p in ready:
             setattr(report, p.status, getattr(report, p.status) + 1)
-            self.progress.file_done(p.origin, p.status)
+            self.progress.file_done(p.display, p.status)
         self.progress.committed(generation)
 
 
 def folder_sources(
     root: Path, *, loader_options: dict[str, Any], fingerprint: str, max_bytes: int
 ) -> tuple[list[Source], list[Path]]:
-    """Sources for every file under `root` (or `root` itself if it is a file)."""
+    """Sources for every file under `root` (or `root` itself if it is a file), each displayed
+    by its path relative to `root` (a file root by its name)."""
     from ingest.loaders import iter_files, load_file
 
     files = [root] if root.is_file() else list(iter_files(root))
+    base = os.path.abspath(root.parent if root.is_file() else root)
     sources = []
     for path in files:
         origin = os.path.abspath(path)
+        display = os.path.relpath(origin, base)
 
-        def load(path: Path = path, origin: str = origin) -> list[Document]:
-            docs = load_file(path, max_bytes=max_bytes, **loader_options)
+        def load(path: Path = path, origin: str = origin, display: str = display) -> list[Document]:
+            try:
+                docs = load_file(path, max_bytes=max_bytes, **loader_options)
+            except KBError as exc:  # reported to clients: named without the server's folders
+                raise type(exc)(str(exc).replace(str(path), display)) from None
             for doc in docs:  # sources are absolute, whatever path the caller gave
                 if doc.source.startswith(str(path)):
                     doc.source = origin + doc.source[len(str(path)) :]
@@ -263,7 +273,7 @@ def folder_sources(
             digest = file_hash(path, max_bytes)
         except OSError as exc:
             digest = f"unreadable:{exc}"
-        sources.append(Source(origin, f"{digest}:{fingerprint}", load, display=origin))
+        sources.append(Source(origin, f"{digest}:{fingerprint}", load, display=display))
     return sources, files
 
 

@@ -15,7 +15,13 @@ from openai import NotFoundError, OpenAI
 
 from kb.answering import MODES
 from kb.settings import ApiKeySpec, GeneratorSpec, Settings
-from tests.conftest import TEST_MAX_NEW_TOKENS, LiveServer, live_server
+from tests.conftest import (
+    CORPUS,
+    TEST_MAX_NEW_TOKENS,
+    LiveServer,
+    data_dir_with_cache,
+    live_server,
+)
 
 TEA_QUESTION = "How long must Zorblax tea steep?"
 
@@ -84,8 +90,9 @@ def test_compare_runs_every_available_mode(http: httpx.Client) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["mode"] == "compare"
-    assert [a["mode"] for a in body["answers"]] == ["base", "rag"]
+    assert [a["mode"] for a in body["answers"]] == ["base", "rag", "extract"]
     rag = body["answers"][1]
+    assert "seven minutes" in body["answers"][2]["answer"]  # extract quotes tea.md
     assert rag["citations"][0]["source"].endswith("tea.md")
     assert body["answers"][0]["passages"] == []  # base sees no passages
     unavailable = {u["mode"]: u["reason"] for u in body["unavailable"]}
@@ -317,7 +324,7 @@ def test_upload_then_search_finds_it(http: httpx.Client) -> None:
     hits = http.post(
         "/search", json={"query": "quokka sandwich taxes", "collection": "uploads", "k": 3}
     ).json()["results"]
-    assert hits[0]["source"].endswith("/uploads/uploads/quokka_notes.md")  # a safe name
+    assert hits[0]["source"] == "quokka_notes.md"  # a safe name
     assert "quokka" in hits[0]["text"]
 
     docs = http.get("/collections/uploads/documents").json()["documents"]
@@ -401,6 +408,120 @@ def test_jobs_not_found_and_cancel_finished(http: httpx.Client) -> None:
     assert r.status_code == 409 and "already succeeded" in r.json()["error"]["message"]
 
 
+def test_clients_see_sources_relative_to_the_folder_ingested(
+    http: httpx.Client, server: LiveServer
+) -> None:
+    """Search results, citations and listings name a file by its path in the folder ingested;
+    the server's own folders (the data folder, the ingest roots) appear nowhere."""
+    hidden = str(server.settings.data_dir.parent)  # holds both
+    search = http.post("/search", json={"query": "Zorblax tea", "k": 4})
+    assert search.json()["results"][0]["source"] == "tea.md"
+    query = http.post("/query", json={"question": TEA_QUESTION, "max_new_tokens": 4})
+    assert query.json()["citations"][0]["source"] == "tea.md"
+    listing = http.get("/collections/default/documents")
+    docs = listing.json()["documents"]
+    assert sorted(d["source"] for d in docs) == sorted(d["origin"] for d in docs) == sorted(CORPUS)
+    for r in (search, query, listing):
+        assert hidden not in r.text
+
+
+def test_ingest_jobs_name_files_as_the_client_knows_them(
+    http: httpx.Client, server: LiveServer
+) -> None:
+    hidden = str(server.settings.data_dir.parent)
+    folder = server.corpus.parent / "notes"
+    (folder / "deep").mkdir(parents=True)
+    (folder / "deep" / "kiln.md").write_text("The Harrowgate kiln fires blue glass at midnight.")
+    (folder / "deep" / "ember.md").write_text("Ember moths of Quellport nest in cold chimneys.")
+    (folder / "blank.txt").write_text("   ")
+    job = wait_job(
+        http, http.post("/collections/notes/ingest", json={"path": "notes"}).json()["id"]
+    )
+    assert job["state"] == "succeeded" and job["params"]["path"] == "notes"
+    assert job["result"]["added"] == 2
+    assert [f["path"] for f in job["result"]["failed"]] == ["blank.txt"]
+    assert "blank.txt" in job["result"]["failed"][0]["error"]
+    memo = [("files", ("memo.txt", b"The kiln keeper's memo: order more driftwood."))]
+    upload = wait_job(http, http.post("/collections/notes/documents", files=memo).json()["id"])
+    assert upload["state"] == "succeeded" and upload["params"]["files"] == ["memo.txt"]
+    docs = http.get("/collections/notes/documents").json()["documents"]
+    assert sorted(d["source"] for d in docs) == ["deep/ember.md", "deep/kiln.md", "memo.txt"]
+    listed = http.get("/jobs", params={"kind": "ingest"}).json()["jobs"]
+    for record in (job, upload, *[j for j in listed if j["params"]["collection"] == "notes"]):
+        assert hidden not in json.dumps(record)
+
+    # a re-ingest still syncs by the files on disk: unchanged ones skipped, removed ones pruned
+    (folder / "deep" / "kiln.md").unlink()
+    body = {"path": "notes", "prune": True}
+    again = wait_job(http, http.post("/collections/notes/ingest", json=body).json()["id"])
+    assert again["state"] == "succeeded", again
+    result = again["result"]
+    assert (result["unchanged"], result["removed"], result["chunks_embedded"]) == (1, 1, 0)
+    docs = http.get("/collections/notes/documents").json()["documents"]
+    assert sorted(d["source"] for d in docs) == ["deep/ember.md", "memo.txt"]  # uploads stay
+    assert hidden not in json.dumps(again)
+
+
+def test_the_warmup_loads_the_indexes_and_the_model_before_ready(
+    server: LiveServer, model_cache, tmp_path
+) -> None:
+    """A server started over a collection loads its index, its query encoder and the default
+    model in the background: /health stays 200 and says when that is done, /ready answers 503
+    until then."""
+    from kb.service import KnowledgeBase
+
+    archive = tmp_path / "default.tar.gz"
+    server.services.kb.export_collection("default", archive)
+    settings = Settings(
+        data_dir=data_dir_with_cache(tmp_path / "data", model_cache),
+        generators=[
+            GeneratorSpec(name="smollm2", model="smollm2", max_new_tokens=TEST_MAX_NEW_TOKENS)
+        ],
+        default_generator="smollm2",
+    )
+    KnowledgeBase(settings).import_collection(archive)
+    with live_server(settings) as live, httpx.Client(base_url=live.url, timeout=60) as http:
+        deadline = time.monotonic() + 300
+        while True:
+            ready = http.get("/ready")
+            body = ready.json()
+            assert ready.status_code == (200 if body["ready"] else 503), body
+            assert body["ready"] is (body["loading"] == [])
+            assert http.get("/health").status_code == 200
+            if body["ready"]:
+                break
+            assert time.monotonic() < deadline, f"still loading after 300 s: {body}"
+            time.sleep(0.1)
+        assert body["generator_loaded"] is True
+        col = live.services.kb.collection("default")
+        snapshot = col.loaded_snapshot  # no request has searched the collection: the warm-up did
+        assert snapshot is not None and snapshot.generation == col.generation
+        assert snapshot.dense.ntotal == col.info()["chunks"] > 0
+
+
+def test_stored_finetuned_models_are_registered_whoever_builds_the_service(tmp_path) -> None:
+    """The HTTP services and `Answerer.from_settings` (the CLI) both see a stored fine-tuned
+    model, no router's startup hook needed; one deleted through the service leaves at once."""
+    from api.app import build_services
+    from kb.answering import Answerer
+    from kb.models import ModelRecord, ModelRegistry
+
+    settings = Settings(data_dir=tmp_path)
+    record = ModelRecord(
+        name="remote-ft", backend="openai", remote_model="ft:x", base_url="http://127.0.0.1:9/v1"
+    )
+    ModelRegistry(settings).register(record)
+    assert Answerer.from_settings(settings).finetuned_models() == ["remote-ft"]
+    services = build_services(settings)
+    try:
+        assert services.answerer.finetuned_models() == ["remote-ft"]
+        assert services.generators.spec("remote-ft").kind == "finetuned"
+        services.models.delete("remote-ft")
+        assert services.answerer.finetuned_models() == []
+    finally:
+        services.jobs.shutdown()
+
+
 # -- access control ----------------------------------------------------------------------------
 
 
@@ -421,6 +542,8 @@ def guarded(tmp_path_factory) -> Iterator[LiveServer]:
 def test_api_keys_guard_every_endpoint_but_health(guarded: LiveServer) -> None:
     with httpx.Client(base_url=guarded.url, timeout=60) as http:
         assert http.get("/health").status_code == 200
+        # started without a warm-up: nothing to wait for, models load on first use
+        assert http.get("/ready").json()["ready"] is True
         r = http.get("/collections")
         assert r.status_code == 401 and "Authorization: Bearer" in r.json()["error"]["message"]
         assert r.headers["www-authenticate"] == "Bearer"

@@ -138,7 +138,8 @@ def test_newsgroups_ingest_and_search(newsgroups_kb, newsgroups_copy):
         and sum(line.strip() in t for t in texts.values()) == 1
     )
     res = kb(data, "search", sentence, "-k", "3", "--collection", "news")["results"]
-    assert res[0]["source"] == str(target.resolve()), (sentence, res[0]["source"])
+    shown = target.relative_to(newsgroups_copy).as_posix()  # relative to the folder ingested
+    assert res[0]["source"] == shown, (sentence, res[0]["source"])
 
 
 def test_kb_reindex_switches_the_index_kind_and_back(newsgroups_kb):
@@ -184,12 +185,13 @@ def test_edit_and_delete_then_prune(newsgroups_kb, newsgroups_copy, embedders):
 
     listed = kb(data, "documents", "list", "--collection", "news")["documents"]
     sources = {d["source"] for d in listed}
-    assert str(deleted.resolve()) not in sources
+    assert deleted.relative_to(newsgroups_copy).as_posix() not in sources
     # the edit is searchable: first by its words, and among the fused results
+    edited_shown = edited.relative_to(newsgroups_copy).as_posix()
     res = search(embedders, data, "zebra carburettor quokka", k=1, collection="news", method="bm25")
-    assert res[0]["source"] == str(edited.resolve())
+    assert res[0]["source"] == edited_shown
     fused = search(embedders, data, "zebra carburettor quokka", k=5, collection="news")
-    assert str(edited.resolve()) in [r["source"] for r in fused]
+    assert edited_shown in [r["source"] for r in fused]
 
 
 def test_documents_delete_and_errors(tmp_path):
@@ -208,3 +210,44 @@ def test_documents_delete_and_errors(tmp_path):
     assert missing["returncode"] != 0 and "kb ingest" in missing["stderr"]
     other = kb(data, "ingest", str(docs), "--embedder", "st:/nonexistent/model", check=False)
     assert other["returncode"] != 0
+
+
+def test_collections_stored_with_absolute_sources_show_them_relative(tmp_path, embedders):
+    """A collection written before display sources (its documents named by absolute path
+    only) gets them derived on open, the same as a fresh ingest stores; sync is unchanged."""
+    import sqlite3
+
+    from kb.service import KnowledgeBase
+    from kb.settings import Settings
+
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "a.txt").write_text("Alpha document about lighthouses and their keepers.")
+    (docs / "sub" / "rows.csv").write_text("text\nBeta row about volcanoes and magma chambers.\n")
+    settings = Settings(data_dir=tmp_path / "data")
+    upload = settings.data_dir / "uploads" / "default" / "memo.md"
+    upload.parent.mkdir(parents=True)
+    upload.write_text("Gamma memo about harbour cranes.")
+    kb_ = KnowledgeBase(settings, embedders=embedders)
+    kb_.ingest_path(docs)
+    kb_.ingest_files([upload])
+    fresh = kb_.list_documents()
+    shown = sorted(d["source"] for d in fresh)
+    assert shown[0] == "a.txt" and shown[1] == "memo.md" and shown[2].startswith("sub/rows.csv#")
+    assert str(tmp_path) not in json.dumps(fresh)
+
+    db = sqlite3.connect(settings.collections_dir / "default" / "store.sqlite")
+    db.execute("ALTER TABLE documents DROP COLUMN display")  # as stored before
+    db.commit()
+    db.close()
+    old = KnowledgeBase(settings, embedders=embedders)
+    assert old.list_documents() == fresh
+    hits = [p.to_dict() for p in old.search("volcanoes magma", k=3)]
+    assert hits[0]["source"] == shown[2] and str(tmp_path) not in json.dumps(hits)
+
+    again = old.ingest_path(docs)  # absolute paths still key the sync
+    assert (again.unchanged, again.added, again.chunks_embedded) == (2, 0, 0)
+    (docs / "a.txt").unlink()
+    pruned = old.ingest_path(docs, prune=True)
+    assert pruned.removed == 1
+    assert sorted(d["source"] for d in old.list_documents()) == shown[1:]

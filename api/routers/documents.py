@@ -67,7 +67,8 @@ async def upload_documents(
 ) -> dict:
     """Save the files under the data folder and ingest them in a background job (202).
 
-    A file uploaded again under the same name replaces the earlier version in the collection.
+    A file uploaded again under the same name replaces the earlier version in the collection;
+    documents and the job show uploads by their (made safe) file names.
     """
     validate_name(name)
     caller.check(name, "write")
@@ -126,11 +127,12 @@ def ingest_folder(
     """Sync a server-side folder inside KB_INGEST_ROOTS into the collection (202 + job).
 
     Symlinks are resolved first; a path outside every root is refused with 403. A relative
-    path is taken relative to the first root.
+    path is taken relative to the first root. Documents are shown by their path relative to
+    the folder, the job by the path as sent.
     """
     validate_name(name)
     caller.check(name, "write")
     path = resolve_ingest_path(body.path, settings.ingest_roots)
-    record = submit_folder_ingest(jobs, kb, name, path, body.prune)
+    record = submit_folder_ingest(jobs, kb, name, path, body.prune, shown=body.path)
     response.headers["Location"] = f"/jobs/{record.id}"
     return record.to_dict()

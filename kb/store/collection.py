@@ -5,6 +5,11 @@ them, then makes them current in the same SQLite transaction that writes the chu
 Readers open whatever generation SQLite names, so a crash leaves at worst an unreferenced
 generation folder, which the next writer removes. SQLite also keeps every vector, so the
 index files are derived data: if they are missing or damaged they are rebuilt from the rows.
+
+A document has two names: `source`, the absolute path on disk (`path#record` for a record of
+a table file), which keys sync and the document id, and `display`, what every reader shows
+(search results, citations, listings): the path relative to the folder it was ingested from,
+an upload by its file name. Clients never learn the server's folders.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -35,6 +41,8 @@ from kb.store.bm25 import BM25Index
 from kb.store.index import VectorIndex, build_index, check_kind, rebuild, resolve_kind
 from kb.types import Chunk
 
+log = logging.getLogger("kb.store")
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 SCHEMA = """
@@ -49,7 +57,8 @@ CREATE TABLE IF NOT EXISTS documents (
     chars INTEGER NOT NULL,
     chunk_count INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    display TEXT
 );
 CREATE INDEX IF NOT EXISTS documents_origin ON documents(origin);
 CREATE TABLE IF NOT EXISTS chunks (
@@ -92,13 +101,14 @@ class NewDocument:
     chars: int
     chunks: list[Chunk]
     vectors: np.ndarray
+    display: str = ""  # the source as shown to readers (default: `source`)
 
 
 @dataclass
 class ChunkRecord:
     chunk_id: int
     doc_id: str
-    source: str
+    source: str  # the document's display source
     ordinal: int
     text: str
     start: int
@@ -174,6 +184,7 @@ class Collection:
         self._local = threading.local()
         self._snapshot: Snapshot | None = None
         self._snapshot_lock = threading.Lock()
+        self._schema_checked = False
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -225,6 +236,9 @@ class Collection:
             db.execute("PRAGMA busy_timeout=60000")
             db.execute(f"PRAGMA mmap_size={int(self.mmap_bytes)}")
             self._local.db = db
+            if not self._schema_checked:
+                _add_display_sources(db, self.root.parent.parent / "uploads" / self.name)
+                self._schema_checked = True
         return db
 
     def _tx(self):
@@ -292,20 +306,20 @@ class Collection:
 
     def documents(self) -> list[dict[str, Any]]:
         rows = self._db().execute(
-            "SELECT id, source, origin, title, chars, chunk_count, created_at, updated_at, metadata "
-            "FROM documents ORDER BY source"
+            "SELECT id, COALESCE(display, source), source, origin, title, chars, chunk_count, "
+            "created_at, updated_at, metadata FROM documents ORDER BY 2"
         )
         return [
             {
                 "id": r[0],
                 "source": r[1],
-                "origin": r[2],
-                "title": r[3],
-                "chars": r[4],
-                "chunks": r[5],
-                "created_at": r[6],
-                "updated_at": r[7],
-                "metadata": json.loads(r[8]),
+                "origin": _display_origin(r[1], r[2], r[3]),
+                "title": r[4],
+                "chars": r[5],
+                "chunks": r[6],
+                "created_at": r[7],
+                "updated_at": r[8],
+                "metadata": json.loads(r[9]),
             }
             for r in rows
         ]
@@ -319,7 +333,8 @@ class Collection:
         return [r[0] for r in rows]
 
     def find_documents(self, id_or_path: str) -> list[str]:
-        """Document ids matching an id, a source, or an origin file (absolute or as given)."""
+        """Document ids matching an id, a source (as displayed or on disk), or an origin file
+        (absolute or as given)."""
         db = self._db()
         candidates = {id_or_path}
         if not id_or_path.startswith(("upload:", "record:")):
@@ -329,7 +344,8 @@ class Collection:
             ids += [
                 r[0]
                 for r in db.execute(
-                    "SELECT id FROM documents WHERE id=? OR source=? OR origin=?", (c, c, c)
+                    "SELECT id FROM documents WHERE id=? OR source=? OR origin=? OR display=?",
+                    (c, c, c, c),
                 )
             ]
         return sorted(set(ids))
@@ -341,9 +357,9 @@ class Collection:
         for lo in range(0, len(ids), 500):
             part = ids[lo : lo + 500]
             q = (
-                "SELECT c.id, c.doc_id, d.source, c.ordinal, c.text, c.start, c.end, c.page, "
-                "c.heading, d.title FROM chunks c JOIN documents d ON d.id = c.doc_id "
-                f"WHERE c.id IN ({','.join('?' * len(part))})"
+                "SELECT c.id, c.doc_id, COALESCE(d.display, d.source), c.ordinal, c.text, "
+                "c.start, c.end, c.page, c.heading, d.title FROM chunks c "
+                f"JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({','.join('?' * len(part))})"
             )
             for r in db.execute(q, part):
                 out[r[0]] = ChunkRecord(*r)
@@ -354,9 +370,9 @@ class Collection:
         db = self._db()
         while True:
             rows = db.execute(
-                "SELECT c.id, c.doc_id, d.source, c.ordinal, c.text, c.start, c.end, c.page, "
-                "c.heading, d.title FROM chunks c JOIN documents d ON d.id = c.doc_id "
-                "WHERE c.id > ? ORDER BY c.id LIMIT ?",
+                "SELECT c.id, c.doc_id, COALESCE(d.display, d.source), c.ordinal, c.text, "
+                "c.start, c.end, c.page, c.heading, d.title FROM chunks c "
+                "JOIN documents d ON d.id = c.doc_id WHERE c.id > ? ORDER BY c.id LIMIT ?",
                 (last, batch),
             ).fetchall()
             if not rows:
@@ -366,9 +382,10 @@ class Collection:
             last = rows[-1][0]
 
     def chunk_ids_for_sources(self, pattern: str) -> np.ndarray:
-        """Ids of chunks whose source matches a glob (`*` and `?`, as SQLite GLOB)."""
+        """Ids of chunks whose displayed source matches a glob (`*` and `?`, as SQLite GLOB)."""
         rows = self._db().execute(
-            "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE d.source GLOB ?",
+            "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id "
+            "WHERE COALESCE(d.display, d.source) GLOB ?",
             (pattern,),
         )
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
@@ -465,6 +482,7 @@ class Collection:
         embedder: str | None = None,
         replace_all_vectors: tuple[np.ndarray, np.ndarray] | None = None,
         index_kind: str | None = None,
+        meta: dict[str, str] | None = None,
     ) -> int:
         """Apply deletions and additions as one new generation; returns its number.
 
@@ -472,7 +490,8 @@ class Collection:
         replace it. `replace_all_vectors` (ids, vectors) with `embedder` re-indexes the whole
         collection under a new embedding model in the same atomic step. `index_kind` ("auto",
         "flat", "ivf:nlist=1024", ...) rebuilds the dense index as that kind and keeps it as the
-        collection's own kind from then on.
+        collection's own kind from then on. `meta` keys are stored with the rows (the
+        ingest's boilerplate counts).
         """
         rewrite_vectors = replace_all_vectors is not None
         if index_kind is not None:
@@ -481,11 +500,11 @@ class Collection:
                 replace_all_vectors = self.vectors()
                 embedder = self.embedder
         db = self._db()
-        meta = self.meta()
-        gen = int(meta["generation"])
+        current = self.meta()  # not `meta`: that names the keys this commit stores
+        gen = int(current["generation"])
         new_gen = gen + 1
         dim = (
-            int(meta["dimension"])
+            int(current["dimension"])
             if replace_all_vectors is None
             else replace_all_vectors[1].shape[1]
         )
@@ -496,7 +515,7 @@ class Collection:
             delete.add(doc_id_for(doc.source))
         removed_chunks = self._chunk_ids_of(delete)
 
-        next_id = int(meta["next_chunk_id"])
+        next_id = int(current["next_chunk_id"])
         new_rows = []
         new_ids_all: list[int] = []
         new_vecs: list[np.ndarray] = []
@@ -526,7 +545,7 @@ class Collection:
                 exact_max=self.exact_max,
             )
         else:
-            dense = self._next_dense(gen, meta, removed_chunks, add_ids, add_vecs)
+            dense = self._next_dense(gen, current, removed_chunks, add_ids, add_vecs)
         dense.save(folder / "dense.faiss")
         extra = [
             (cid, chunk.text, doc.title)
@@ -548,7 +567,9 @@ class Collection:
             for doc, ids in new_rows:
                 did = doc_id_for(doc.source)
                 db.execute(
-                    "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO documents (id, source, origin, origin_hash, title, metadata, "
+                    "chars, chunk_count, created_at, updated_at, display) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         did,
                         doc.source,
@@ -560,6 +581,7 @@ class Collection:
                         len(doc.chunks),
                         now,
                         now,
+                        doc.display or doc.source,
                     ),
                 )
                 db.executemany(
@@ -594,6 +616,7 @@ class Collection:
             db.execute("UPDATE meta SET value=? WHERE key='generation'", (str(new_gen),))
             db.execute("UPDATE meta SET value=? WHERE key='next_chunk_id'", (str(next_id),))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('updated_at', ?)", (str(now),))
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", (meta or {}).items())
         self._remove_orphan_generations(keep=new_gen, also_keep=gen)
         return new_gen
 
@@ -653,6 +676,48 @@ class Collection:
     def drop(self) -> None:
         self.close()
         shutil.rmtree(self.root)
+
+
+def _display_origin(display: str, source: str, origin: str) -> str:
+    """The origin as shown: the display source without the record suffix (`#row=3`) that the
+    source adds to its origin."""
+    if source.startswith(origin) and display.endswith(source[len(origin) :]):
+        return display[: len(display) - (len(source) - len(origin))]
+    return display
+
+
+def derived_displays(rows: Iterable[tuple[str, str, str]], uploads: Path) -> dict[str, str]:
+    """Display sources for (id, source, origin) rows stored without one: an upload by its file
+    name, another file relative to the deepest folder that holds all of them (the folder that
+    was ingested, when it was one), a document given directly by its source as it is."""
+    rows = list(rows)
+    prefix = os.path.abspath(uploads) + os.sep
+    files = {o for _, _, o in rows if os.path.isabs(o) and not o.startswith(prefix)}
+    base = os.path.commonpath([os.path.dirname(o) for o in files]) if files else ""
+    shown = {}
+    for doc_id, source, origin in rows:
+        if not os.path.isabs(origin):
+            shown[doc_id] = source
+            continue
+        name = origin[len(prefix) :] if origin.startswith(prefix) else os.path.relpath(origin, base)
+        shown[doc_id] = name + source[len(origin) :] if source.startswith(origin) else name
+    return shown
+
+
+def _add_display_sources(db: sqlite3.Connection, uploads: Path) -> None:
+    """Give a store written before display sources existed its column, filled in once."""
+    if any(r[1] == "display" for r in db.execute("PRAGMA table_info(documents)")):
+        return
+    with _Transaction(db):
+        if any(r[1] == "display" for r in db.execute("PRAGMA table_info(documents)")):
+            return  # another connection added it meanwhile
+        db.execute("ALTER TABLE documents ADD COLUMN display TEXT")
+        rows = db.execute("SELECT id, source, origin FROM documents").fetchall()
+        shown = derived_displays(rows, uploads)
+        db.executemany(
+            "UPDATE documents SET display=? WHERE id=?", [(d, i) for i, d in shown.items()]
+        )
+    log.info("added display sources to %d documents of %s", len(shown), uploads.name)
 
 
 def _kind_family(kind: str) -> str:
