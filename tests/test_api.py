@@ -296,7 +296,13 @@ def test_health_and_models(http: httpx.Client) -> None:
     assert models["default"] == "smollm2"
     assert models["models"][0]["kind"] == "base" and "api_key" not in models["models"][0]
     modes = {m["mode"]: m["available"] for m in models["modes"]}
-    assert modes == {"base": True, "rag": True, "finetuned": False, "rag+finetuned": False}
+    assert modes == {
+        "base": True,
+        "rag": True,
+        "extract": True,
+        "finetuned": False,
+        "rag+finetuned": False,
+    }
 
 
 def test_cors_allows_the_configured_origin(http: httpx.Client) -> None:
