@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from kb.errors import InvalidInput
 from kb.types import Chunk, Document
+
+if TYPE_CHECKING:
+    from ingest.boilerplate import LineCounts
 
 SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]
 
@@ -16,11 +20,17 @@ class Chunker:
     """Splits each section of a document on paragraph, line, sentence and word boundaries.
 
     Offsets are character positions in `Document.text` (sections joined by a blank line);
-    PDF chunks also carry their page number.
+    PDF chunks also carry their page number. With `drop_boilerplate`, the ingest passes the
+    collection's line counts to `split`, and text repeated across its files is not chunked
+    (a chunk never spans a dropped run, so its offsets still give its exact text).
     """
 
     def __init__(
-        self, count_tokens: Callable[[str], int], chunk_size: int = 256, chunk_overlap: int = 32
+        self,
+        count_tokens: Callable[[str], int],
+        chunk_size: int = 256,
+        chunk_overlap: int = 32,
+        drop_boilerplate: bool = False,
     ):
         if chunk_size < 16:
             raise InvalidInput(f"chunk size {chunk_size} is too small: use at least 16 tokens")
@@ -31,6 +41,7 @@ class Chunker:
         self.count_tokens = count_tokens
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
+        self.drop_boilerplate = drop_boilerplate
         self._splitter = RecursiveCharacterTextSplitter(
             separators=SEPARATORS,
             keep_separator="end",
@@ -41,25 +52,31 @@ class Chunker:
 
     @property
     def fingerprint(self) -> str:
-        return f"chunk={self.chunk_size}/{self.chunk_overlap}"
+        # a change of the setting re-chunks every file on its next ingest
+        boilerplate = ";boilerplate" if self.drop_boilerplate else ""
+        return f"chunk={self.chunk_size}/{self.chunk_overlap}{boilerplate}"
 
-    def split(self, doc: Document) -> list[Chunk]:
+    def split(self, doc: Document, boilerplate: LineCounts | None = None) -> list[Chunk]:
+        """Chunks of the document, leaving out the lines `boilerplate` counts as such."""
         chunks: list[Chunk] = []
         base = 0
         for section in doc.sections:
             text = section.text
-            for piece, start in self._split_text(text):
-                chunks.append(
-                    Chunk(
-                        text=piece,
-                        ordinal=len(chunks),
-                        start=base + start,
-                        end=base + start + len(piece),
-                        page=section.page,
-                        heading=section.heading,
-                        title=doc.title,
+            spans = boilerplate.kept_spans(text) if boilerplate else [(0, len(text))]
+            for span_start, span_end in spans:
+                for piece, start in self._split_text(text[span_start:span_end]):
+                    at = base + span_start + start
+                    chunks.append(
+                        Chunk(
+                            text=piece,
+                            ordinal=len(chunks),
+                            start=at,
+                            end=at + len(piece),
+                            page=section.page,
+                            heading=section.heading,
+                            title=doc.title,
+                        )
                     )
-                )
             base += len(text) + 2  # the blank line Document.text puts between sections
         return chunks
 

@@ -2,6 +2,11 @@
 
 Parsing runs in a background thread while the embedder works on the previous batch, so on
 two cores the CPU-bound loaders and the model overlap.
+
+With the chunker's `drop_boilerplate`, every loaded file adds its lines to the collection's
+counts (ingest.boilerplate) before it is chunked, and the first files of a collection wait
+until `BOILERPLATE_WARMUP` files have been counted, so that they too lose their navigation.
+The counts are committed with the chunks.
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ from typing import Any
 
 import numpy as np
 
+from ingest.boilerplate import META_KEY, LineCounts
 from ingest.chunking import Chunker
 from kb.embedders import Embedder
 from kb.errors import KBError, LoaderError, UnsupportedFile
 from kb.store.collection import Collection, NewDocument
 from kb.types import Chunk, Document
+
+# files counted before the first is chunked; later files are judged by the counts so far
+BOILERPLATE_WARMUP = 50
 
 
 @dataclass
@@ -118,6 +127,9 @@ class Ingestor:
         self.embed_batch = max(1, min(embed_batch_chunks, commit_every_chunks))
         self.progress = progress or IngestProgress()
         self.prefetch = prefetch  # False loads in the caller's thread (benchmarks/ingest.py)
+        self.boilerplate: LineCounts | None = None
+        if chunker.drop_boilerplate:
+            self.boilerplate = LineCounts.from_json(collection.meta().get(META_KEY))
 
     def sync(
         self,
@@ -135,7 +147,7 @@ class Ingestor:
         batch: list[_Pending] = []  # loaded, waiting for vectors
         batch_chunks = 0
         ready_chunks = 0
-        loaded = (self._load(s, stored, report) for s in sources)
+        loaded = self._chunked(sources, stored, report)
         for item in _prefetch(loaded) if self.prefetch else loaded:
             if item is None:
                 continue
@@ -164,9 +176,32 @@ class Ingestor:
     def _doc_ids_of_origin(self, origin: str) -> list[str]:
         return self.collection.doc_ids_of_origin(origin)
 
+    def _chunked(
+        self, sources: Iterable[Source], stored: dict[str, str], report: IngestReport
+    ) -> Iterator[_Pending | None]:
+        """Load each changed source and chunk it, holding the first ones back while the
+        boilerplate counts are too thin to judge them."""
+        held: list[tuple[Source, list[Document]]] = []
+        for source in sources:
+            docs = self._load(source, stored, report)
+            if docs is None:
+                yield None  # keeps the consumer's view of progress moving
+                continue
+            if self.boilerplate is not None:
+                self.boilerplate.add(docs)
+                if self.boilerplate.files < BOILERPLATE_WARMUP:
+                    held.append((source, docs))
+                    continue
+            for waiting, waiting_docs in held:
+                yield self._chunk(waiting, waiting_docs, stored, report)
+            held = []
+            yield self._chunk(source, docs, stored, report)
+        for waiting, waiting_docs in held:
+            yield self._chunk(waiting, waiting_docs, stored, report)
+
     def _load(
         self, source: Source, stored: dict[str, str], report: IngestReport
-    ) -> _Pending | None:
+    ) -> list[Document] | None:
         report.files_seen += 1
         name = source.display or source.origin
         try:
@@ -177,22 +212,40 @@ class Ingestor:
             docs = source.load()
             if not docs:
                 raise LoaderError(f"{name}: no documents found in the file")
-            chunked = [(d, self.chunker.split(d)) for d in docs]
+            return docs
+        except (KBError, OSError, ValueError, RecursionError, MemoryError) as exc:
+            self._failed(name, exc, report)
+            return None
+
+    def _chunk(
+        self, source: Source, docs: list[Document], stored: dict[str, str], report: IngestReport
+    ) -> _Pending | None:
+        name = source.display or source.origin
+        try:
+            chunked = [(d, self.chunker.split(d, self.boilerplate)) for d in docs]
             chunked = [(d, c) for d, c in chunked if c]
+            if not chunked and self.boilerplate is not None and _has_text(docs):
+                raise UnsupportedFile(
+                    f"{name}: all its text repeats across the collection's files (boilerplate); "
+                    "set KB_DROP_BOILERPLATE=false to keep such files"
+                )
             if not chunked:
                 raise LoaderError(
                     f"{name}: no text left after parsing; check that the file has text"
                 )
-        except UnsupportedFile as exc:
-            report.skipped.append({"path": name, "reason": str(exc)})
-            self.progress.file_done(name, "skipped", str(exc))
-            return None
         except (KBError, OSError, ValueError, RecursionError, MemoryError) as exc:
-            report.failed.append({"path": name, "error": _describe(exc)})
-            self.progress.file_done(name, "failed", _describe(exc))
+            self._failed(name, exc, report)
             return None
         status = "updated" if source.origin in stored else "added"
         return _Pending(source.origin, source.content_hash, status, chunked, name)
+
+    def _failed(self, name: str, exc: BaseException, report: IngestReport) -> None:
+        if isinstance(exc, UnsupportedFile):
+            report.skipped.append({"path": name, "reason": str(exc)})
+            self.progress.file_done(name, "skipped", str(exc))
+        else:
+            report.failed.append({"path": name, "error": _describe(exc)})
+            self.progress.file_done(name, "failed", _describe(exc))
 
     def _embed(self, batch: list[_Pending], report: IngestReport) -> int:
         chunks = [c for p in batch for _, cs in p.docs for c in cs]
@@ -237,7 +290,8 @@ class Ingestor:
                         else p.display,
                     )
                 )
-        generation = self.collection.commit(add=add, delete_doc_ids=delete)
+        meta = {META_KEY: self.boilerplate.to_json()} if self.boilerplate is not None else None
+        generation = self.collection.commit(add=add, delete_doc_ids=delete, meta=meta)
         report.documents_written += len(add)
         for p in ready:
             setattr(report, p.status, getattr(report, p.status) + 1)
@@ -287,6 +341,10 @@ def document_sources(docs: Iterable[Document], fingerprint: str) -> Iterator[Sou
         yield Source(
             doc.source, f"{h.hexdigest()}:{fingerprint}", lambda d=doc: [d], display=doc.source
         )
+
+
+def _has_text(docs: list[Document]) -> bool:
+    return any(s.text.strip() for d in docs for s in d.sections)
 
 
 def _describe(exc: BaseException) -> str:

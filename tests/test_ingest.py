@@ -251,3 +251,113 @@ def test_collections_stored_with_absolute_sources_show_them_relative(tmp_path, e
     pruned = old.ingest_path(docs, prune=True)
     assert pruned.removed == 1
     assert sorted(d["source"] for d in old.list_documents()) == shown[1:]
+
+
+# --- boilerplate: lines repeated across a collection's files -------------------------------
+
+NAV = "Acme Docs Home\nProducts\nPricing and Plans\nContact Us\nSign in to your account"
+FOOTER = "Copyright Acme Corporation. All rights reserved."
+PAGES = {
+    "kettles.html": "Copper kettles whistle when the water reaches a rolling boil.",
+    "ferries.html": "Ferries to obsidian harbor leave at quarter past nine.",
+    "herons.html": "The lighthouse keeper counts seventeen herons every dawn.",
+    "glaciers.html": "Tangerine glacier surveys measure the blue crevasse.",
+    "badgers.html": "Velvet badgers migrate across the cobalt meadow each spring.",
+    "pelicans.html": "Silver pelicans recite the tide tables at noon.",
+}
+
+
+def site_page(body: str) -> str:
+    """A page whose navigation and footer are plain divs, as many generated sites write them."""
+    nav = "".join(f"<div>{line}</div>" for line in NAV.split("\n"))
+    return (
+        f"<html><head><title>{body.split()[1]}</title></head><body><div class='menu'>{nav}</div>"
+        f"<h1>{body.split()[1].title()}</h1><p>{body}</p><p>{FOOTER}</p></body></html>"
+    )
+
+
+def test_line_counts_judge_by_share_of_files_and_survive_storage():
+    from ingest.boilerplate import LineCounts
+    from kb.types import Document, Section
+
+    counts = LineCounts()
+    for i, body in enumerate(PAGES.values()):
+        counts.add([Document(f"p{i}", [Section(f"{NAV}\n\n{body}\n{FOOTER}")])])
+    text = f"{NAV}\n\nA page of its own.\n\n{FOOTER}\n"
+    spans = counts.kept_spans(text)
+    assert [text[s:e].strip() for s, e in spans] == ["A page of its own."]
+    # a lone short common line is kept: only runs of at least MIN_RUN_CHARS are dropped
+    assert counts.kept_spans("Products\nsomething else") == [(0, len("Products\nsomething else"))]
+
+    # stored and read back, the counts go on: one more file with the same nav is judged by all
+    again = LineCounts.from_json(counts.to_json())
+    assert again.files == len(PAGES) and again.counts == counts.counts
+    again.add([Document("new", [Section(f"{NAV}\nNew text.")])])
+    assert again.kept_spans(f"{NAV}\nNew text.") == [(len(NAV) + 1, len(NAV) + 1 + 9)]
+
+    # under MIN_FILES nothing counts as boilerplate
+    few = LineCounts()
+    for i in range(3):
+        few.add([Document(f"p{i}", [Section(NAV)])])
+    assert few.kept_spans(NAV) == [(0, len(NAV))]
+
+
+def test_chunk_offsets_point_at_the_text_around_dropped_lines():
+    from ingest.boilerplate import LineCounts
+    from ingest.chunking import Chunker
+    from kb.types import Document, Section
+
+    counts = LineCounts()
+    for i in range(6):
+        counts.add([Document(f"p{i}", [Section(f"{NAV}\nbody {i}\n{FOOTER}")])])
+    words = " ".join(f"word{i}" for i in range(60))
+    doc = Document(
+        "d",
+        [Section(f"Intro before.\n{NAV}\n{words}\n\n{FOOTER}"), Section(f"{NAV}\nSecond part.")],
+    )
+    chunker = Chunker(lambda t: len(t.split()), chunk_size=20, chunk_overlap=4)
+    chunks = chunker.split(doc, counts)
+    assert chunks and all(doc.text[c.start : c.end] == c.text for c in chunks)
+    joined = " ".join(c.text for c in chunks)
+    assert "Intro before." in joined and "word59" in joined and "Second part." in joined
+    assert "Pricing and Plans" not in joined and "Copyright" not in joined
+    # without counts every line is chunked
+    plain = " ".join(c.text for c in chunker.split(doc))
+    assert "Pricing and Plans" in plain and "Copyright" in plain
+
+
+def test_ingest_drops_navigation_repeated_across_files(tmp_path, embedders):
+    from ingest.loaders import load_file
+
+    site = tmp_path / "site"
+    site.mkdir()
+    for name, body in PAGES.items():
+        (site / name).write_text(site_page(body))
+    (site / "broken.html").write_bytes(b"\x00\x01\x02 binary \xff\xfe" * 200)
+    data = tmp_path / "data"
+
+    report = kb(data, "ingest", str(site))
+    assert report["added"] == len(PAGES)
+    assert [Path(f["path"]).name for f in report["failed"] + report["skipped"]] == ["broken.html"]
+
+    # the navigation and the footer are stored nowhere; every page's own sentence is
+    hits = search(embedders, data, "Pricing and Plans Sign in Copyright", k=20, method="bm25")
+    assert all("Pricing" not in h["text"] and "Copyright" not in h["text"] for h in hits)
+    for name, body in PAGES.items():
+        found = search(embedders, data, body, k=1)[0]
+        assert Path(found["source"]).name == name and body in found["text"]
+        doc = load_file(site / name, max_bytes=1 << 20)[0]
+        assert doc.text[found["start"] : found["end"]] == found["text"]
+
+    # a later ingest of one new page is judged by the counts stored with the collection
+    (site / "otters.html").write_text(site_page("Sea otters hold hands while they sleep."))
+    later = kb(data, "ingest", str(site))
+    assert later["added"] == 1 and later["unchanged"] == len(PAGES)
+    otter = search(embedders, data, "sea otters hold hands", k=1, method="bm25")[0]
+    assert Path(otter["source"]).name == "otters.html" and "Pricing" not in otter["text"]
+
+    # with the setting off every line is kept
+    kept = tmp_path / "kept"
+    kb(kept, "ingest", str(site), KB_DROP_BOILERPLATE="false")
+    nav_hits = search(embedders, kept, "Pricing and Plans", k=3, method="bm25")
+    assert nav_hits and all("Pricing and Plans" in h["text"] for h in nav_hits)
