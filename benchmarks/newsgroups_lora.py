@@ -10,9 +10,8 @@ whole answer, one prompt pass) or, with --eval generation, by greedy decoding.
 
 With --adapter DIR it evaluates a saved adapter (say an epoch checkpoint in an earlier job's
 folder) instead of training; with --base-from FILE it reuses an earlier run's base result.
-With --both-views each test message is also scored with its neighbours hidden (the test split
-prepared with --neighbour-dropout 1) and the two readings' label log-likelihoods are added, as
-`kb models classify --both-views` does; each view's accuracy is reported too.
+The options shared with `kb finetune prepare` and `kb finetune run` (--neighbours, --epochs...)
+come from the same specs, with their help and bounds.
 
 Writes benchmarks/results/newsgroups_lora.json and prints a table.
 """
@@ -26,7 +25,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -36,18 +34,45 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kb.finetune import PrepareOptions, prepare_dataset  # noqa: E402
+from kb.cli.specs import add_spec_arguments, cli_build  # noqa: E402
+from kb.errors import InvalidInput  # noqa: E402
+from kb.finetune import prepare_dataset  # noqa: E402
 from kb.finetune.backends import FineTuneSpec  # noqa: E402
 from kb.finetune.builders import NO_NEIGHBOURS, folder_template  # noqa: E402
 from kb.finetune.encoding import completion_text, prompt_messages, read_examples  # noqa: E402
 from kb.finetune.jobs import run_finetune  # noqa: E402
 from kb.finetune.neighbours import majority_label  # noqa: E402
+from kb.finetune.options import FineTuneOptions, PrepareOptions, S  # noqa: E402
 from kb.jobs import JobManager  # noqa: E402
 from kb.models import ModelRegistry  # noqa: E402
 from kb.settings import Settings  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "newsgroups"
 RESULTS = ROOT / "benchmarks" / "results" / "newsgroups_lora.json"
+
+
+#: `kb finetune prepare` options the benchmark passes on, with its own defaults
+PREPARE = {
+    "text_budget": 256,
+    "keep_headers": "subject,from,organization",
+    "template": None,
+    "neighbours": 0,
+    "neighbour_tokens": 16,
+    "neighbour_dropout": 0.0,
+    "header_labels": "",
+    "seed": 0,
+}
+#: `kb finetune run` options the benchmark passes on, with its own defaults
+TRAIN = {
+    "epochs": 2,
+    "lr": 1e-3,
+    "r": 8,
+    "alpha": 16,
+    "lora_layers": 16,
+    "batch_size": 4,
+    "max_seq_len": 384,
+    "dtype": "bfloat16",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,71 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max-train", type=int, default=None, help="training examples (default: all)")
     p.add_argument("--max-test", type=int, default=None, help="test examples (default: all)")
-    p.add_argument("--text-budget", type=int, default=256, help="tokens of each message kept")
-    p.add_argument(
-        "--keep-headers",
-        default="subject,from,organization",
-        help="comma-separated message headers kept in the prompt (kb finetune prepare "
-        "--keep-headers)",
-    )
-    p.add_argument(
-        "--template",
-        default=None,
-        help="prompt template with {text} and {labels} (kb finetune prepare --template; default: "
-        "kb's classification prompt)",
-    )
-    p.add_argument(
-        "--neighbours",
-        type=int,
-        default=0,
-        help="labelled training messages most like each message shown in its prompt (kb "
-        "finetune prepare --neighbours; test prompts draw them from the training folder)",
-    )
-    p.add_argument(
-        "--neighbour-tokens", type=int, default=16, help="opening tokens shown of each neighbour"
-    )
-    p.add_argument(
-        "--neighbour-search",
-        choices=("whole", "shown"),
-        default="whole",
-        help="what finds each message's neighbours: the whole message, or only the part its "
-        "prompt shows (kb finetune prepare --neighbour-search)",
-    )
-    p.add_argument(
-        "--neighbour-dropout",
-        type=float,
-        default=0.0,
-        help="share of training prompts shown no neighbours (kb finetune prepare "
-        "--neighbour-dropout; test prompts show them all)",
-    )
-    p.add_argument(
-        "--header-labels",
-        default=None,
-        help="comma-separated message headers, e.g. from,subject: the neighbours end with a line "
-        "per header counting the labels of the training messages with the same value; quoted: "
-        "of the messages by the authors it quotes (kb finetune prepare --header-labels)",
-    )
-    p.add_argument(
-        "--both-views",
-        action="store_true",
-        help="score each test message with its neighbours and without, adding the two readings' "
-        "label log-likelihoods (kb models classify --both-views); both models, both views",
-    )
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--r", type=int, default=8)
-    p.add_argument("--alpha", type=int, default=16)
-    p.add_argument("--lora-layers", type=int, default=16, help="adapt only the last N layers")
-    p.add_argument(
-        "--token-dropout",
-        type=float,
-        default=0.0,
-        help="share of prompt tokens left out of each training pass (kb finetune run "
-        "--token-dropout)",
-    )
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--max-seq-len", type=int, default=384)
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    add_spec_arguments(p, PrepareOptions, PREPARE, PREPARE)
+    add_spec_arguments(p, FineTuneOptions, TRAIN, TRAIN)
     p.add_argument(
         "--eval-dtype",
         default="bfloat16",
@@ -147,67 +109,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="evaluate this saved adapter (e.g. an epoch checkpoint of an earlier run's job) "
         "instead of training one",
     )
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    if args.header_labels and not args.neighbours:
-        p.error("--header-labels adds a line to the neighbours: pass --neighbours K as well")
-    if args.both_views and not args.neighbours:
-        p.error("--both-views adds a reading without neighbours: pass --neighbours K as well")
-    if args.both_views and args.eval_mode != "scoring":
-        p.error("--both-views adds label log-likelihoods: use it with --eval scoring")
+    try:  # the specs check every bound before anything runs
+        options(args, PrepareOptions, PREPARE)
+        options(args, FineTuneOptions, TRAIN)
+    except InvalidInput as exc:
+        p.error(str(exc))
     return args
 
 
-def prepare(
-    args: argparse.Namespace, settings: Settings
-) -> tuple[Path, dict[str, Path], list[str]]:
-    """The training data's folder, the test file of each view, and the labels."""
-    headers = tuple(h for h in args.keep_headers.split(",") if h)
-    header_labels = tuple(h for h in (args.header_labels or "").split(",") if h)
-    options = PrepareOptions(
-        text_budget=args.text_budget,
-        keep_headers=headers,
-        template=args.template,
-        neighbours=args.neighbours,
-        neighbour_tokens=args.neighbour_tokens,
-        neighbour_search=args.neighbour_search,
-        neighbour_dropout=args.neighbour_dropout,
-        header_labels=header_labels,
-        max_examples=args.max_train,
-        val_fraction=0.05,
-        seed=args.seed,
-    )
+def options(args: argparse.Namespace, spec: type[S], names: dict, **extra) -> S:
+    """The spec built from the benchmark's flags for its fields in `names`, and `extra`."""
+    return cli_build(spec, {**{k: getattr(args, k) for k in names}, **extra})
+
+
+def prepare(args: argparse.Namespace, settings: Settings) -> tuple[Path, Path, list[str]]:
+    """The training data's folder, the test file, and the labels."""
     train = prepare_dataset(
-        args.data / "train", args.work / "data" / "train", options=options, settings=settings
+        args.data / "train",
+        args.work / "data" / "train",
+        options=options(
+            args, PrepareOptions, PREPARE, max_examples=args.max_train, val_fraction=0.05
+        ),
+        settings=settings,
     )
-    test_options = PrepareOptions(
-        text_budget=args.text_budget,
-        keep_headers=headers,
-        template=args.template,
-        neighbours=args.neighbours,
+    test_options = options(
+        args,
+        PrepareOptions,
+        PREPARE,
+        neighbour_dropout=0.0,  # test prompts show them all
         neighbours_from=str(args.data / "train") if args.neighbours else None,
-        neighbour_tokens=args.neighbour_tokens,
-        neighbour_search=args.neighbour_search,
-        header_labels=header_labels,
         max_examples=args.max_test,
         val_fraction=0.0,
-        seed=args.seed,
     )
     test = prepare_dataset(
         args.data / "test", args.work / "data" / "test", options=test_options, settings=settings
     )
-    views = {"neighbours" if args.neighbours else "text": test.train_path}
-    if args.both_views:
-        alone = prepare_dataset(
-            args.data / "test",
-            args.work / "data" / "test-alone",
-            options=dataclasses.replace(test_options, neighbour_dropout=1.0),
-            settings=settings,
-        )
-        views["alone"] = alone.train_path
     labels = train.manifest["source"]["labels"]
-    return train.out_dir, views, labels
+    return train.out_dir, test.train_path, labels
 
 
 def neighbour_vote(path: Path, template: str, labels: list[str]) -> dict | None:
@@ -232,56 +172,39 @@ def neighbour_vote(path: Path, template: str, labels: list[str]) -> dict | None:
     return {"accuracy": correct / shown, "correct": correct, "examples": shown} if shown else None
 
 
-def evaluate(model, tokenizer, views: dict[str, Path], labels: list[str], mode: str) -> dict:
-    """Accuracy on the test split. By scoring, each view's label log-likelihoods are kept per
-    message (`scores`) and, with two views, added before the label is picked."""
+def evaluate(model, tokenizer, path: Path, labels: list[str], mode: str) -> dict:
+    """Accuracy on the test split; by scoring, each message's label log-likelihoods are kept
+    (`scores`)."""
     from kb.finetune.scoring import classify_by_generation, label_logprobs
 
     started = time.monotonic()
-    per_view = {name: read_examples(path) for name, path in views.items()}
-    first = next(iter(per_view.values()))
-    for name, records in per_view.items():
-        sources = [(r.get("metadata") or {}).get("source") for r in records]
-        if sources != [(r.get("metadata") or {}).get("source") for r in first]:
-            raise SystemExit(f"the {name!r} test file lists other messages than the first view")
+    records = read_examples(path)
     correct = unparsed = 0
     mistakes, scores = [], []
-    view_correct = dict.fromkeys(per_view, 0)
-    for i, rows in enumerate(zip(*per_view.values(), strict=True), 1):
-        gold = completion_text(rows[0])
-        source = (rows[0].get("metadata") or {}).get("source", f"#{i}")
+    for i, record in enumerate(records, 1):
+        gold = completion_text(record)
+        source = (record.get("metadata") or {}).get("source", f"#{i}")
         if mode == "scoring":
-            by_view = {
-                name: label_logprobs(model, tokenizer, prompt_messages(record), labels)
-                for name, record in zip(per_view, rows, strict=True)
-            }
-            for name, view in by_view.items():
-                view_correct[name] += labels[view.index(max(view))] == gold
-            total = [sum(view[k] for view in by_view.values()) for k in range(len(labels))]
-            guess = labels[total.index(max(total))]
-            scores.append({name: [round(x, 6) for x in view] for name, view in by_view.items()})
+            logprobs = label_logprobs(model, tokenizer, prompt_messages(record), labels)
+            guess = labels[logprobs.index(max(logprobs))]
+            scores.append([round(x, 6) for x in logprobs])
         else:
-            guess = classify_by_generation(model, tokenizer, prompt_messages(rows[0]), labels)
+            guess = classify_by_generation(model, tokenizer, prompt_messages(record), labels)
             unparsed += guess is None
         correct += guess == gold
         if guess != gold:
             mistakes.append({"source": source, "gold": gold, "guess": guess})
         if i % 100 == 0:
-            print(f"  {i}/{len(first)}: accuracy so far {correct / i:.4f}", file=sys.stderr)
-    seconds = time.monotonic() - started
+            print(f"  {i}/{len(records)}: accuracy so far {correct / i:.4f}", file=sys.stderr)
     result = {
-        "accuracy": correct / len(first),
+        "accuracy": correct / len(records),
         "correct": correct,
-        "examples": len(first),
+        "examples": len(records),
         "unparsed": unparsed,
-        "eval_seconds": round(seconds, 1),
+        "eval_seconds": round(time.monotonic() - started, 1),
         "mistakes": mistakes,
     }
     if mode == "scoring":
-        if len(per_view) > 1:
-            result["views"] = {
-                name: {"accuracy": n / len(first), "correct": n} for name, n in view_correct.items()
-            }
         result["scores"] = scores  # per message, in test-file order: each label's log-likelihood
     return result
 
@@ -293,12 +216,10 @@ PROMPT_OPTIONS = (
     "template",
     "neighbours",
     "neighbour_tokens",
-    "neighbour_search",
     "header_labels",
     "max_test",
     "eval_mode",
     "eval_dtype",
-    "both_views",
     "seed",
 )
 
@@ -307,15 +228,18 @@ def reused_base(path: Path, args: argparse.Namespace) -> dict:
     """The base model's result from an earlier run with the same prompts; the base model is fixed
     and scoring is deterministic, so re-evaluating it would give the same answers."""
     earlier = json.loads(path.read_text())
+    theirs = earlier["options"]
     ours = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    # older results files lack these
-    before = {
-        "both_views": False,
-        "neighbour_search": "shown",
-        "header_labels": None,
-        "eval_dtype": "bfloat16",
-    }
-    differ = [k for k in PROMPT_OPTIONS if earlier["options"].get(k, before.get(k)) != ours[k]]
+    # older results files lack eval_dtype, and record an unset option as None
+    before = {"eval_dtype": "bfloat16"}
+    differ = [
+        k for k in PROMPT_OPTIONS if (theirs.get(k, before.get(k)) or None) != (ours[k] or None)
+    ]
+    # runs from before the whole text was the only neighbour search key, or scored both views
+    if theirs.get("neighbours") and theirs.get("neighbour_search", "shown") != "whole":
+        differ.append("neighbour_search")
+    if theirs.get("both_views"):
+        differ.append("both_views")
     if differ or not earlier.get("base"):
         raise SystemExit(
             f"--base-from {path}: its base result was measured with other prompt options "
@@ -342,15 +266,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     settings = Settings(data_dir=args.work)
     started = time.monotonic()
-    data_dir, test_views, labels = prepare(args, settings)
+    data_dir, test_file, labels = prepare(args, settings)
     prepare_seconds = time.monotonic() - started
-    print(f"prepared {data_dir} and {test_views} in {prepare_seconds:.0f} s", file=sys.stderr)
+    print(f"prepared {data_dir} and {test_file} in {prepare_seconds:.0f} s", file=sys.stderr)
     vote = None
     if args.neighbours:
-        template = folder_template(
-            PrepareOptions(neighbours=args.neighbours, template=args.template)
-        )
-        vote = neighbour_vote(test_views["neighbours"], template, labels)
+        template = folder_template(options(args, PrepareOptions, PREPARE))
+        vote = neighbour_vote(test_file, template, labels)
 
     base = reused_base(args.base_from, args) if args.base_from else None  # checked before training
     if args.adapter:
@@ -386,17 +308,17 @@ def main(argv: list[str] | None = None) -> dict:
     # as long again
     print(f"evaluating the fine-tuned model ({adapter})", file=sys.stderr)
     model, tokenizer = load(settings, adapter, args.eval_dtype)
-    tuned = evaluate(model, tokenizer, test_views, labels, args.eval_mode)
+    tuned = evaluate(model, tokenizer, test_file, labels, args.eval_mode)
     del model
     if name:
-        how = args.eval_mode + (", both views" if args.both_views else "")
-        ModelRegistry(settings).update_metrics(name, accuracy=tuned["accuracy"], accuracy_eval=how)
+        registry = ModelRegistry(settings)
+        registry.update_metrics(name, accuracy=tuned["accuracy"], accuracy_eval=args.eval_mode)
 
     if base is None and not args.skip_base:
         save(None, tuned, complete=False)
         print(f"fine-tuned: {tuned['accuracy']:.4f}; evaluating the base model", file=sys.stderr)
         model, tokenizer = load(settings, dtype=args.eval_dtype)
-        base = evaluate(model, tokenizer, test_views, labels, args.eval_mode)
+        base = evaluate(model, tokenizer, test_file, labels, args.eval_mode)
     result = save(base, tuned, complete=True)
     print_table(result)
     return result
@@ -406,20 +328,11 @@ def train(args: argparse.Namespace, settings: Settings, data_dir: Path) -> tuple
     """Train through the job code of `kb finetune run`; the registered model's name, the job
     id, the training figures and the adapter's folder."""
     name = f"newsgroups-{time.strftime('%Y%m%d-%H%M%S')}"
+    chosen = options(args, FineTuneOptions, TRAIN, seed=args.seed, name=name)
     spec = FineTuneSpec(
+        **chosen.to_dict(),
         train_file=str(data_dir / "train.jsonl"),
         validation_file=str(data_dir / "validation.jsonl"),
-        name=name,
-        epochs=args.epochs,
-        lr=args.lr,
-        r=args.r,
-        alpha=args.alpha,
-        lora_layers=args.lora_layers,
-        token_dropout=args.token_dropout,
-        batch_size=args.batch_size,
-        max_seq_len=args.max_seq_len,
-        dtype=args.dtype,
-        seed=args.seed,
     )
     print(f"training {name}", file=sys.stderr)
     record = run_finetune(JobManager(settings.jobs_dir), spec, settings, ModelRegistry(settings))
@@ -495,15 +408,6 @@ def print_table(result: dict) -> None:
                     str(r["eval_seconds"]),
                 )
             )
-            for view, v in (r.get("views") or {}).items():
-                rows.append(
-                    (
-                        f"  {view} prompt only",
-                        f"{v['accuracy']:.4f}",
-                        f"{v['correct']}/{r['examples']}",
-                        "",
-                    )
-                )
     if vote := result.get("neighbour_vote"):
         rows.append(
             (

@@ -5,9 +5,9 @@ For each test message of 20 Newsgroups (rec.autos vs rec.motorcycles), the K tra
 found the way `--neighbours` finds them (BM25 and the embedder, fused by reciprocal rank; or
 one ranking alone) vote; the majority label wins and a tie goes to the nearest. Messages are
 read as `kb finetune prepare` reads them (kept headers and body); the search key is each whole
-message (`--neighbour-search whole`) or its first TEXT_BUDGET tokens (`shown`, as the prompt
-shows it). A fine-tuned classifier mostly follows its neighbours, so this vote is the baseline
-it must beat, and the measure that picked `whole` as the default.
+message (`whole`, what `--neighbours` searches with) or its first TEXT_BUDGET tokens (`shown`,
+the part a prompt shows). A fine-tuned classifier mostly follows its neighbours, so this vote
+is the baseline it must beat, and the measure that made the whole message the only key.
 
     nice .venv/bin/python benchmarks/newsgroups_neighbours.py [--max-test N] [--max-train N]
 
@@ -33,8 +33,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kb.finetune import PrepareOptions, TokenCounter, load_tokenizer  # noqa: E402
-from kb.finetune.builders import search_texts  # noqa: E402
+from kb.finetune import TokenCounter, load_tokenizer  # noqa: E402
 from kb.finetune.neighbours import DEPTH_FACTOR, NeighbourPool, majority_label  # noqa: E402
 from kb.finetune.sources import read_labelled_folder  # noqa: E402
 from kb.settings import Settings  # noqa: E402
@@ -91,8 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
     cells, seconds = [], {}
     for search in ("shown", "whole"):
         started = time.monotonic()
-        options = PrepareOptions(text_budget=args.text_budget, neighbour_search=search)
-        keys = [search_texts(w, options, counter) for w in whole]
+        keys = (
+            whole if search == "whole" else [counter.truncate(w, args.text_budget) for w in whole]
+        )
         pool = NeighbourPool(train, keys[0], counter, 16, settings)
         vectors = pool.embedder.embed(keys[1])
         depth = DEPTH_FACTOR * max(ks)

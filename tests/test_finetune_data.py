@@ -21,6 +21,7 @@ from kb.finetune import (
     validate_file,
 )
 from kb.finetune.builders import NO_NEIGHBOURS
+from kb.finetune.options import build
 from kb.finetune.synthetic import parse_qa
 from kb.settings import Settings
 from tests.conftest import needs_shared_data
@@ -305,14 +306,8 @@ def test_labelled_messages_keep_the_headers_asked_for(tmp_path, settings, tokeni
         "Body text."
     )
     assert "Lines:" not in prompt
-    with pytest.raises(InvalidInput, match="not header names"):
-        prepare_dataset(
-            folder,
-            tmp_path / "bad",
-            options=PrepareOptions(keep_headers=("subject:",)),
-            settings=settings,
-            tokenizer=tokenizer,
-        )
+    with pytest.raises(InvalidInput, match=r"keep_headers \['subject:'\] are not header names"):
+        build(PrepareOptions, {"keep_headers": ["subject:"]})
 
 
 @needs_shared_data("newsgroups")
@@ -484,35 +479,28 @@ def test_neighbours_are_found_by_the_whole_text_not_only_the_part_shown(
     tmp_path, settings, tokenizer
 ):
     folder = late_topic_folder(tmp_path / "train")
-
-    def prepare(out: str, **kwargs):
-        options = PrepareOptions(neighbours=3, text_budget=16, val_fraction=0, **kwargs)
-        return prepare_dataset(
-            folder, tmp_path / out, options=options, settings=settings, tokenizer=tokenizer
-        )
-
-    whole, shown = prepare("whole"), prepare("shown", neighbour_search="shown")
-    assert whole.manifest["options"]["neighbour_search"] == "whole"  # the default
-    assert shown.manifest["options"]["neighbour_search"] == "shown"
-    # both prompts show the same cut text: the topic words are past the 16-token budget
-    for a, b in zip(jsonl(whole.train_path), jsonl(shown.train_path), strict=True):
-        text = a["messages"][0]["content"].split("The message:", 1)[1]
-        assert text == b["messages"][0]["content"].split("The message:", 1)[1]
+    options = PrepareOptions(neighbours=3, text_budget=16, val_fraction=0)
+    result = prepare_dataset(
+        folder, tmp_path / "out", options=options, settings=settings, tokenizer=tokenizer
+    )
+    assert result.manifest["neighbour_search"] == "whole"
+    # the prompts show the cut text: the topic words are past the 16-token budget
+    for record in jsonl(result.train_path):
+        text = record["messages"][0]["content"].split("The message:", 1)[1]
         assert "engine" not in text and "motorcycle" not in text
     # the whole text finds the same topic: the nearest neighbour shares the label for 7 of the 8
-    # examples (14 of all 24 neighbours do); the shown part, the same greeting in every message,
-    # does no better than chance (4 of 8 nearest, 8 of 24)
-    assert same_label_neighbours(whole, first=1) >= 7
-    assert same_label_neighbours(shown, first=1) <= 5
-    assert same_label_neighbours(shown) <= same_label_neighbours(whole) - 4
+    # examples; the part shown, the same greeting in every message, does no better than chance
+    # (4 of 8, when data was prepared with `--neighbour-search shown`)
+    assert same_label_neighbours(result, first=1) >= 7
 
 
-def test_the_classifier_searches_as_its_training_data_was_searched(tmp_path, settings, tokenizer):
-    """`kb models classify` rebuilds each prompt with the recipe's neighbour search; data
-    prepared before `neighbour_search` existed searched by the part shown, and replays so."""
+def test_the_classifier_rebuilds_the_prompts_of_its_training_data(tmp_path, settings, tokenizer):
+    """`kb models classify` rebuilds each prompt with the recipe of the model's manifest; data
+    whose neighbours were found by the part shown (an option kb no longer has, recorded as
+    `neighbour_search: shown`, or by no key before that option) is refused with the fix."""
     from types import SimpleNamespace
 
-    from kb.finetune.classify import Classifier
+    from kb.finetune.classify import Classifier, NotAClassifier
     from kb.models import ModelRecord
 
     train_dir = late_topic_folder(tmp_path / "train")
@@ -526,44 +514,24 @@ def test_the_classifier_searches_as_its_training_data_was_searched(tmp_path, set
             source, tmp_path / out, options=options, settings=settings, tokenizer=tokenizer
         )
 
-    for search in ("whole", "shown"):
-        trained = prepare(train_dir, f"train-{search}", neighbour_search=search)
-        held = jsonl(
-            prepare(
-                test_dir, f"held-{search}", neighbours_from=str(train_dir), neighbour_search=search
-            ).train_path
-        )
-        record = ModelRecord(name=f"m-{search}", dataset={"path": str(trained.train_path)})
-        classifier = Classifier(record, generator, settings)
-        texts = [Path(r["metadata"]["source"]).read_text() for r in held]
-        assert classifier.prompts(texts)[0] == [r["messages"][0]["content"] for r in held]
-        if search == "whole":
-            whole_prompts = [r["messages"][0]["content"] for r in held]
-    assert whole_prompts != [r["messages"][0]["content"] for r in held]  # the searches differ
+    trained = prepare(train_dir, "train")
+    held = jsonl(prepare(test_dir, "held", neighbours_from=str(train_dir)).train_path)
+    record = ModelRecord(name="m", dataset={"path": str(trained.train_path)})
+    texts = [Path(r["metadata"]["source"]).read_text() for r in held]
+    assert Classifier(record, generator, settings).prompts(texts)[0] == [
+        r["messages"][0]["content"] for r in held
+    ]
 
     manifest_path = trained.train_path.parent / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    del manifest["options"]["neighbour_search"]  # as prepared before the option existed
-    manifest_path.write_text(json.dumps(manifest))
-    classifier = Classifier(
-        ModelRecord(name="old", dataset={"path": str(trained.train_path)}), generator, settings
-    )
-    assert classifier.options.neighbour_search == "shown"
-    assert classifier.prompts(texts)[0] == [r["messages"][0]["content"] for r in held]
-
-    # a model trained without neighbours cannot read a text both ways; the refusal names the flag
-    plain = prepare_dataset(
-        train_dir,
-        tmp_path / "plain",
-        options=PrepareOptions(text_budget=16, val_fraction=0),
-        settings=settings,
-        tokenizer=tokenizer,
-    )
-    classifier = Classifier(
-        ModelRecord(name="plain", dataset={"path": str(plain.train_path)}), generator, settings
-    )
-    with pytest.raises(InvalidInput, match="--both-views.* was trained without neighbours"):
-        classifier.check_both_views()
+    for older in ({"neighbour_search": "shown"}, {}):  # as recorded, or before the option
+        del manifest["neighbour_search"]
+        manifest["options"].pop("neighbour_search", None)
+        manifest["options"].update(older)
+        manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(NotAClassifier, match="prepare the data again"):
+            Classifier(record, generator, settings)
+        manifest["neighbour_search"] = "whole"
 
 
 SENDERS = {  # label -> the From header of each of its messages
@@ -658,7 +626,7 @@ def test_header_labels_count_the_labels_of_the_same_senders_messages(tmp_path, s
 def test_header_keys_match_a_sender_however_the_address_is_written():
     from collections import Counter
 
-    from kb.finetune.neighbours import header_key, header_line
+    from kb.finetune.mail import header_key, header_label
 
     assert header_key("Ann Lee <Ann.Lee@Example.org>") == "ann.lee@example.org"
     assert header_key("ann.lee@example.org (Ann Lee)") == "ann.lee@example.org"
@@ -668,7 +636,8 @@ def test_header_keys_match_a_sender_however_the_address_is_written():
     assert header_key("Re: ") is None
     assert header_key("") is None and header_key(None) is None
     counts = Counter({"b": 1, "a": 3})
-    assert header_line("reply-to", counts) == "Labelled messages with the same Reply-To: a 3, b 1"
+    line = header_label("reply-to").line(counts)
+    assert line == "Labelled messages with the same Reply-To: a 3, b 1"
 
 
 QUOTING = {  # label/file -> (From, body): whom each message quotes is on its attribution lines
@@ -744,7 +713,7 @@ def test_quoted_labels_count_the_labels_of_the_authors_a_message_quotes(
 
 
 def test_quoted_senders_are_read_from_attribution_lines():
-    from kb.finetune.neighbours import quoted_senders
+    from kb.finetune.mail import quoted_senders
 
     text = (
         "From: Ed <ed@a.example>\nSubject: Re: wrote: in the subject, x@subject.example\n\n"
@@ -785,7 +754,7 @@ def test_neighbour_options_are_checked(tmp_path, settings, tokenizer):
         return prepare_dataset(
             folder,
             tmp_path / "out",
-            options=PrepareOptions(val_fraction=0, **kwargs),
+            options=build(PrepareOptions, {"val_fraction": 0, **kwargs}),
             settings=settings,
             tokenizer=tokenizer,
         )
@@ -794,9 +763,9 @@ def test_neighbour_options_are_checked(tmp_path, settings, tokenizer):
         prepare(neighbours=2, template="Label this: {text}")
     with pytest.raises(InvalidInput, match="pass --neighbours K"):
         prepare(neighbours_from=str(folder))
-    with pytest.raises(InvalidInput, match="out of range"):
+    with pytest.raises(InvalidInput, match=r"^neighbours: .* less than or equal to 32 \(got 33\)"):
         prepare(neighbours=33)
-    with pytest.raises(InvalidInput, match="neighbour_dropout 1.5 is out of range"):
+    with pytest.raises(InvalidInput, match=r"neighbour_dropout: .* less than or equal to 1"):
         prepare(neighbours=2, neighbour_dropout=1.5)
     with pytest.raises(InvalidInput, match="hides neighbours but neighbours is 0"):
         prepare(neighbour_dropout=0.3)
@@ -804,8 +773,9 @@ def test_neighbour_options_are_checked(tmp_path, settings, tokenizer):
         prepare(header_labels=("from",))
     with pytest.raises(InvalidInput, match=r"\['from:'\] are not header names"):
         prepare(neighbours=2, header_labels=("subject", "from:"))
-    with pytest.raises(InvalidInput, match="neighbour_search 'all' is unknown: use whole"):
-        prepare(neighbours=2, neighbour_search="all")
+    # an option that measured no gain is gone: it is refused by name, not ignored
+    with pytest.raises(InvalidInput, match="neighbour_search: Extra inputs are not permitted"):
+        prepare(neighbours=2, neighbour_search="shown")
     with pytest.raises(InvalidInput, match=r"labels \['boats'\]"):
         prepare(neighbours=2, neighbours_from=str(other))
     with pytest.raises(InvalidInput, match="may use {labels}; it uses"):
@@ -1074,12 +1044,168 @@ def test_cli_prepare_json_and_bad_input(tmp_path, cli):
     result = cli(
         "prepare", folder, "--out", tmp_path / "nb", "--neighbours", 2, "--neighbours-from",
         folder, "--neighbour-tokens", 5, "--neighbour-dropout", 0.25, "--val-fraction", 0,
-        "--neighbour-search", "shown", "--header-labels", "from, subject", "--json",
+        "--header-labels", "from, subject", "--json",
     )  # fmt: skip
     # eight examples are written; too few to train on is the one error (exit code 1)
     assert [e["code"] for e in last_json(result)["report"]["errors"]] == ["too_few_examples"]
     shown = sorted(len(neighbour_lines(r)) for r in jsonl(tmp_path / "nb" / "train.jsonl"))
     assert shown == [1, 1] + [4] * 6  # a quarter show only `(none shown)`; 2 and two counts
     manifest = json.loads((tmp_path / "nb" / "manifest.json").read_text())
-    assert manifest["options"]["neighbour_search"] == "shown"
+    assert manifest["neighbour_search"] == "whole"
     assert manifest["options"]["header_labels"] == ["from", "subject"]
+
+
+# --- tables validated by their rows ------------------------------------------------------------
+
+
+def rows_csv(path: Path) -> Path:
+    """Twelve facts, the second with a two-line question (so rows and lines part ways), then a
+    duplicate (row 14) and an empty answer (row 15)."""
+    rows = [["question", "answer"]]
+    rows += [
+        [f"What is fact {i}?" + ("\nIn two lines." if i == 1 else ""), f"Fact {i}."]
+        for i in range(12)
+    ]
+    rows += [["What is fact 3?", "Fact 3."], ["Why is the sky blue?", ""]]
+    with path.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def test_validate_reports_a_csv_by_its_rows(tmp_path, tokenizer, cli):
+    source = rows_csv(tmp_path / "facts.csv")
+    report = validate_file(source, tokenizer=tokenizer)
+    assert report.unit == "row" and report.format == "chat"
+    assert issue(report, "duplicate_examples").lines == [14]
+    assert issue(report, "empty_completion").lines == [15]
+    assert f"{source}, row 15: an empty completion" in issue(report, "empty_completion").message
+    assert report.counts["examples"] == 14 and not report.ok
+    # the CLI reads the CSV instead of answering that it is not JSON Lines
+    result = cli("validate", source, "--json")
+    assert result.exit_code == 1, result.output
+    out = last_json(result)
+    assert out["unit"] == "row" and "invalid_json" not in {e["code"] for e in out["errors"]}
+    assert [e["lines"] for e in out["errors"] if e["code"] == "empty_completion"] == [[15]]
+    # the columns are found as prepare finds them, or named
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(source.read_text().replace("question,answer", "ask,reply", 1))
+    result = cli("validate", renamed, "--json")
+    assert result.exit_code == 1 and "--prompt-column" in last_json(result)["error"]["message"]
+    result = cli(
+        "validate", renamed, "--prompt-column", "ask", "--completion-column", "reply", "--json"
+    )
+    assert [e["lines"] for e in last_json(result)["errors"]] == [[15]]
+
+
+def test_validate_reports_a_workbook_by_its_sheet_rows(tmp_path, tokenizer):
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.title = "Pairs"
+    sheet.append([None])
+    sheet.append([None])  # the header is on row 3 of the sheet
+    sheet.append(["prompt", "completion"])
+    for i in range(12):
+        sheet.append([f"Add {i} and {i}.", i + i])
+    sheet.append(["Add 5 and 5.", 11])  # row 16: the same prompt as row 9, another answer
+    sheet.append(["Say nothing.", None])  # row 17
+    path = tmp_path / "sums.xlsx"
+    workbook.save(path)
+    report = validate_file(path, tokenizer=tokenizer)
+    assert report.path == f"{path} (sheet Pairs)"
+    assert issue(report, "conflicting_completions").lines == [16]
+    assert issue(report, "empty_completion").lines == [17]
+
+    # a JSON list counts items; one that is not an object is what prepare would skip
+    items = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(11)] + ["loose text"]
+    listed = tmp_path / "pairs.json"
+    listed.write_text(json.dumps(items))
+    report = validate_file(listed, tokenizer=tokenizer)
+    assert report.unit == "item" and issue(report, "skipped").lines == [12]
+    assert "item 12: an entry `kb finetune prepare` would skip (not a JSON object" in (
+        issue(report, "skipped").message
+    )
+
+
+# --- one spec per command: the CLI and the HTTP API show and check an option alike ------------
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory):
+    from tests.conftest import live_server
+
+    root = tmp_path_factory.mktemp("ft-api")
+    (root / "roots").mkdir()
+    settings = Settings(data_dir=root / "data", ingest_roots=[root / "roots"])
+    with live_server(settings, warm=False) as live:
+        yield live
+
+
+def flat(text: str) -> str:
+    """CLI help as one line: the box drawing gone and wrapped lines joined."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def cli_help(command: str) -> str:
+    from kb.cli.finetune import finetune_app
+
+    # wide enough that only the help column wraps, so flat() joins each option's text
+    shown = CliRunner().invoke(finetune_app, [command, "--help"], env={"COLUMNS": "250"})
+    return flat(shown.output)
+
+
+def test_an_option_shows_the_same_help_and_bounds_in_cli_help_and_openapi(api_server):
+    import httpx
+
+    from kb.cli.specs import options_of
+    from kb.finetune.options import EmbeddingsOptions, FineTuneOptions
+
+    schemas = httpx.get(f"{api_server.url}/openapi.json").json()["components"]["schemas"]
+    for command, spec, body in (
+        ("prepare", PrepareOptions, "PrepareRequest"),
+        ("run", FineTuneOptions, "FineTuneRequest"),
+        ("embeddings", EmbeddingsOptions, "EmbeddingsOptions"),
+    ):
+        shown = cli_help(command)
+        properties = schemas[body]["properties"]
+        for option in options_of(spec):
+            field = spec.model_fields[option.name]
+            assert field.description, f"{option.name} has no help"
+            assert properties[option.name]["description"] == field.description
+            assert f"{option.flags[0]} " in shown and flat(option.help) in shown, option.name
+    neighbours = schemas["PrepareRequest"]["properties"]["neighbours"]
+    assert (neighbours["minimum"], neighbours["maximum"]) == (0, 32)
+    assert "[0<=x<=32]" in cli_help("prepare")
+    # the options that measured no gain are gone from both edges
+    assert "neighbour_search" not in schemas["PrepareRequest"]["properties"]
+    assert "token_dropout" not in schemas["FineTuneRequest"]["properties"]
+    assert "both_views" not in schemas["ClassifyRequest"]["properties"]
+    assert "--neighbour-search" not in cli_help("prepare")
+
+
+def test_an_out_of_bounds_option_gets_the_same_error_from_cli_and_http(tmp_path, api_server, cli):
+    import httpx
+
+    source = api_server.settings.ingest_roots[0] / "pets"
+    for label in ("cats", "dogs"):
+        (source / label).mkdir(parents=True, exist_ok=True)
+        (source / label / "0.txt").write_text(f"a {label} text")
+    said = "neighbours: Input should be less than or equal to 32 (got 40)"
+    answer = httpx.post(
+        f"{api_server.url}/finetune/datasets/prepare",
+        json={"name": "pets", "source": "pets", "neighbours": 40},
+    )
+    assert answer.status_code == 422 and said in answer.json()["error"]["message"]
+    result = cli("prepare", source, "--out", tmp_path / "out", "--neighbours", 40, "--json")
+    assert result.exit_code == 1
+    assert last_json(result)["error"]["message"] == f"--{said}"
+    assert not (tmp_path / "out").exists()  # refused before any work
+    # a rule between options reads the same on both edges too
+    answer = httpx.post(
+        f"{api_server.url}/finetune/datasets/prepare",
+        json={"name": "pets", "source": "pets", "header_labels": ["from"]},
+    )
+    result = cli("prepare", source, "--out", tmp_path / "out", "--header-labels", "from", "--json")
+    rule = last_json(result)["error"]["message"]
+    assert rule.startswith("header_labels ['from'] add lines") and rule in answer.text

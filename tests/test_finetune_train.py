@@ -4,7 +4,6 @@ fine-tuning with an atomic re-index."""
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import threading
@@ -15,9 +14,8 @@ import httpx
 import pytest
 from fastapi import FastAPI, Form, UploadFile
 
-from kb.errors import Conflict, InvalidInput
+from kb.errors import Conflict
 from kb.finetune.backends import FineTuneSpec
-from kb.finetune.builders import NO_NEIGHBOURS
 from kb.finetune.jobs import request_cancel, submit_finetune
 from kb.generators import GeneratorRegistry
 from kb.jobs import JobManager
@@ -115,7 +113,6 @@ def test_lora_job_over_http_registers_a_model_that_answers(lora_server):
                 "max_seq_len": 128,
                 "epochs": 1,
                 "batch_size": 4,
-                "token_dropout": 0.2,
             },
         )
         assert created.status_code == 202, created.text
@@ -275,10 +272,14 @@ def test_bad_requests_name_the_fix(lora_server):
         assert unknown.status_code == 422 and "invalid model name" in unknown.text
         no_dataset = client.post("/finetune/jobs", json={"dataset": "nope"})
         assert no_dataset.status_code == 404 and "/finetune/datasets/prepare" in no_dataset.text
-        too_much = client.post(
-            "/finetune/jobs", json={"train_file": "tiny/train.jsonl", "token_dropout": 0.9}
+        too_many = client.post("/finetune/jobs", json={"train_file": "tiny/train.jsonl", "r": 0})
+        assert too_many.status_code == 422
+        assert "r: Input should be greater than or equal to 1 (got 0)" in too_many.text
+        # an option that measured no gain is gone, refused by name rather than ignored
+        removed = client.post(
+            "/finetune/jobs", json={"train_file": "tiny/train.jsonl", "token_dropout": 0.2}
         )
-        assert too_much.status_code == 422 and "token_dropout" in too_much.text
+        assert removed.status_code == 422 and "token_dropout: Extra inputs" in removed.text
 
 
 def _pets(folder: Path, numbers: range) -> Path:
@@ -303,7 +304,6 @@ def test_classifier_with_neighbours_labels_new_texts_as_in_training(lora_server,
         for name, source, extra in (
             ("pets-cls", "pets-train", {"val_fraction": 0.25}),
             ("pets-held", "pets-test", {"val_fraction": 0, "neighbours_from": "pets-train"}),
-            ("pets-alone", "pets-test", {"val_fraction": 0, "neighbour_dropout": 1}),
         ):
             prepared = client.post(
                 "/finetune/datasets/prepare",
@@ -337,9 +337,8 @@ def test_classifier_with_neighbours_labels_new_texts_as_in_training(lora_server,
         headers_only = "From: a@b.c\nDate: 1 Apr 1993\nLines: 0\n\n"
         empty = client.post("/models/pets-cls/classify", json={"texts": [texts[0], headers_only]})
         assert empty.status_code == 422 and "texts [1] are empty" in empty.text
-        # both views need a model that learned to read without neighbours
         both = client.post("/models/pets-cls/classify", json={"texts": texts, "both_views": True})
-        assert both.status_code == 422 and "--neighbour-dropout" in both.text
+        assert both.status_code == 422 and "both_views: Extra inputs" in both.text  # removed
 
     # the classifier builds exactly the prompts `prepare` built for the held-out folder
     registry, generators = ModelRegistry(settings), GeneratorRegistry(settings)
@@ -354,32 +353,6 @@ def test_classifier_with_neighbours_labels_new_texts_as_in_training(lora_server,
     texts = [Path(r["metadata"]["source"]).read_text() for r in held]
     prompts, _ = classifier.prompts(texts)
     assert prompts == [r["messages"][0]["content"] for r in held]
-    # ... and with its neighbours hidden, the prompts of `prepare --neighbour-dropout 1`
-    alone = settings.data_dir / "finetune" / "pets-alone" / "train.jsonl"
-    alone_records = [json.loads(line) for line in alone.read_text().splitlines()]
-    assert [r["metadata"]["source"] for r in alone_records] == [
-        r["metadata"]["source"] for r in held
-    ]
-    alone_prompts, shown = classifier.prompts(texts, alone=True)
-    assert alone_prompts == [r["messages"][0]["content"] for r in alone_records]
-    assert shown == [[] for _ in texts] and all(NO_NEIGHBOURS in p for p in alone_prompts)
-
-    # both views multiply the two readings' label probabilities (add their log-likelihoods);
-    # as if the model had been trained with neighbour dropout, which it was not
-    classifier.options = dataclasses.replace(classifier.options, neighbour_dropout=0.3)
-    one, both = classifier.classify(texts), classifier.classify(texts, both_views=True)
-    for single, combined in zip(one, both, strict=True):
-        assert single.views is None and combined.views["neighbours"] == single.probabilities
-        product = {
-            label: p * combined.views["alone"][label]
-            for label, p in combined.views["neighbours"].items()
-        }
-        total = sum(product.values())
-        for label, p in product.items():
-            assert combined.probabilities[label] == pytest.approx(p / total, abs=1e-4)
-        assert combined.label == max(product, key=product.get)
-        assert combined.neighbours == single.neighbours
-
     # a model trained on other data is not a classifier: the error says what is needed
     other = registry.get("pets-cls")
     other.dataset = {"path": str(roots / "tiny" / "train.jsonl")}
@@ -400,40 +373,6 @@ def test_classifier_with_neighbours_labels_new_texts_as_in_training(lora_server,
     assert "binary file" in out["skipped"][0]["reason"]
     assert "empty once mail headers are dropped" in out["skipped"][1]["reason"]
     assert out["accuracy"] == sum(r["label"] == r["gold"] for r in out["results"]) / 6
-    refused = runner.invoke(
-        models_app, ["classify", "pets-cls", str(roots / "pets-test"), "--both-views"]
-    )
-    assert refused.exit_code != 0 and "with neighbours in every prompt" in refused.output
-
-
-def test_token_dropout_spares_turn_markers_and_answers(tmp_path):
-    import random
-
-    from kb.finetune.backends.local_lora import _drop_prompt_tokens
-    from kb.finetune.encoding import IGNORE, KEEP_PROMPT_TAIL, EncodedExample
-
-    special = frozenset({1, 2})
-    prompt = [1] + list(range(100, 1100)) + [2] + list(range(2000, 2000 + KEEP_PROMPT_TAIL))
-    answer = [7, 8, 2]
-    example = EncodedExample(prompt + answer, [IGNORE] * len(prompt) + answer)
-
-    dropped = _drop_prompt_tokens(example, 0.25, random.Random(0), special)
-    kept = set(dropped.input_ids)
-    assert {1, 2} <= kept  # special tokens
-    assert dropped.input_ids[-(KEEP_PROMPT_TAIL + 3) :] == prompt[-KEEP_PROMPT_TAIL:] + answer
-    assert dropped.labels[-3:] == answer and dropped.label_count == 3
-    assert len(dropped.input_ids) == len(dropped.labels)
-    gone = 1000 - len(kept & set(range(100, 1100)))
-    assert 200 <= gone <= 300  # about a quarter of the 1,000 droppable tokens
-    # order kept; a new pass draws a new gap; rate 0 changes nothing
-    rest = iter(example.input_ids)
-    assert all(token in rest for token in dropped.input_ids)
-    assert _drop_prompt_tokens(example, 0.25, random.Random(1), special) != dropped
-    assert _drop_prompt_tokens(example, 0.0, random.Random(0), special) == example
-    train = tmp_path / "train.jsonl"
-    train.write_text(json.dumps(_example(1)) + "\n")
-    with pytest.raises(InvalidInput, match="token_dropout=0.9 is out of range"):
-        FineTuneSpec(train_file=str(train), token_dropout=0.9).check()
 
 
 # -- the OpenAI backend against a fake fine-tuning server -----------------------------------
@@ -784,8 +723,11 @@ def test_cli_runs_lists_and_deletes(tmp_path, fake_openai, monkeypatch):
     )
     bad = runner.invoke(finetune_app, ["run", str(tmp_path / "missing")])
     assert bad.exit_code == 1 and "finetune prepare" in " ".join(bad.output.split())
-    # --token-dropout reaches the spec: an out-of-range rate is refused before any job starts
-    dropout = runner.invoke(finetune_app, ["run", str(data), "--token-dropout", "0.6"])
-    assert dropout.exit_code == 1 and "token_dropout=0.6 is out of range" in " ".join(
-        dropout.output.split()
+    # the options come from the run spec: an out-of-range value is refused before any job
+    # starts, in the words the HTTP API uses; a removed option is unknown
+    rank = runner.invoke(finetune_app, ["run", str(data), "--r", "0"])
+    assert rank.exit_code == 1 and "--r: Input should be greater than or equal to 1 (got 0)" in (
+        " ".join(rank.output.split())
     )
+    gone = runner.invoke(finetune_app, ["run", str(data), "--token-dropout", "0.2"])
+    assert gone.exit_code == 2 and "No such option" in gone.output

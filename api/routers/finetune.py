@@ -8,7 +8,7 @@ training files must lie inside KB_INGEST_ROOTS, as for folder ingest.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
@@ -19,6 +19,15 @@ from api.errors import ERROR_RESPONSES
 from api.ingest_jobs import lane, resolve_ingest_path
 from api.schemas import JobEvent, JobList, JobOut, Strict
 from kb.errors import Conflict, InvalidInput, NotFound
+from kb.finetune.options import (
+    EmbeddingsOptions,
+    FineTuneOptions,
+    PrepareOptions,
+    S,
+    ValidateOptions,
+    server_paths,
+)
+from kb.jobs import JobRecord
 from kb.models import validate_model_name
 from kb.settings import Settings
 
@@ -32,7 +41,7 @@ JOB_KINDS = ("finetune", "embeddings")
 # -- schemas -------------------------------------------------------------------------------
 
 
-class PrepareRequest(Strict):
+class PrepareRequest(PrepareOptions):
     name: str = Field(
         description="Dataset name; files go to <data_dir>/finetune/NAME/ (replaced if present).",
         examples=["support-faq"],
@@ -42,125 +51,30 @@ class PrepareRequest(Strict):
         description="A table file or labelled folder on the server, inside KB_INGEST_ROOTS; "
         "leave out with from_collection.",
     )
-    format: Literal["chat", "completion"] = "chat"
-    prompt_column: str | None = None
-    completion_column: str | None = None
-    system: str | None = Field(None, description="System message added to every example.")
-    template: str | None = Field(None, description="Prompt template, e.g. 'Describe {name}'.")
-    generate_with: str | None = Field(None, description="Generator that writes completions.")
-    from_collection: str | None = Field(
-        None, description="Make Q/A pairs from this collection's chunks (needs generate_with)."
-    )
-    max_examples: int | None = Field(None, ge=1)
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
-    text_budget: int = Field(512, ge=1, description="Tokens of a folder example's text kept.")
-    keep_headers: list[str] = Field(
-        ["subject"],
-        max_length=32,
-        description="Headers a mail or news example keeps, in order, e.g. subject, from.",
-    )
-    max_tokens: int = Field(2048, ge=1, description="Validation's per-example token limit.")
-    neighbours: int = Field(
-        0,
-        ge=0,
-        le=32,
-        description="Labelled folder: show the K labelled examples most like each text in its "
-        "prompt (BM25 and dense retrieval fused); 0: none.",
-    )
-    neighbours_from: str | None = Field(
-        None,
-        description="Their pool: a labelled folder on the server, in KB_INGEST_ROOTS (say the "
-        "training folder, when preparing an evaluation split); default: the source itself.",
-    )
-    neighbour_tokens: int = Field(16, ge=1, description="Opening tokens shown of each neighbour.")
-    neighbour_search: Literal["whole", "shown"] = Field(
-        "whole",
-        description="What finds the neighbours: each whole text, or only the part its prompt "
-        "shows (text_budget tokens).",
-    )
-    neighbour_dropout: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        description="Share of the prompts shown no neighbours, so that a model trained on them "
-        "also learns to read the text alone; 1 hides them from every prompt (an evaluation "
-        "split of the model's own reading).",
-    )
-    header_labels: list[str] = Field(
-        [],
-        max_length=8,
-        description="Message headers, e.g. from, subject: the neighbours end with a line per "
-        "header counting the labels of the pool's messages with the same value (the sender's "
-        "other messages; the rest of the thread); quoted counts the labels of the messages "
-        "sent by the authors the text quotes.",
-    )
 
 
-class ValidateRequest(Strict):
+class ValidateRequest(ValidateOptions):
     dataset: str | None = Field(None, description="A dataset prepared here (its train.jsonl).")
-    path: str | None = Field(None, description="A JSONL file on the server, in KB_INGEST_ROOTS.")
+    path: str | None = Field(
+        None,
+        description="A JSONL file, or a CSV/TSV/XLSX/JSON table as prepare reads it, on the "
+        "server in KB_INGEST_ROOTS.",
+    )
     lines: list[str] | None = Field(
         None, max_length=100_000, description="JSONL content: one example per item."
     )
-    max_tokens: int = Field(2048, ge=1)
 
 
-class FineTuneRequest(Strict):
+class FineTuneRequest(FineTuneOptions):
     dataset: str | None = Field(
         None, description="A dataset prepared here; its train and validation files are used."
     )
     train_file: str | None = Field(
         None, description="A JSONL training file on the server, in KB_INGEST_ROOTS."
     )
-    validation_file: str | None = None
-    backend: Literal["local", "openai"] = "local"
-    name: str | None = Field(None, description="Name of the registered model (default: derived).")
-    base_model: str = Field(
-        "smollm2", description="local: 'smollm2' or a model folder; openai: the remote model id."
+    validation_file: str | None = Field(
+        None, description="A JSONL validation file on the server, in KB_INGEST_ROOTS."
     )
-    epochs: int = Field(1, ge=1, le=100)
-    lr: float | None = Field(None, gt=0, lt=1, description="local: 2e-4; openai: LR multiplier.")
-    batch_size: int = Field(4, ge=1, le=512)
-    grad_accumulation: int = Field(1, ge=1, le=1024)
-    max_seq_len: int = Field(512, ge=16, le=32768)
-    max_train_examples: int | None = Field(None, ge=1)
-    r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
-    alpha: int = Field(16, ge=1, le=4096)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    token_dropout: float = Field(
-        0.0,
-        ge=0,
-        le=0.5,
-        description="local: share of prompt tokens left out of each training pass (0 = off).",
-    )
-    target_modules: list[str] | None = Field(None, description="Default: every linear layer.")
-    lora_layers: int | None = Field(None, ge=1, description="Adapt only the last N layers.")
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    seed: int = 0
-    generator: str | None = Field(
-        None, description="openai: configured generator whose base_url and api_key to use."
-    )
-
-
-class EmbeddingsRequest(Strict):
-    collection: str = Field(description="Collection whose embedder is trained and re-indexed.")
-    beir: str | None = Field(None, description="BEIR folder on the server, in KB_INGEST_ROOTS.")
-    split: str = "train"
-    pairs: str | None = Field(None, description="Pairs JSONL on the server, in KB_INGEST_ROOTS.")
-    epochs: int = Field(1, ge=1, le=100)
-    batch_size: int = Field(32, ge=2, le=4096)
-    lr: float = Field(3e-5, gt=0, lt=1)
-    hard_negatives: int = Field(1, ge=0, le=10)
-    mine_method: Literal["dense", "bm25", "hybrid"] = "hybrid"
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    max_pairs: int | None = Field(None, ge=2)
-    out: str | None = Field(None, description="Name of the saved model.")
-    base: str | None = Field(
-        None, description="Embedder to start from, e.g. 'minilm' (default: the collection's)."
-    )
-    reindex: bool = True
-    seed: int = 0
 
 
 class FineTunedModelOut(BaseModel):
@@ -210,23 +124,28 @@ def _prepared(settings: Settings, name: str) -> Path:
     return folder
 
 
+def _on_server(spec: type[S], body: BaseModel, settings: Settings) -> S:
+    """The command's options from a request body, each server path resolved inside
+    KB_INGEST_ROOTS (a path outside them is refused)."""
+    values = body.model_dump(include=set(spec.model_fields))
+    for name in server_paths(spec):
+        if values[name]:
+            values[name] = str(resolve_ingest_path(values[name], settings.ingest_roots))
+    return spec(**values)
+
+
 @router.post("/finetune/datasets/prepare", summary="Prepare a fine-tuning dataset")
 def prepare_dataset(
     body: PrepareRequest, settings: SettingsDep, kb: KBDep, request: Request, caller: Caller
 ) -> dict:
     """Build train/validation JSONL + manifest from a server-side table or labelled folder, or
     from a collection; the result includes both validation reports."""
-    from kb.finetune import PrepareOptions
     from kb.finetune import prepare_dataset as prepare
 
     caller.check(body.from_collection, "write")
     out = _dataset_dir(settings, body.name)
     source = resolve_ingest_path(body.source, settings.ingest_roots) if body.source else None
-    options = PrepareOptions(**body.model_dump(exclude={"name", "source"}))
-    if body.neighbours_from:
-        options.neighbours_from = str(
-            resolve_ingest_path(body.neighbours_from, settings.ingest_roots)
-        )
+    options = _on_server(PrepareOptions, body, settings)
     services: Services = request.app.state.services
     result = prepare(
         source, out, options=options, settings=settings, kb=kb, generators=services.generators
@@ -236,41 +155,48 @@ def prepare_dataset(
 
 @router.post("/finetune/datasets/validate", summary="Validate fine-tuning data")
 def validate_dataset(body: ValidateRequest, settings: SettingsDep, caller: Caller) -> dict:
-    """Check a prepared dataset, a server-side file, or JSONL lines sent in the body."""
+    """Check a prepared dataset, a server-side file (JSONL, or a table by its rows), or JSONL
+    lines sent in the body."""
     from kb.finetune import validate_file, validate_lines
 
     given = [x for x in (body.dataset, body.path, body.lines) if x is not None]
     if len(given) != 1:
         raise InvalidInput("send exactly one of 'dataset', 'path' or 'lines'")
+    options = _on_server(ValidateOptions, body, settings)
+    check = {"max_tokens": options.max_tokens, "tokenizer": options.tokenizer}
     if body.lines is not None:
-        report = validate_lines(
-            body.lines, source="<request>", max_tokens=body.max_tokens, settings=settings
-        )
+        report = validate_lines(body.lines, source="<request>", settings=settings, **check)
     elif body.dataset is not None:
         folder = _prepared(settings, body.dataset)
         validation = folder / "validation.jsonl"
         report = validate_file(
             folder / "train.jsonl",
             eval_file=validation if validation.is_file() and validation.stat().st_size else None,
-            max_tokens=body.max_tokens,
             settings=settings,
+            **check,
         )
     else:
         path = resolve_ingest_path(body.path, settings.ingest_roots)
-        report = validate_file(path, max_tokens=body.max_tokens, settings=settings)
+        report = validate_file(path, settings=settings, **options.to_dict())
     return report.to_dict()
 
 
 # -- jobs ----------------------------------------------------------------------------------
 
 
-@router.post(
-    "/finetune/jobs",
-    status_code=202,
-    response_model=JobOut,
-    responses=ACCEPTED,
-    summary="Start a fine-tuning job",
-)
+def _accepted(path: str, summary: str):
+    """A POST that queues a job: 202 with the job record, its URL in the Location header."""
+    return router.post(
+        path, status_code=202, response_model=JobOut, responses=ACCEPTED, summary=summary
+    )
+
+
+def _queued(response: Response, record: JobRecord) -> dict:
+    response.headers["Location"] = f"/finetune/jobs/{record.id}"
+    return record.to_dict()
+
+
+@_accepted("/finetune/jobs", "Start a fine-tuning job")
 def create_job(
     body: FineTuneRequest,
     response: Response,
@@ -297,29 +223,14 @@ def create_job(
             else None
         )
         train, validation = resolve_training_files(train_path, validation_path)
-    fields = body.model_dump(
-        exclude={"dataset", "train_file", "validation_file", "max_train_examples"}
-    )
-    spec = FineTuneSpec(
-        train_file=train,
-        validation_file=validation,
-        max_train_examples=body.max_train_examples,
-        **fields,
-    )
-    record = submit_finetune(jobs, spec, settings, models)
-    response.headers["Location"] = f"/finetune/jobs/{record.id}"
-    return record.to_dict()
+    options = _on_server(FineTuneOptions, body, settings)
+    spec = FineTuneSpec(**options.to_dict(), train_file=train, validation_file=validation)
+    return _queued(response, submit_finetune(jobs, spec, settings, models))
 
 
-@router.post(
-    "/finetune/embeddings",
-    status_code=202,
-    response_model=JobOut,
-    responses=ACCEPTED,
-    summary="Fine-tune a collection's embedding model",
-)
+@_accepted("/finetune/embeddings", "Fine-tune a collection's embedding model")
 def create_embeddings_job(
-    body: EmbeddingsRequest,
+    body: EmbeddingsOptions,
     response: Response,
     settings: SettingsDep,
     kb: KBDep,
@@ -337,11 +248,7 @@ def create_embeddings_job(
     )
 
     caller.check(body.collection, "write")
-    fields = body.model_dump()
-    for key in ("beir", "pairs"):
-        if fields[key]:
-            fields[key] = str(resolve_ingest_path(fields[key], settings.ingest_roots))
-    spec = EmbeddingFineTuneSpec(**fields)
+    spec = EmbeddingFineTuneSpec(**_on_server(EmbeddingsOptions, body, settings).to_dict())
     check_embeddings_spec(spec, kb, models)
     record = jobs.submit(
         JOB_KIND,
@@ -349,8 +256,7 @@ def create_embeddings_job(
         embeddings_job(kb, spec, models),
         lane=lane(body.collection),  # after (and before) ingests of the same collection
     )
-    response.headers["Location"] = f"/finetune/jobs/{record.id}"
-    return record.to_dict()
+    return _queued(response, record)
 
 
 def _job(jobs, job_id: str):
@@ -425,12 +331,6 @@ class ClassifyRequest(Strict):
         max_length=256,
         description="Texts to classify (a mail or news message may keep its headers).",
     )
-    both_views: bool = Field(
-        False,
-        description="Score each text with its labelled neighbours and without, adding the two "
-        "readings' label log-likelihoods (a model trained with neighbour_dropout; about 1.8 "
-        "times the time).",
-    )
 
 
 class ClassifiedNeighbour(BaseModel):
@@ -444,11 +344,6 @@ class ClassifiedText(BaseModel):
     neighbours: list[ClassifiedNeighbour] = Field(
         description="The labelled examples the prompt showed, nearest first (none without "
         "neighbours)."
-    )
-    views: dict[str, dict[str, float]] | None = Field(
-        None,
-        description="With both_views: each reading's own probabilities, under `neighbours` and "
-        "`alone`.",
     )
     header_labels: dict[str, dict[str, int]] | None = Field(
         None,
@@ -478,7 +373,7 @@ def classify(
     caller.check(None, "read")
     services: Services = request.app.state.services
     classifier = services.classifiers.get(models.get(name), services.generators, services.settings)
-    results = classifier.classify(body.texts, both_views=body.both_views)
+    results = classifier.classify(body.texts)
     return {
         "model": name,
         "labels": classifier.labels,

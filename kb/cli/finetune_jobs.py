@@ -6,14 +6,16 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kb.cli.common import console, fail, print_json
+from kb.cli.specs import cli_build, spec_options
 from kb.errors import KBError
+from kb.finetune.options import EmbeddingsOptions, FineTuneOptions
 from kb.jobs import Cancelled, JobContext, JobRecord
 from kb.settings import Settings
 
@@ -112,6 +114,7 @@ def _finish(record: JobRecord, json_out: bool) -> None:
     raise typer.Exit(1)
 
 
+@spec_options(FineTuneOptions)
 def run(
     data: Annotated[
         Path,
@@ -121,55 +124,10 @@ def run(
         Path | None,
         typer.Option(help="Validation JSONL (default: validation.jsonl beside the training file)."),
     ] = None,
-    backend: Annotated[
-        str, typer.Option(help="'local' (LoRA on this machine) or 'openai'.")
-    ] = "local",
-    name: Annotated[
-        str | None, typer.Option(help="Name of the registered model (default: derived).")
+    options: dict[str, Any] | None = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="openai: the API base URL (default: the generator's).")
     ] = None,
-    base_model: Annotated[
-        str | None,
-        typer.Option(help="Local: 'smollm2' or a model folder; openai: the remote model id."),
-    ] = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the training data.")] = 1,
-    lr: Annotated[
-        float | None,
-        typer.Option(help="Learning rate (local default 2e-4; openai: the LR multiplier)."),
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Examples per forward pass (local).")] = 4,
-    grad_accumulation: Annotated[int, typer.Option(help="Batches per optimizer step.")] = 1,
-    r: Annotated[int, typer.Option("--r", help="LoRA rank.")] = 8,
-    alpha: Annotated[int, typer.Option(help="LoRA alpha (scaling = alpha / r).")] = 16,
-    dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
-    token_dropout: Annotated[
-        float,
-        typer.Option(
-            help="Local: share of prompt tokens left out of each training pass (word dropout; "
-            "e.g. 0.25 for classifiers that latch onto single words). 0 = off."
-        ),
-    ] = 0.0,
-    target_modules: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated layer names, e.g. q_proj,v_proj (default: all linear)."),
-    ] = None,
-    lora_layers: Annotated[
-        int | None, typer.Option(help="Adapt only the last N decoder layers (faster).")
-    ] = None,
-    max_examples: Annotated[
-        int | None, typer.Option(help="Train on a seeded sample of this many examples.")
-    ] = None,
-    max_seq_len: Annotated[
-        int, typer.Option(help="Tokens per example; longer ones are cut.")
-    ] = 512,
-    dtype: Annotated[
-        str, typer.Option(help="float32, or bfloat16 (autocast; faster on CPUs with bf16).")
-    ] = "float32",
-    seed: Annotated[int, typer.Option(help="Random seed (sampling, shuffling, init).")] = 0,
-    generator: Annotated[
-        str | None,
-        typer.Option(help="openai: configured generator whose base_url and api_key to use."),
-    ] = None,
-    base_url: Annotated[str | None, typer.Option(help="openai: the API base URL.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Fine-tune a model and register it; runs here with a progress bar (Ctrl-C cancels)."""
@@ -179,30 +137,12 @@ def run(
     settings = Settings()
     models, jobs = _models_and_jobs(settings)
     try:
+        chosen = cli_build(FineTuneOptions, options or {})
         train_file, validation_file = resolve_training_files(data, validation)
         spec = FineTuneSpec(
+            **chosen.to_dict(),
             train_file=train_file,
             validation_file=validation_file,
-            name=name,
-            backend=backend,
-            base_model=base_model or "smollm2",
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            grad_accumulation=grad_accumulation,
-            max_seq_len=max_seq_len,
-            max_train_examples=max_examples,
-            r=r,
-            alpha=alpha,
-            dropout=dropout,
-            token_dropout=token_dropout,
-            target_modules=[m.strip() for m in target_modules.split(",")]
-            if target_modules
-            else None,
-            lora_layers=lora_layers,
-            dtype=dtype,
-            seed=seed,
-            generator=generator,
             base_url=base_url,
         )
         prepare_spec(spec, settings, models)
@@ -216,44 +156,8 @@ def run(
     _finish(record, json_out)
 
 
-def embeddings(
-    collection: Annotated[
-        str, typer.Option("--collection", "-c", help="Collection to train for and re-index.")
-    ],
-    beir: Annotated[
-        Path | None, typer.Option(help="BEIR folder: queries.jsonl, corpus.jsonl, qrels/.")
-    ] = None,
-    split: Annotated[str, typer.Option(help="BEIR qrels split to train on.")] = "train",
-    pairs: Annotated[
-        Path | None,
-        typer.Option(help="JSONL of {query, positive}, or prepare's Q/A data with chunk_ids."),
-    ] = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the pairs.")] = 1,
-    hard_negatives: Annotated[
-        int, typer.Option(help="Hard negatives mined from the collection per pair.")
-    ] = 1,
-    mine_method: Annotated[
-        str, typer.Option(help="Mining search: dense, bm25 or hybrid.")
-    ] = "hybrid",
-    batch_size: Annotated[int, typer.Option(help="Pairs per batch (in-batch negatives).")] = 32,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-5,
-    max_pairs: Annotated[int | None, typer.Option(help="Train on a sample of this many.")] = None,
-    dtype: Annotated[
-        str, typer.Option(help="bfloat16 (autocast, faster) or float32.")
-    ] = "bfloat16",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    out: Annotated[
-        str | None, typer.Option(help="Name of the saved model (default: <collection>-emb-<id>).")
-    ] = None,
-    base: Annotated[
-        str | None,
-        typer.Option(help="Embedder to start from, e.g. minilm (default: the collection's own)."),
-    ] = None,
-    reindex: Annotated[
-        bool, typer.Option(help="Re-index the collection with the new model when done.")
-    ] = True,
-    json_out: JsonOpt = False,
-) -> None:
+@spec_options(EmbeddingsOptions)
+def embeddings(options: dict[str, Any] | None = None, json_out: JsonOpt = False) -> None:
     """Fine-tune the collection's embedding model on query/passage pairs and re-index with it."""
     from kb.finetune.embeddings import (
         JOB_KIND,
@@ -266,24 +170,8 @@ def embeddings(
     settings = Settings()
     models, jobs = _models_and_jobs(settings)
     kb = KnowledgeBase(settings)
-    spec = EmbeddingFineTuneSpec(
-        collection=collection,
-        beir=str(beir) if beir else None,
-        split=split,
-        pairs=str(pairs) if pairs else None,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        hard_negatives=hard_negatives,
-        mine_method=mine_method,
-        max_pairs=max_pairs,
-        dtype=dtype,
-        out=out,
-        base=base,
-        reindex=reindex,
-        seed=seed,
-    )
     try:
+        spec = EmbeddingFineTuneSpec(**cli_build(EmbeddingsOptions, options or {}).to_dict())
         check_embeddings_spec(spec, kb, models)
     except KBError as exc:
         fail(str(exc))

@@ -74,14 +74,6 @@ def classify_command(
             "model's labels, each file's sub-folder is its true label and accuracy is reported."
         ),
     ],
-    both_views: Annotated[
-        bool,
-        typer.Option(
-            "--both-views",
-            help="Score each text with its labelled neighbours and without, adding the two "
-            "readings (a model trained with --neighbour-dropout; about 1.8 times the time).",
-        ),
-    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Label text files with a fine-tuned classifier, its prompts built as in its training."""
@@ -96,8 +88,6 @@ def classify_command(
         generators = GeneratorRegistry(settings)
         registry.load_into(generators)
         classifier = ClassifierCache().get(registry.get(name), generators, settings)
-        if both_views:
-            classifier.check_both_views()  # before reading the files
         files, skipped = [], []
         for path, gold in _labelled_files(paths, classifier.labels):
             try:
@@ -122,7 +112,6 @@ def classify_command(
                 results = classifier.classify(
                     [text for _, _, text in batch],
                     progress=lambda done, _, lo=lo: bar(lo + done, len(files)),
-                    both_views=both_views,
                 )
                 rows += [
                     {"path": str(p), "gold": gold, **r.to_dict()}
@@ -138,7 +127,6 @@ def classify_command(
         "labels": classifier.labels,
         "texts": len(rows),
         "accuracy": correct / len(judged) if judged else None,
-        "both_views": both_views,
         "results": rows,
         "skipped": skipped,
     }

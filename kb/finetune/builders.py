@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,8 @@ def examples_from_folder(
         keep = sorted(random.Random(options.seed).sample(range(len(items)), options.max_examples))
         items = [items[i] for i in keep]
     template = folder_template(options)
-    whole = [item.text for item in items]
-    texts = counter.truncate(whole, options.text_budget)
-    blocks = _neighbour_blocks(
-        items, search_texts(whole, options, counter, texts), labels, options, counter, settings
-    )
+    texts = counter.truncate([item.text for item in items], options.text_budget)
+    blocks = _neighbour_blocks(items, labels, options, counter, settings)
     label_list = ", ".join(labels)
     examples = [
         Example(
@@ -84,32 +81,17 @@ def folder_template(options: PrepareOptions) -> str:
     return template
 
 
-def search_texts(
-    whole: Sequence[str],
-    options: PrepareOptions,
-    counter: TokenCounter,
-    shown: list[str] | None = None,
-) -> list[str]:
-    """The texts that find neighbours (and that neighbours are found by): each whole text, or
-    with `neighbour_search="shown"` only the part its prompt shows (`shown`, when the caller has
-    cut them already). The whole message is the better key: on the Newsgroups test split the 8
-    neighbours' majority label is right on 768 of 794 messages searched whole against 761
-    searched by their first 256 tokens (README)."""
-    if options.neighbour_search == "whole":
-        return list(whole)
-    return shown if shown is not None else counter.truncate(list(whole), options.text_budget)
-
-
 def _neighbour_blocks(
     items: list[LabelledText],
-    texts: list[str],
     labels: list[str],
     options: PrepareOptions,
     counter: TokenCounter,
     settings: Settings,
 ) -> list[str]:
-    """Each example's `{neighbours}` text: its nearest labelled examples, found by `texts`
-    (none: empty).
+    """Each example's `{neighbours}` text: its nearest labelled examples, found by its whole
+    text (none: empty). The whole text is the better key: on the Newsgroups test split the 8
+    neighbours' majority label is right on 768 of 794 messages searched whole against 761
+    searched by the first 256 tokens a prompt shows (`benchmarks/newsgroups_neighbours.py`).
 
     With `header_labels` each block ends with a line per header: the labels of the pool's
     messages sharing the example's value of it (for `quoted`, sent by the authors it quotes).
@@ -123,14 +105,14 @@ def _neighbour_blocks(
         return [NO_NEIGHBOURS] * len(items)
     from kb.finetune.neighbours import NeighbourPool
 
+    texts = [item.text for item in items]
     if options.neighbours_from:
         pool = neighbour_pool(Path(options.neighbours_from), labels, options, counter, settings)
     else:
         pool = NeighbourPool(items, texts, counter, options.neighbour_tokens, settings)
     paths = [item.path for item in items]
     found = pool.nearest(texts, paths, options.neighbours)
-    headers = [item.headers for item in items]
-    counts = pool.label_counts(options.header_labels, headers, [i.text for i in items], paths)
+    counts = pool.label_counts(options.header_labels, [i.headers for i in items], texts, paths)
     blocks = pool.blocks(found, counts)
     hidden = random.Random(f"{options.seed}:neighbour-dropout").sample(
         range(len(blocks)), round(options.neighbour_dropout * len(blocks))
@@ -147,15 +129,13 @@ def neighbour_pool(
     counter: TokenCounter,
     settings: Settings,
 ):
-    """A labelled folder read and indexed as a `NeighbourPool` for these options (its texts cut
-    only when they are searched by the part shown)."""
+    """A labelled folder read and indexed as a `NeighbourPool` for these options."""
     from kb.finetune.neighbours import NeighbourPool, check_pool_labels
 
     pool_labels, pool_items, _ = read_labelled_folder(folder, options.keep_headers)
     check_pool_labels(pool_labels, labels, str(folder))
-    whole = [item.text for item in pool_items]
-    pool_texts = search_texts(whole, options, counter)
-    return NeighbourPool(pool_items, pool_texts, counter, options.neighbour_tokens, settings)
+    texts = [item.text for item in pool_items]
+    return NeighbourPool(pool_items, texts, counter, options.neighbour_tokens, settings)
 
 
 def _column(table: Table, wanted: str | None, aliases: tuple[str, ...], flag: str) -> str | None:
@@ -194,6 +174,8 @@ def examples_from_table(
     folded = {c.strip().casefold(): c for c in table.columns}
     chat_column = folded.get("messages")
     origin: dict[str, Any] = {"kind": "table", "path": str(path), "columns": table.columns}
+    if table.sheet:
+        origin["sheet"] = table.sheet
 
     if chat_column and not (options.template or options.prompt_column or options.generate_with):
         origin["kind"] = "chat"
@@ -204,10 +186,10 @@ def examples_from_table(
                 try:
                     messages = json.loads(messages)
                 except json.JSONDecodeError:
-                    skipped.append(Skipped(table.where(row.number), "`messages` is not JSON"))
+                    skipped.append(table.skip(row.number, "`messages` is not JSON"))
                     continue
             if not isinstance(messages, list) or not messages:
-                skipped.append(Skipped(table.where(row.number), "`messages` is not a list"))
+                skipped.append(table.skip(row.number, "`messages` is not a list"))
                 continue
             extra = row.values.get("metadata")
             metadata = dict(extra) if isinstance(extra, dict) else {}
@@ -291,7 +273,7 @@ def examples_from_table(
     for row, example in zip(rows, examples, strict=True):
         example.completion = _text(row.values.get(completion_column, ""))
         if not example.prompt.strip() and not example.completion.strip():
-            skipped.append(Skipped(table.where(row.number), "empty prompt and completion"))
+            skipped.append(table.skip(row.number, "empty prompt and completion"))
             continue
         kept.append(example)
     return kept, skipped, origin

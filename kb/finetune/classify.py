@@ -5,12 +5,6 @@ training data's `manifest.json`: template, labels, headers kept, token budget, a
 `--neighbours` the labelled examples most like the text, drawn from the same pool), and the
 label is read by constrained scoring: the log-likelihood of each label as the whole answer,
 turned into probabilities over the labels.
-
-A model trained with `--neighbour-dropout` has learned two readings of a text: with its
-neighbours and alone (`(none shown)`). `both_views` scores each text both ways and adds the two
-readings' label log-likelihoods, an ensemble of the model with itself that takes about 1.8 times
-as long as the neighbours reading alone. It is a choice, not the default: on the Newsgroups test
-split it helped one such model and hurt another (README).
 """
 
 from __future__ import annotations
@@ -20,21 +14,21 @@ import math
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from kb.errors import Conflict, InvalidInput
-from kb.finetune.builders import NO_NEIGHBOURS, folder_template, neighbour_pool, search_texts
+from kb.finetune.builders import folder_template, neighbour_pool
+from kb.finetune.datasets import NEIGHBOUR_SEARCH
+from kb.finetune.mail import clean_message, message_headers
 from kb.finetune.options import PrepareOptions
-from kb.finetune.sources import clean_message, message_headers
 from kb.finetune.templates import fill_template
 from kb.finetune.tokens import TokenCounter
 from kb.models import ModelRecord
 from kb.settings import Settings
 
 MAX_TEXTS = 256  # texts in one request
-_OPTION_NAMES = {f.name for f in fields(PrepareOptions)}
 
 
 class NotAClassifier(Conflict):
@@ -46,7 +40,6 @@ class Classification:
     label: str
     probabilities: dict[str, float]
     neighbours: list[dict[str, str]]  # the labelled examples shown in the prompt
-    views: dict[str, dict[str, float]] | None = None  # with both_views: each reading's own
     # with header_labels: per header, the labels of the pool's messages with the text's value
     header_labels: dict[str, dict[str, int]] | None = None
 
@@ -78,11 +71,16 @@ def recipe(record: ModelRecord) -> tuple[list[str], PrepareOptions, Path]:
             "labelled folder: classify with a model trained on `kb finetune prepare FOLDER`, "
             "or ask it through /query"
         )
-    stored = {k: v for k, v in (manifest.get("options") or {}).items() if k in _OPTION_NAMES}
-    stored.setdefault("neighbour_search", "shown")  # data prepared before the option searched so
-    for name in ("keep_headers", "header_labels"):  # lists in JSON
-        if name in stored:
-            stored[name] = tuple(stored[name])
+    recorded = manifest.get("options") or {}
+    search = manifest.get("neighbour_search") or recorded.get("neighbour_search", "shown")
+    if recorded.get("neighbours") and search != NEIGHBOUR_SEARCH:
+        raise NotAClassifier(
+            f"model {record.name!r} was trained on data whose neighbours were found by the part "
+            "of each text its prompt shows (--neighbour-search shown), which kb no longer "
+            f"builds: prepare the data again with `kb finetune prepare` (as {str(manifest_path)!r} "
+            "records) and train the model again"
+        )
+    stored = {k: v for k, v in recorded.items() if k in PrepareOptions.model_fields}
     options = PrepareOptions(**stored)
     return list(source["labels"]), options, Path(source["path"])
 
@@ -118,33 +116,16 @@ class Classifier:
         """The text as the prompt shows it: mail headers other than the kept ones dropped."""
         return clean_message(text, self.options.keep_headers)
 
-    def check_both_views(self) -> None:
-        """Refuse `both_views` for a model that never learned to read a text without neighbours."""
-        if self._pool is None:
-            raise InvalidInput(
-                f'both views (--both-views, or "both_views": true over HTTP) read each text '
-                f"with its labelled neighbours and without, but model {self.name!r} was trained "
-                "without neighbours: classify without both views"
-            )
-        if not self.options.neighbour_dropout:
-            raise InvalidInput(
-                f"model {self.name!r} was trained with neighbours in every prompt, so it never "
-                "learned to read a text without them: classify without both views, or train on "
-                "data prepared with --neighbour-dropout (e.g. 0.3)"
-            )
-
-    def prompts(self, texts: list[str], alone: bool = False) -> tuple[list[str], list[list[int]]]:
-        """Each text's prompt as in training, and the pool rows of the neighbours it shows;
-        `alone`: the prompt with its neighbours hidden, as neighbour dropout hid them."""
-        shown, hidden, rows, _ = self._prompts(texts, neighbours=not alone, alone=alone)
-        return (hidden if alone else shown), rows
+    def prompts(self, texts: list[str]) -> tuple[list[str], list[list[int]]]:
+        """Each text's prompt as in training, and the pool rows of the neighbours it shows."""
+        prompts, rows, _ = self._prompts(texts)
+        return prompts, rows
 
     def _prompts(
-        self, texts: list[str], neighbours: bool = True, alone: bool = False
-    ) -> tuple[list[str] | None, list[str] | None, list[list[int]], dict[str, list[Counter]]]:
-        """The prompts with neighbours (when `neighbours`) and with them hidden (when `alone`),
-        from one cleaning, cut and search, the pool rows shown, and per `header_labels` header
-        each text's label counts (empty without neighbours)."""
+        self, texts: list[str]
+    ) -> tuple[list[str], list[list[int]], dict[str, list[Counter]]]:
+        """The prompts, the pool rows each shows, and per `header_labels` name each text's
+        label counts (empty without neighbours)."""
         cleaned = [self.clean(t) for t in texts]
         empty = [i for i, t in enumerate(cleaned) if not t]
         if empty:
@@ -154,30 +135,20 @@ class Classifier:
             )
         cut = self._counter.truncate(cleaned, self.options.text_budget)
         rows: list[list[int]] = [[] for _ in cut]
-        if self._pool is not None and neighbours:
-            keys = search_texts(cleaned, self.options, self._counter, cut)
-            rows = self._pool.nearest(keys, [None] * len(cut), self.options.neighbours)
-        label_list = ", ".join(self.labels)
-
-        def fill(text: str, block: str) -> str:
-            return fill_template(
-                self.template, {"labels": label_list, "text": text, "neighbours": block}
-            )
-
-        shown = hidden = None
+        blocks = [""] * len(cut)
         counts: dict[str, list[Counter]] = {}
-        if neighbours:
-            blocks = [""] * len(cut)
-            if self._pool is not None:
-                named = self.options.header_labels
-                headers = [message_headers(t) for t in texts] if named else []
-                nowhere = [None] * len(texts)
-                counts = self._pool.label_counts(named, headers, texts, nowhere)
-                blocks = self._pool.blocks(rows, counts)
-            shown = [fill(t, b) for t, b in zip(cut, blocks, strict=True)]
-        if alone:
-            hidden = [fill(t, NO_NEIGHBOURS if self._pool else "") for t in cut]
-        return shown, hidden, rows, counts
+        if self._pool is not None:
+            rows = self._pool.nearest(cleaned, [None] * len(cut), self.options.neighbours)
+            named = self.options.header_labels
+            headers = [message_headers(t) for t in texts] if named else []
+            counts = self._pool.label_counts(named, headers, texts, [None] * len(texts))
+            blocks = self._pool.blocks(rows, counts)
+        labels = ", ".join(self.labels)
+        prompts = [
+            fill_template(self.template, {"labels": labels, "text": t, "neighbours": b})
+            for t, b in zip(cut, blocks, strict=True)
+        ]
+        return prompts, rows, counts
 
     def _scores(self, prompt: str) -> list[float]:
         from kb.finetune.scoring import label_logprobs
@@ -195,37 +166,21 @@ class Classifier:
         return {label: round(w / total, 6) for label, w in zip(self.labels, weights, strict=True)}
 
     def classify(
-        self,
-        texts: list[str],
-        progress: Callable[[int, int], None] | None = None,
-        both_views: bool = False,
+        self, texts: list[str], progress: Callable[[int, int], None] | None = None
     ) -> list[Classification]:
-        """Label each text; `progress(done, total)` is called after each one. `both_views`:
-        add the label log-likelihoods of the prompt with neighbours and of the prompt without."""
+        """Label each text; `progress(done, total)` is called after each one."""
         if not texts:
             raise InvalidInput("no texts to classify: send at least one")
         if len(texts) > MAX_TEXTS:
             raise InvalidInput(f"{len(texts)} texts in one request: send at most {MAX_TEXTS}")
-        if both_views:
-            self.check_both_views()
-        prompts, hidden, rows, counts = self._prompts(texts, alone=both_views)
-        alone = hidden or [None] * len(texts)
+        prompts, rows, counts = self._prompts(texts)
         out = []
-        for n, (prompt, alone_prompt, shown) in enumerate(zip(prompts, alone, rows, strict=True)):
+        for n, (prompt, shown) in enumerate(zip(prompts, rows, strict=True)):
             scores = self._scores(prompt)
-            views = None
-            if alone_prompt is not None:
-                alone_scores = self._scores(alone_prompt)
-                views = {
-                    "neighbours": self._probabilities(scores),
-                    "alone": self._probabilities(alone_scores),
-                }
-                scores = [a + b for a, b in zip(scores, alone_scores, strict=True)]
             out.append(
                 Classification(
                     label=self.labels[scores.index(max(scores))],
                     probabilities=self._probabilities(scores),
-                    views=views,
                     header_labels={h: dict(c[n]) for h, c in counts.items()} if counts else None,
                     neighbours=[  # `shown` is empty without a pool
                         {

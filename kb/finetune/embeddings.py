@@ -20,14 +20,16 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from kb.errors import InvalidInput
+from kb.finetune.options import EmbeddingsOptions
 from kb.jobs import JobContext
 from kb.models import ModelRecord, ModelRegistry, file_sha256
-from kb.retrieval import METHODS
 
 JOB_KIND = "embeddings"
 MINE_POOL = 20  # search hits looked at per query when mining hard negatives
@@ -35,34 +37,19 @@ MAX_GRAD_NORM = 1.0
 REINDEX_LOCK_WAIT = 300.0  # seconds to wait for another writer (an ingest) to finish
 
 
-@dataclass
-class EmbeddingFineTuneSpec:
-    """What to train the embedder on and how; the CLI and HTTP edges fill the same fields."""
+class EmbeddingFineTuneSpec(EmbeddingsOptions):
+    """What to train the embedder on and how: the command's options and settings the edges
+    leave at their defaults."""
 
-    collection: str
-    beir: str | None = None
-    split: str = "train"
-    pairs: str | None = None
-    epochs: int = 1
-    batch_size: int = 32
-    mini_batch_size: int = 16  # sequences embedded at once; bounds memory, not the batch
-    lr: float = 3e-5
-    warmup_ratio: float = 0.1
-    hard_negatives: int = 1
-    mine_method: str = "hybrid"
-    mine_skip: int = (
-        0  # non-relevant hits skipped before taking negatives (likely unjudged positives)
-    )
-    max_pairs: int | None = None
-    max_seq_len: int | None = None  # default: the model's own limit
-    dtype: str = "bfloat16"  # bf16 autocast: ~1.75x faster than float32 on this CPU
-    scale: float = 20.0  # MultipleNegativesRankingLoss similarity scale
-    out: str | None = None  # the model's name; default <collection>-emb-<job>
-    base: str | None = None  # embedder to start from (e.g. "minilm"); default: the collection's
-    reindex: bool = True
-    seed: int = 0
+    mini_batch_size: int = Field(16, ge=1, le=4096)  # sequences embedded at once: bounds memory
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    # non-relevant hits skipped before taking negatives (likely unjudged positives)
+    mine_skip: int = Field(0, ge=0, le=MINE_POOL - 1)
+    max_seq_len: int | None = Field(None, ge=8)  # default: the model's own limit
+    scale: float = Field(20.0, gt=0)  # MultipleNegativesRankingLoss similarity scale
 
     def check(self) -> None:
+        """Refuse a missing or doubled source of pairs before any work starts."""
         if (self.beir is None) == (self.pairs is None):
             raise InvalidInput(
                 "pass exactly one source of training pairs: --beir DIR (with --split) or "
@@ -72,29 +59,6 @@ class EmbeddingFineTuneSpec:
             raise InvalidInput(f"no BEIR folder at {self.beir!r}: check the path")
         if self.pairs and not Path(self.pairs).is_file():
             raise InvalidInput(f"no pairs file at {self.pairs!r}: check the path")
-        if self.mine_method not in METHODS:
-            raise InvalidInput(
-                f"unknown mining method {self.mine_method!r}: use one of {', '.join(METHODS)}"
-            )
-        limits = {
-            "epochs": (self.epochs, 1, 100),
-            "batch_size": (self.batch_size, 2, 4096),
-            "mini_batch_size": (self.mini_batch_size, 1, 4096),
-            "hard_negatives": (self.hard_negatives, 0, 10),
-            "mine_skip": (self.mine_skip, 0, MINE_POOL - 1),
-        }
-        for key, (value, low, high) in limits.items():
-            if not low <= value <= high:
-                raise InvalidInput(f"{key}={value} is out of range: use {low}..{high}")
-        if not 0 < self.lr < 1:
-            raise InvalidInput(f"lr={self.lr} is out of range: use e.g. 3e-5")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise InvalidInput(f"dtype {self.dtype!r} is unknown: use float32 or bfloat16")
-        if self.max_pairs is not None and self.max_pairs < 2:
-            raise InvalidInput(f"max_pairs={self.max_pairs} must be at least 2")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kb.errors import InvalidInput
-from kb.finetune.validate import normalize_prompt
 
 Format = Literal["chat", "completion"]
+
+
+def normalize_prompt(text: str) -> str:
+    """Case, whitespace and punctuation folded away, for comparing prompts across files."""
+    return " ".join(re.findall(r"\w+", text.casefold()))
 
 
 @dataclass

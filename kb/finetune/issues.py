@@ -73,6 +73,10 @@ ERRORS = {
     ),
 }
 WARNINGS = {
+    "skipped": (
+        "an entry `kb finetune prepare` would skip ({detail})",
+        "fix the entry or remove it",
+    ),
     "few_examples": (
         "{detail} examples; fine-tuning usually needs at least 100",
         "add examples: quality tends to grow with every doubling of the data",
@@ -128,7 +132,7 @@ WARNINGS = {
 
 @dataclass
 class Issue:
-    """One problem found in a file, with the 1-based lines it occurs on."""
+    """One problem found in a file, with the 1-based lines (a table's rows) it occurs on."""
 
     code: str
     message: str
@@ -148,6 +152,7 @@ class ValidationReport:
     """The outcome of validating one file; errors make it not `ok`."""
 
     path: str
+    unit: str = "line"  # what issue lines count: a JSONL file's lines, a table's rows or items
     format: str = "unknown"  # "chat", "completion" or "unknown"
     errors: list[Issue] = field(default_factory=list)
     warnings: list[Issue] = field(default_factory=list)
@@ -168,6 +173,7 @@ class ValidationReport:
         return {
             "ok": self.ok,
             "path": self.path,
+            "unit": self.unit,
             "format": self.format,
             "errors": [i.to_dict() for i in self.errors],
             "warnings": [i.to_dict() for i in self.warnings],

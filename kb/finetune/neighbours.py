@@ -3,16 +3,14 @@
 With `--neighbours K`, each prompt made from a labelled folder also shows the K labelled
 examples most like its text, each as its label and its opening words. They are found the way a
 collection search finds chunks: BM25 (bm25s, stemmed) and the configured embedder, fused by
-reciprocal rank. The model then learns to weigh what the nearest labelled messages say against
-its own reading, the way a nearest-neighbour classifier keys on rare shared words (a thread's
-subject, a product name) that a small model does not pick up from a thousand examples.
+reciprocal rank, each searching with the whole text. The model then learns to weigh what the
+nearest labelled messages say against its own reading, the way a nearest-neighbour classifier
+keys on rare shared words (a thread's subject, a product name) that a small model does not pick
+up from a thousand examples.
 
-With `--header-labels HEADER,...` the neighbours also end with a line per header counting the
-labels of the pool's messages whose HEADER has the text's value: `from`, the sender's other
-messages, is evidence a text's own words may not carry (who wrote it, which customer sent it);
-`subject`, its reply prefixes dropped, is the rest of the thread. The name `quoted` is not a
-header: it counts the labels of the pool's messages sent by the authors the text quotes (its
-attribution lines, `a@b.c (Name) writes:`), whose replies sit in the same conversation.
+With `--header-labels NAME,...` the neighbours also end with a line per header label
+(`kb.finetune.mail`): how the pool's messages sharing the text's sender, thread or quoted
+authors are labelled.
 
 The pool is the source itself (each example leaves itself out) or, for an evaluation split,
 the training folder (`--neighbours-from`), so test prompts only ever show training labels.
@@ -25,7 +23,7 @@ import io
 import re
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,8 @@ import numpy as np
 from kb.embedders.base import Embedder
 from kb.errors import InvalidInput
 from kb.files import atomic_write
-from kb.finetune.sources import LabelledText, split_message
+from kb.finetune.mail import header_key, header_label
+from kb.finetune.sources import LabelledText
 from kb.finetune.tokens import TokenCounter
 from kb.retrieval import rrf
 from kb.settings import Settings
@@ -41,15 +40,6 @@ from kb.settings import Settings
 #: each ranking (BM25, dense) contributes its best DEPTH_FACTOR * K candidates to the fusion
 DEPTH_FACTOR = 2
 _SPACE = re.compile(r"\s+")
-_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-#: a line that names whom a message quotes: "... writes:", "In article <id>, ...", "... said:"
-_ATTRIBUTION = re.compile(
-    r"\b(?:writes|wrote|says|said)\b|^[\s>|:]*in (?:a previous )?(?:article|message)\b",
-    re.IGNORECASE,
-)
-#: the `--header-labels` name that counts the labels of the authors a message quotes
-QUOTED = "quoted"
-_REPLY = re.compile(r"^(?:\s*(?:re|fwd?|aw)\s*(?:\[\d+\])?\s*:)+", re.IGNORECASE)
 
 
 class NeighbourPool:
@@ -94,7 +84,7 @@ class NeighbourPool:
         depth = DEPTH_FACTOR * k
         out = []
         for text, path, vector in zip(texts, paths, vectors, strict=True):
-            own = self._row_of.get(str(Path(path).resolve()), -1) if path is not None else -1
+            own = self._own_row(path)
             similarity = self.vectors @ vector
             order = np.argsort(-similarity, kind="stable")[: depth + 1]
             dense = [(int(i), float(similarity[i])) for i in order if i != own][:depth]
@@ -105,23 +95,24 @@ class NeighbourPool:
     def label_counts(
         self,
         named: Sequence[str],
-        headers: Sequence[dict[str, str]],
+        headers: Sequence[Mapping[str, str]],
         texts: Sequence[str],
         paths: Sequence[Path | None],
     ) -> dict[str, list[Counter[str]]]:
-        """Per `--header-labels` name, each text's counts of pool labels: for a header, the
-        pool items sharing the text's value of it (`headers`: each text's); for `quoted`, the
-        pool items sent by the authors its attribution lines quote (`texts`). The item read
-        from the text's own file (`paths`) is left out."""
+        """Per `--header-labels` name, each text's counts of the labels of the pool items its
+        header label matches (`headers`: each text's message headers); the item read from the
+        text's own file (`paths`) is left out."""
         out = {}
-        for header in named:
-            if header == QUOTED:
-                keys = [
-                    quoted_senders(t, h.get("from")) for t, h in zip(texts, headers, strict=True)
-                ]
-                out[header] = self._labels("from", keys, paths)
-            else:
-                out[header] = self.same_header(header, [h.get(header) for h in headers], paths)
+        for name in named:
+            label = header_label(name)
+            keys = [label.keys(t, h) for t, h in zip(texts, headers, strict=True)]
+            index = self._index(label.index)
+            counts = []
+            for wanted, path in zip(keys, paths, strict=True):
+                own = self._own_row(path)
+                rows = {r for key in wanted for r in index.get(key, [])}
+                counts.append(Counter(self.items[r].label for r in rows if r != own))
+            out[name] = counts
         return out
 
     def blocks(
@@ -132,22 +123,17 @@ class NeighbourPool:
         out = [
             "\n".join(f"{self.items[i].label}: {self.openings[i]}" for i in rows) for rows in found
         ]
-        for header, per_text in (counts or {}).items():
-            out = [f"{b}\n{header_line(header, c)}" for b, c in zip(out, per_text, strict=True)]
+        for name, per_text in (counts or {}).items():
+            line = header_label(name).line
+            out = [f"{b}\n{line(c)}" for b, c in zip(out, per_text, strict=True)]
         return out
 
-    def same_header(
-        self, header: str, values: Sequence[str | None], paths: Sequence[Path | None]
-    ) -> list[Counter[str]]:
-        """For each header value, the labels of the pool items whose `header` has the same
-        value (`header_key`), the item read from the text's own file left out."""
-        return self._labels(header, [[header_key(v)] for v in values], paths)
+    def _own_row(self, path: Path | None) -> int:
+        """The row of the pool item read from `path` (-1: none), so a text never counts itself."""
+        return self._row_of.get(str(Path(path).resolve()), -1) if path is not None else -1
 
-    def _labels(
-        self, header: str, keys: Sequence[Sequence[str | None]], paths: Sequence[Path | None]
-    ) -> list[Counter[str]]:
-        """For each text's `header_key`s, the labels of the pool items whose `header` has any
-        one of them, the item read from the text's own file left out."""
+    def _index(self, header: str) -> dict[str, list[int]]:
+        """The pool's rows by the `header_key` of their `header`, built on first use."""
         with self._index_lock:  # the service's classifier serves requests from threads
             index = self._by_value.get(header)
             if index is None:
@@ -157,55 +143,7 @@ class NeighbourPool:
                     if key is not None:
                         index.setdefault(key, []).append(row)
                 self._by_value[header] = index
-        out = []
-        for wanted, path in zip(keys, paths, strict=True):
-            own = self._row_of.get(str(Path(path).resolve()), -1) if path is not None else -1
-            rows = {r for key in wanted for r in index.get(key, [])}  # never a None key
-            out.append(Counter(self.items[r].label for r in rows if r != own))
-        return out
-
-
-def header_key(value: str | None) -> str | None:
-    """What makes two header values the same: the mail address in it when it has one (a
-    sender writes `Name <a@b.c>` in one message and `a@b.c (Name)` in the next), else the value
-    without reply and forward prefixes (`Re: Re[2]: Fwd:`, so a thread's subjects match), case
-    and runs of white space ignored; None for a missing or blank value."""
-    if value is None:
-        return None
-    address = _ADDRESS.search(value)
-    if address:
-        return address.group(0).casefold()
-    key = _SPACE.sub(" ", _REPLY.sub("", value)).strip().casefold()
-    return key or None
-
-
-def header_line(header: str, counts: Counter[str]) -> str:
-    """A neighbours line of `--header-labels`: the labels of the pool's messages sharing the
-    text's value of `header` (for `quoted`, sent by the authors it quotes), most common first,
-    or `none`."""
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    shown = ", ".join(f"{label} {n}" for label, n in ranked) or "none"
-    if header == QUOTED:
-        return f"Labelled messages by the authors it quotes: {shown}"
-    return f"Labelled messages with the same {header.title()}: {shown}"
-
-
-def quoted_senders(text: str, sender: str | None = None) -> list[str]:
-    """The mail addresses on a message's attribution lines (`In article <id>, a@b.c (Name)
-    writes:`, `a@b.c wrote:`, `In a previous article, a@b.c says:`, at any quoting depth),
-    case-folded, first seen first, the message's own `sender` (its From value) left out. Only
-    the body is read when the text is a mail or news message."""
-    _, body = split_message(text)
-    own = header_key(sender)
-    out: list[str] = []
-    for line in (text if body is None else body).splitlines():
-        if not _ATTRIBUTION.search(line):
-            continue
-        for address in _ADDRESS.findall(line):
-            address = address.casefold()
-            if address != own and address not in out:
-                out.append(address)
-    return out
+        return index
 
 
 def pool_vectors(embedder: Embedder, texts: Sequence[str], cache: Path) -> np.ndarray:

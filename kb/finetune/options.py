@@ -1,106 +1,325 @@
-"""Options for preparing fine-tuning data; the HTTP and CLI edges fill the same dataclass."""
+"""The options of each fine-tuning command, declared once: name, type, bounds, default, help.
+
+`kb finetune validate|prepare|run|embeddings`, their HTTP bodies and the library all build from
+these pydantic specs: the HTTP request models extend them with the endpoint's own fields, the
+CLI generates its flags from their fields (`kb.cli.specs`), and `build` turns a pydantic
+validation error into the `InvalidInput` every edge reports. A field's `description` is its help
+text on both edges; its bounds show as OpenAPI's minimum/maximum and in the CLI help.
+
+Two markers in a field's `Annotated` metadata tell the edges what the type cannot: `ServerPath`
+(the HTTP edge resolves it inside KB_INGEST_ROOTS) and `Escapes` (the CLI turns `\\n` into a
+newline); `Short` gives a CLI flag a short form.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from kb.errors import InvalidInput
-from kb.finetune.examples import Format
-from kb.finetune.sources import DEFAULT_KEPT_HEADERS
+from kb.finetune.mail import DEFAULT_KEPT_HEADERS, QUOTED
 
-_HEADER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 MAX_NEIGHBOURS = 32  # labelled neighbours per prompt
-NEIGHBOUR_SEARCHES = ("whole", "shown")
+_HEADER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 
 
-@dataclass
-class PrepareOptions:
-    """How to turn a source into training data; the defaults suit a first run."""
+@dataclass(frozen=True)
+class ServerPath:
+    """A file or folder on the machine that runs kb: over HTTP, inside KB_INGEST_ROOTS."""
 
-    format: Format = "chat"
-    prompt_column: str | None = None
-    completion_column: str | None = None
-    system: str | None = None
-    template: str | None = None  # e.g. "Describe {name}, mention {type}"; folder: {labels}, {text}
-    generate_with: str | None = None  # a configured generator writes the completions
-    from_collection: str | None = None  # synthetic Q/A pairs from this collection's chunks
-    max_examples: int | None = None
-    val_fraction: float = 0.1
-    seed: int = 0
-    text_budget: int = 512  # tokens of a folder example's text kept in its prompt
-    keep_headers: tuple[str, ...] = DEFAULT_KEPT_HEADERS  # a mail/news example's, in this order
-    separator: str = "\n\n###\n\n"  # completion format: ends every prompt
-    stop: str = " END"  # completion format: ends every completion
-    max_new_tokens: int = 256
-    max_tokens: int = 2048  # validation's per-example token limit
-    tokenizer: str | None = None  # tokenizer folder or .gguf; default: bundled SmolLM2
-    neighbours: int = 0  # labelled folder: show the K most similar labelled examples per prompt
-    neighbours_from: str | None = None  # their pool: this labelled folder (default: the source)
-    neighbour_tokens: int = 16  # opening tokens of each neighbour shown
-    neighbour_dropout: float = 0.0  # share of prompts shown no neighbours (1: all of them)
-    # what finds the neighbours: the whole text, or only the part its prompt shows (text_budget)
-    neighbour_search: str = "whole"
-    # message headers (e.g. from, subject) by whose values the pool's labelled messages are
-    # counted: the neighbours end with how the pool's messages sharing each value are labelled
-    header_labels: tuple[str, ...] = ()
 
-    def check(self) -> None:
-        if self.format not in ("chat", "completion"):
-            raise InvalidInput(f"format {self.format!r} is unknown: use chat or completion")
-        if not 0 <= self.val_fraction < 1:
-            raise InvalidInput(
-                f"val_fraction {self.val_fraction} is out of range: use a fraction in [0, 1), "
-                "e.g. 0.1"
+@dataclass(frozen=True)
+class Escapes:
+    """Text a shell cannot type inline: the CLI reads `\\n` and `\\t` as newline and tab."""
+
+
+@dataclass(frozen=True)
+class Short:
+    """A CLI flag's short form, e.g. `-c`."""
+
+    flag: str
+
+
+class Spec(BaseModel):
+    """A command's options; a misspelt or unknown option is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+S = TypeVar("S", bound=Spec)
+
+
+def build(spec: type[S], values: Mapping[str, Any], name: Callable[[str], str] = str) -> S:
+    """`spec` from `values`, or InvalidInput naming each bad option (`name`: how the edge
+    spells a field, e.g. as a `--flag`), its bound and the value given."""
+    try:
+        return spec.model_validate(dict(values))
+    except ValidationError as exc:
+        raise InvalidInput(describe(exc, name)) from None
+
+
+def describe(exc: ValidationError, name: Callable[[str], str] = str) -> str:
+    """One sentence per problem, as the HTTP edge words them: `neighbours: Input should be
+    less than or equal to 32 (got 40)`."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in error["loc"])
+        got = error.get("input")
+        shown = "" if error["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+        head = f"{name(where)}: " if where else ""
+        parts.append(f"{head}{error['msg']}{shown}")
+    return "; ".join(parts)
+
+
+def server_paths(spec: type[BaseModel]) -> list[str]:
+    """The fields of `spec` that name a file or folder on the server."""
+    return [
+        name
+        for name, field in spec.model_fields.items()
+        if any(isinstance(m, ServerPath) for m in field.metadata)
+    ]
+
+
+def _invalid(message: str) -> PydanticCustomError:
+    # a custom error keeps the message as written (no "Value error, " prefix) on every edge
+    return PydanticCustomError("invalid_options", message)
+
+
+def _header_names(names: tuple[str, ...], option: str, example: str) -> tuple[str, ...]:
+    bad = [h for h in names if not _HEADER_NAME.fullmatch(h)]
+    if bad:
+        raise _invalid(f"{option} {bad} are not header names: name headers like {example}")
+    return tuple(h.lower() for h in names)
+
+
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Dtype = Literal["float32", "bfloat16"]
+
+
+# -- validate and prepare ------------------------------------------------------------------
+
+
+class ValidateOptions(Spec):
+    """How a training file or table is read and checked (`kb finetune validate`)."""
+
+    prompt_column: str | None = Field(
+        None,
+        description="A table's column with the prompt (default: prompt, question, input, text "
+        "or query, or instruction with input).",
+    )
+    completion_column: str | None = Field(
+        None,
+        description="A table's column with the completion (default: completion, response, "
+        "answer, output or label).",
+    )
+    max_tokens: int = Field(
+        2048, ge=1, description="Token limit per example, counted with the model's tokenizer."
+    )
+    tokenizer: Annotated[str | None, ServerPath()] = Field(
+        None, description="Tokenizer folder or .gguf file (default: the bundled SmolLM2)."
+    )
+
+
+class PrepareOptions(ValidateOptions):
+    """How to turn a source into training data (`kb finetune prepare`); the defaults suit a
+    first run."""
+
+    format: Literal["chat", "completion"] = Field(
+        "chat", description="'chat' (messages) or 'completion' (legacy prompt/completion)."
+    )
+    system: str | None = Field(None, description="System message added to every example.")
+    template: str | None = Field(
+        None,
+        description="Prompt template filled from each row, e.g. 'Describe {name}, mention "
+        "{type}'; for a labelled folder it may use {labels} (and {neighbours} with neighbours) "
+        "and must use {text}.",
+    )
+    generate_with: str | None = Field(
+        None, description="Configured generator that writes the completions."
+    )
+    from_collection: str | None = Field(
+        None,
+        description="Make question/answer pairs from this collection's chunks (needs "
+        "generate_with).",
+    )
+    max_examples: int | None = Field(
+        None, ge=1, description="Use at most this many rows, files or generated pairs."
+    )
+    val_fraction: Fraction = Field(0.1, description="Share of examples held out for validation.")
+    seed: int = Field(0, description="Random seed of sampling and the split.")
+    text_budget: int = Field(
+        512, ge=1, description="Tokens of a folder example's text kept in its prompt."
+    )
+    keep_headers: tuple[str, ...] = Field(
+        DEFAULT_KEPT_HEADERS,
+        max_length=32,
+        description="Headers a mail or news example keeps, in this order, e.g. subject, from, "
+        "organization.",
+    )
+    separator: Annotated[str, Escapes()] = Field(
+        "\n\n###\n\n", description="Completion format: the separator ending every prompt."
+    )
+    stop: Annotated[str, Escapes()] = Field(
+        " END", description="Completion format: the stop sequence ending every completion."
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Token limit of each generated completion.")
+    neighbours: int = Field(
+        0,
+        ge=0,
+        le=MAX_NEIGHBOURS,
+        description="Labelled folder: show the K labelled examples most like each text in its "
+        "prompt (BM25 and dense retrieval fused, searching with the whole text); 0: none.",
+    )
+    neighbours_from: Annotated[str | None, ServerPath()] = Field(
+        None,
+        description="Labelled folder the neighbours come from (default: the source itself, each "
+        "example leaving itself out); for an evaluation split, the training folder.",
+    )
+    neighbour_tokens: int = Field(16, ge=1, description="Opening tokens shown of each neighbour.")
+    neighbour_dropout: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of the prompts shown no neighbours, so that a model trained on them "
+        "also learns to read the text alone; 1 hides them from every prompt (an evaluation "
+        "split of the model's own reading).",
+    )
+    header_labels: tuple[str, ...] = Field(
+        (),
+        max_length=8,
+        description="Message headers, e.g. from, subject: the neighbours end with a line per "
+        "header counting the labels of the pool's messages with the same value (the sender's "
+        "other messages; the rest of the thread, reply prefixes dropped); "
+        f"'{QUOTED}' counts the labels of the messages sent by the authors the text quotes (its "
+        "'a@b.c writes:' lines).",
+    )
+
+    @field_validator("keep_headers")
+    @classmethod
+    def _kept(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        return _header_names(names, "keep_headers", "subject, from, organization")
+
+    @field_validator("header_labels")
+    @classmethod
+    def _labelled(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        return _header_names(names, "header_labels", "from, subject")
+
+    @model_validator(mode="after")
+    def _needs_neighbours(self) -> Self:
+        if self.neighbours:
+            return self
+        if self.neighbour_dropout:
+            raise _invalid(
+                f"neighbour_dropout {self.neighbour_dropout} hides neighbours but neighbours is "
+                "0: pass --neighbours K as well"
             )
-        if self.max_examples is not None and self.max_examples < 1:
-            raise InvalidInput(f"max_examples {self.max_examples} must be at least 1")
-        if self.text_budget < 1:
-            raise InvalidInput(f"text_budget {self.text_budget} must be at least 1 token")
-        if not 0 <= self.neighbours <= MAX_NEIGHBOURS:
-            raise InvalidInput(
-                f"neighbours {self.neighbours} is out of range: use 0 (none) to {MAX_NEIGHBOURS}, "
-                "e.g. 8"
-            )
-        if self.neighbour_tokens < 1:
-            raise InvalidInput(
-                f"neighbour_tokens {self.neighbour_tokens} must be at least 1 token, e.g. 16"
-            )
-        if not 0 <= self.neighbour_dropout <= 1:
-            raise InvalidInput(
-                f"neighbour_dropout {self.neighbour_dropout} is out of range: use a share in "
-                "[0, 1], e.g. 0.3 (1 hides them from every prompt)"
-            )
-        if self.neighbour_search not in NEIGHBOUR_SEARCHES:
-            raise InvalidInput(
-                f"neighbour_search {self.neighbour_search!r} is unknown: use whole (search with "
-                "the whole text) or shown (only the part the prompt shows)"
-            )
-        if self.neighbour_dropout and not self.neighbours:
-            raise InvalidInput(
-                f"neighbour_dropout {self.neighbour_dropout} hides neighbours but neighbours is 0: "
-                "pass --neighbours K as well"
-            )
-        if self.neighbours_from and not self.neighbours:
-            raise InvalidInput(
+        if self.neighbours_from:
+            raise _invalid(
                 "neighbours_from names a pool but neighbours is 0: pass --neighbours K as well"
             )
         if self.header_labels:
-            bad = [h for h in self.header_labels if not _HEADER_NAME.fullmatch(h)]
-            if bad:
-                raise InvalidInput(
-                    f"header_labels {bad} are not header names: name headers like from, subject"
-                )
-            if not self.neighbours:
-                raise InvalidInput(
-                    f"header_labels {list(self.header_labels)} add lines to the neighbours but "
-                    "neighbours is 0: pass --neighbours K as well"
-                )
-            self.header_labels = tuple(h.lower() for h in self.header_labels)
-        bad = [h for h in self.keep_headers if not _HEADER_NAME.fullmatch(h)]
-        if bad:
-            raise InvalidInput(
-                f"keep_headers {bad} are not header names: name headers like subject, from, "
-                "organization"
+            raise _invalid(
+                f"header_labels {list(self.header_labels)} add lines to the neighbours but "
+                "neighbours is 0: pass --neighbours K as well"
             )
-        self.keep_headers = tuple(h.lower() for h in self.keep_headers)
+        return self
+
+
+# -- run -----------------------------------------------------------------------------------
+
+
+class FineTuneOptions(Spec):
+    """How to train a model on prepared data (`kb finetune run`)."""
+
+    backend: Literal["local", "openai"] = Field(
+        "local",
+        description="'local' (LoRA on this machine) or 'openai' (an endpoint with OpenAI's "
+        "fine-tuning API).",
+    )
+    name: str | None = Field(
+        None, description="Name of the registered model (default: derived from the base model)."
+    )
+    base_model: str = Field(
+        "smollm2", description="local: 'smollm2' or a model folder; openai: the remote model id."
+    )
+    epochs: int = Field(1, ge=1, le=100, description="Passes over the training data.")
+    lr: float | None = Field(
+        None, gt=0, lt=1, description="Learning rate (local: 2e-4; openai: the LR multiplier)."
+    )
+    batch_size: int = Field(4, ge=1, le=512, description="Examples per forward pass (local).")
+    grad_accumulation: int = Field(
+        1, ge=1, le=1024, description="Batches per optimizer step (local)."
+    )
+    max_seq_len: int = Field(
+        512, ge=16, le=32768, description="Tokens per example; longer ones are cut (local)."
+    )
+    max_train_examples: int | None = Field(
+        None, ge=1, description="Train on a seeded sample of this many examples."
+    )
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, le=4096, description="LoRA alpha (scaling = alpha / r).")
+    dropout: Fraction = Field(0.05, description="LoRA dropout.")
+    target_modules: list[str] | None = Field(
+        None, description="Layer names to adapt, e.g. q_proj, v_proj (default: every linear one)."
+    )
+    lora_layers: int | None = Field(
+        None, ge=1, description="Adapt only the last N decoder layers (faster)."
+    )
+    dtype: Dtype = Field(
+        "float32", description="float32, or bfloat16 (autocast; faster on CPUs with bf16)."
+    )
+    seed: int = Field(0, description="Random seed (sampling, shuffling, initialisation).")
+    generator: str | None = Field(
+        None, description="openai: the configured generator whose base_url and api_key to use."
+    )
+
+
+# -- embeddings ----------------------------------------------------------------------------
+
+
+class EmbeddingsOptions(Spec):
+    """How to fine-tune a collection's embedding model (`kb finetune embeddings`)."""
+
+    collection: Annotated[str, Short("-c")] = Field(
+        description="Collection whose embedder is trained, then re-indexed with it."
+    )
+    beir: Annotated[str | None, ServerPath()] = Field(
+        None, description="BEIR folder: queries.jsonl, corpus.jsonl, qrels/."
+    )
+    split: str = Field("train", description="BEIR qrels split to train on.")
+    pairs: Annotated[str | None, ServerPath()] = Field(
+        None,
+        description="JSONL of {query, positive}, or prepare's question/answer data with chunk_ids.",
+    )
+    epochs: int = Field(1, ge=1, le=100, description="Passes over the pairs.")
+    batch_size: int = Field(
+        32, ge=2, le=4096, description="Pairs per batch (the others are in-batch negatives)."
+    )
+    lr: float = Field(3e-5, gt=0, lt=1, description="Learning rate.")
+    hard_negatives: int = Field(
+        1, ge=0, le=10, description="Hard negatives mined from the collection per pair."
+    )
+    mine_method: Literal["dense", "bm25", "hybrid"] = Field(
+        "hybrid", description="Search that mines the hard negatives."
+    )
+    dtype: Dtype = Field(
+        "bfloat16", description="bfloat16 (autocast, ~1.75x faster on CPU) or float32."
+    )
+    max_pairs: int | None = Field(None, ge=2, description="Train on a sample of this many pairs.")
+    out: str | None = Field(
+        None, description="Name of the saved model (default: <collection>-emb-<job id>)."
+    )
+    base: str | None = Field(
+        None,
+        description="Embedder to start from, e.g. minilm (default: the collection's own).",
+    )
+    reindex: bool = Field(True, description="Re-index the collection with the new model.")
+    seed: int = Field(0, description="Random seed.")

@@ -6,19 +6,15 @@ import csv
 import datetime as dt
 import io
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kb.errors import InvalidInput
+from kb.finetune.mail import DEFAULT_KEPT_HEADERS, clean_message, message_headers
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".xlsx", ".xlsm", ".json", ".jsonl")
 MAX_EXAMPLE_FILE_BYTES = 1_000_000  # a classification example is cut to a token budget anyway
-
-_HEADER_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9._-]*):(?:[ \t]|$)")
-_MESSAGE_HEADERS = {"from", "subject", "newsgroups", "message-id", "to", "date"}
-DEFAULT_KEPT_HEADERS = ("subject",)
 
 
 @dataclass
@@ -27,6 +23,7 @@ class Skipped:
 
     item: str
     reason: str
+    number: int | None = None  # a table's row, line or item number, as `Row.number` counts
 
     def to_dict(self) -> dict[str, str]:
         return {"item": self.item, "reason": self.reason}
@@ -45,9 +42,14 @@ class Table:
     rows: list[Row]
     unit: str  # what `Row.number` counts: "row", "line" or "item"
     skipped: list[Skipped] = field(default_factory=list)
+    sheet: str | None = None  # a workbook's: the sheet read
 
     def where(self, number: int) -> str:
-        return f"{self.unit} {number} of {self.path.name}"
+        sheet = f" (sheet {self.sheet})" if self.sheet else ""
+        return f"{self.unit} {number} of {self.path.name}{sheet}"
+
+    def skip(self, number: int, reason: str) -> Skipped:
+        return Skipped(self.where(number), reason, number)
 
 
 @dataclass
@@ -166,37 +168,40 @@ def _read_xlsx(path: Path) -> Table:
         ) from exc
     try:
         sheet = workbook.active
+        # numbered as the sheet numbers them: iter_rows starts at row 1, blank rows included
         records = [(i, list(r)) for i, r in enumerate(sheet.iter_rows(values_only=True), start=1)]
+        title = sheet.title
     finally:
         workbook.close()
-    return _rows_from_cells(path, records, "row")
+    table = _rows_from_cells(path, records, "row")
+    table.sheet = title
+    return table
 
 
 def _object_rows(path: Path, items: list[tuple[int, Any]], unit: str) -> Table:
     columns: dict[str, None] = {}
-    rows, skipped = [], []
+    table = Table(path, [], [], unit)
     for number, item in items:
         if not isinstance(item, dict):
-            skipped.append(
-                Skipped(f"{unit} {number} of {path.name}", f"not a JSON object: {str(item)[:60]!r}")
-            )
+            table.skipped.append(table.skip(number, f"not a JSON object: {str(item)[:60]!r}"))
             continue
         columns.update(dict.fromkeys(str(k) for k in item))
-        rows.append(Row(number, {str(k): _cell(v) for k, v in item.items()}))
-    return Table(path, list(columns), rows, unit, skipped)
+        table.rows.append(Row(number, {str(k): _cell(v) for k, v in item.items()}))
+    table.columns = list(columns)
+    return table
 
 
 def _read_jsonl(path: Path) -> Table:
-    items, skipped = [], []
+    items, bad = [], []
     for number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
             items.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
-            skipped.append(Skipped(f"line {number} of {path.name}", f"not valid JSON ({exc.msg})"))
+            bad.append((number, f"not valid JSON ({exc.msg})"))
     table = _object_rows(path, items, "line")
-    table.skipped[:0] = skipped
+    table.skipped[:0] = [table.skip(number, reason) for number, reason in bad]
     return table
 
 
@@ -251,46 +256,3 @@ def read_labelled_folder(
                 continue
             items.append(LabelledText(label, path, text, message_headers(raw)))
     return labels, items, skipped
-
-
-def clean_message(text: str, keep_headers: tuple[str, ...] = DEFAULT_KEPT_HEADERS) -> str:
-    """For a mail or news message keep the named headers and the body; other text comes back
-    stripped. Headers come out in the order named, under their usual capitalisation."""
-    headers, body = split_message(text)
-    if body is None:
-        return text.strip()
-    kept = [
-        f"{name.title()}: {headers[name].strip()}"
-        for name in keep_headers
-        if headers.get(name, "").strip()
-    ]
-    return ("\n".join(kept) + "\n\n" + body).strip() if kept else body
-
-
-def message_headers(text: str) -> dict[str, str]:
-    """A mail or news message's headers by lower-case name (folded lines joined); {} for text
-    that is not a message."""
-    headers, body = split_message(text)
-    return headers if body is not None else {}
-
-
-def split_message(text: str) -> tuple[dict[str, str], str | None]:
-    """(headers, body) of a mail or news message: a block of `Name: value` lines, at least two
-    of them, one a usual message header, then a blank line. Body None: not a message."""
-    lines = text.splitlines()
-    headers: dict[str, str] = {}
-    last = None
-    for i, line in enumerate(lines):
-        if not line.strip():
-            if headers.keys() & _MESSAGE_HEADERS and len(headers) >= 2:
-                return headers, "\n".join(lines[i + 1 :]).strip()
-            break
-        if line[0] in " \t" and last is not None:
-            headers[last] += " " + line.strip()
-            continue
-        match = _HEADER_LINE.match(line)
-        if not match:
-            break
-        last = match.group(1).lower()
-        headers[last] = line[match.end() :].strip()
-    return headers, None

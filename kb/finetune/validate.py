@@ -8,15 +8,16 @@ its legacy `prepare_data` tool; every issue names the problem, the lines and the
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kb.errors import InvalidInput
+from kb.finetune.builders import examples_from_table
+from kb.finetune.examples import normalize_prompt
 from kb.finetune.issues import (
     ERRORS,
     FORMAT_CODES,
@@ -25,6 +26,8 @@ from kb.finetune.issues import (
     Issue,
     ValidationReport,
 )
+from kb.finetune.options import PrepareOptions, ValidateOptions
+from kb.finetune.sources import TABLE_SUFFIXES, Skipped
 from kb.finetune.tokens import TokenCounter, load_tokenizer
 from kb.settings import Settings
 
@@ -71,16 +74,62 @@ class _Findings:
         if detail is not None:
             self.details[code].add(detail)
 
-    def issues(self, source: str) -> tuple[list[Issue], list[Issue]]:
+    def issues(self, source: str, unit: str) -> tuple[list[Issue], list[Issue]]:
         errors, warnings = [], []
         for code in self.order:
             problem, fix = ERRORS[code] if code in ERRORS else WARNINGS[code]
             problem = problem.format(detail=", ".join(sorted(self.details[code])))
             lines = sorted(set(self.lines[code]))
-            where = f"{source}, {_where(lines)}" if lines else source
+            where = f"{source}, {_where(lines, unit)}" if lines else source
             issue = Issue(code, f"{where}: {problem}; fix: {fix}", lines)
             (errors if code in ERRORS else warnings).append(issue)
         return errors, warnings
+
+
+@dataclass
+class _Source:
+    """Examples as JSONL text, numbered as their file numbers them: a JSONL file's lines, or a
+    table's rows (the header is row 1) or a JSON list's items."""
+
+    name: str
+    records: list[tuple[int, str]]
+    unit: str = "line"
+    size: int = 0  # lines, rows or items read
+    skipped: list[Skipped] = field(default_factory=list)  # rows prepare would skip
+
+
+def _jsonl(lines: Iterable[str], name: str) -> _Source:
+    records = list(enumerate(lines, start=1))
+    return _Source(name, [(n, t) for n, t in records if t.strip()], size=len(records))
+
+
+def _read_source(
+    path: Path, what: str, columns: ValidateOptions, settings: Settings | None
+) -> _Source:
+    """A JSONL file as it is, or a table as the chat examples `kb finetune prepare` makes of
+    it, each numbered by its row."""
+    if path.is_dir():
+        raise InvalidInput(
+            f"{str(path)!r} is a folder: validate a file, e.g. the train.jsonl that `kb finetune "
+            "prepare FOLDER --out DIR` writes"
+        )
+    if not path.is_file():
+        raise InvalidInput(f"no {what} at {str(path)!r}: check the path")
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES or suffix == ".jsonl":
+        return _jsonl(path.read_text(encoding="utf-8", errors="replace").splitlines(), str(path))
+    options = PrepareOptions(
+        prompt_column=columns.prompt_column, completion_column=columns.completion_column
+    )
+    examples, skipped, origin = examples_from_table(
+        path, options, settings or Settings(), None, None
+    )
+    unit = "item" if suffix == ".json" else "row"
+    sheet = f" (sheet {origin['sheet']})" if origin.get("sheet") else ""
+    records = [
+        (e.metadata[unit], json.dumps(e.to_record("chat"), ensure_ascii=False)) for e in examples
+    ]
+    return _Source(f"{path}{sheet}", records, unit, len(examples) + len(skipped), skipped)
 
 
 def validate_file(
@@ -91,29 +140,19 @@ def validate_file(
     tokenizer: Any = None,
     settings: Settings | None = None,
     check_size: bool = True,
+    prompt_column: str | None = None,
+    completion_column: str | None = None,
 ) -> ValidationReport:
-    """Validate a JSONL training file. `tokenizer` is a loaded tokenizer, a path, or None for the
-    bundled SmolLM2 one; `check_size=False` suits a small held-out split (no count/class checks)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidInput(f"no file at {str(path)!r}: pass the JSONL file to validate")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    eval_lines = None
+    """Validate a JSONL training file, or a table (CSV, TSV, XLSX, JSON) as `kb finetune
+    prepare` would read it, its findings numbered by the table's rows. `tokenizer` is a loaded
+    tokenizer, a path, or None for the bundled SmolLM2 one; `check_size=False` suits a small
+    held-out split (no count/class checks); the columns name a table's prompt and completion."""
+    columns = ValidateOptions(prompt_column=prompt_column, completion_column=completion_column)
+    source = _read_source(Path(path), "file", columns, settings)
+    held = None
     if eval_file is not None:
-        eval_path = Path(eval_file)
-        if not eval_path.is_file():
-            raise InvalidInput(f"no evaluation file at {str(eval_path)!r}: check --eval-file")
-        eval_lines = eval_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    return validate_lines(
-        lines,
-        source=str(path),
-        eval_lines=eval_lines,
-        eval_source=str(eval_file) if eval_file is not None else None,
-        max_tokens=max_tokens,
-        tokenizer=tokenizer,
-        settings=settings,
-        check_size=check_size,
-    )
+        held = _read_source(Path(eval_file), "evaluation file", columns, settings)
+    return _validate(source, held, max_tokens, tokenizer, settings, check_size)
 
 
 def validate_lines(
@@ -128,16 +167,33 @@ def validate_lines(
     check_size: bool = True,
 ) -> ValidationReport:
     """Validate JSONL content already in memory (e.g. an upload); see `validate_file`."""
-    report = ValidationReport(path=source)
+    held = None
+    if eval_lines is not None:
+        held = _jsonl(eval_lines, eval_source or "the evaluation file")
+    return _validate(_jsonl(lines, source), held, max_tokens, tokenizer, settings, check_size)
+
+
+def _validate(
+    source: _Source,
+    held: _Source | None,
+    max_tokens: int,
+    tokenizer: Any,
+    settings: Settings | None,
+    check_size: bool,
+) -> ValidationReport:
+    report = ValidationReport(path=source.name, unit=source.unit)
     found = _Findings()
     examples: list[_Example] = []
-    n_lines = 0
-    for number, text in enumerate(lines, start=1):
-        n_lines = number
-        if text.strip():
-            example = _parse(number, text, found)
-            if example is not None:
-                examples.append(example)
+    for number, text in source.records:
+        example = _parse(number, text, found)
+        if example is not None:
+            examples.append(example)
+    for item in source.skipped:
+        found.at("skipped", item.number, item.reason)
+    if source.unit != "line":
+        report.notes.append(
+            f"read as the chat examples `kb finetune prepare` makes of its {source.unit}s"
+        )
     if examples:
         report.format = examples[0].kind
         found.at("mixed_formats", [e.line for e in examples if e.kind != report.format])
@@ -163,14 +219,14 @@ def validate_lines(
         _check_whole_set(report, examples, found)
     if report.format == "completion" and len(examples) >= 2:
         _check_completion_format(report, examples, found)
-    if eval_lines is not None:
-        _check_leakage(examples, eval_lines, eval_source or "the evaluation file", found)
+    if held is not None:
+        _check_leakage(examples, held, found)
     over = _count_tokens(report, examples, max_tokens, tokenizer, settings)
     found.at("too_long", over, f"{max_tokens} tokens")
 
-    report.errors, report.warnings = found.issues(source)
+    report.errors, report.warnings = found.issues(source.name, source.unit)
     report.counts = {
-        "lines": n_lines,
+        "lines": source.size,
         "examples": n,
         "errors": len(report.errors),
         "warnings": len(report.warnings),
@@ -185,10 +241,10 @@ def validate_lines(
     return report
 
 
-def _where(lines: list[int]) -> str:
+def _where(lines: list[int], unit: str) -> str:
     shown = ", ".join(str(n) for n in lines[:SHOWN_LINES])
     more = f" and {len(lines) - SHOWN_LINES} more" if len(lines) > SHOWN_LINES else ""
-    return f"line{'s' if len(lines) > 1 else ''} {shown}{more}"
+    return f"{unit}{'s' if len(lines) > 1 else ''} {shown}{more}"
 
 
 def _text(content: Any) -> str | None:
@@ -282,11 +338,6 @@ def infer_task_type(prompts: list[str], completions: list[str]) -> str:
     return "conditional generation"
 
 
-def normalize_prompt(text: str) -> str:
-    """Case, whitespace and punctuation folded away, for comparing prompts across files."""
-    return " ".join(re.findall(r"\w+", text.casefold()))
-
-
 def common_affix(texts: list[str], suffix: bool = False) -> str:
     """The longest prefix (or suffix) that every text shares."""
     if not texts:
@@ -370,17 +421,15 @@ def _check_completion_format(
             found.at("stop_in_completion", inside, _shown(stop))
 
 
-def _check_leakage(
-    examples: list[_Example], eval_lines: Iterable[str], eval_source: str, found: _Findings
-) -> None:
+def _check_leakage(examples: list[_Example], held: _Source, found: _Findings) -> None:
     held_out: set[str] = set()
     scratch = _Findings()  # the evaluation file's own problems are not this report's
-    for number, text in enumerate(eval_lines, start=1):
-        example = _parse(number, text, scratch) if text.strip() else None
+    for number, text in held.records:
+        example = _parse(number, text, scratch)
         if example is not None and normalize_prompt(example.prompt):
             held_out.add(normalize_prompt(example.prompt))
     leaked = [e.line for e in examples if normalize_prompt(e.prompt) in held_out]
-    found.at("eval_leakage", leaked, eval_source)
+    found.at("eval_leakage", leaked, held.name)
 
 
 def _count_tokens(

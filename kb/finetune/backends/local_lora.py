@@ -15,7 +15,6 @@ from kb.errors import InvalidInput
 from kb.finetune.backends.base import FineTuneBackend, FineTuneResult, FineTuneSpec
 from kb.finetune.encoding import (
     IGNORE,
-    KEEP_PROMPT_TAIL,
     EncodedExample,
     encode_record,
     read_examples,
@@ -74,9 +73,6 @@ class LocalLoraBackend(FineTuneBackend):
         )
         autocast = _autocast(spec.dtype)
         rng = random.Random(spec.seed)
-        # its own generator, so that the batch order does not depend on the dropout rate
-        drop_rng = random.Random(spec.seed + 1)
-        protected = frozenset(tokenizer.all_special_ids)
 
         checkpoints: list[str] = []
         history: list[dict[str, Any]] = []
@@ -91,11 +87,6 @@ class LocalLoraBackend(FineTuneBackend):
             batches = _length_grouped_batches(train, spec.batch_size, rng)
             for i, batch in enumerate(batches):
                 ctx.check_cancelled()
-                if spec.token_dropout:
-                    batch = [
-                        _drop_prompt_tokens(e, spec.token_dropout, drop_rng, protected)
-                        for e in batch
-                    ]
                 input_ids, attention, labels = _collate(batch, pad_id)
                 with autocast:
                     loss, tokens = _batch_loss(model, input_ids, attention, labels)
@@ -296,29 +287,6 @@ def _length_grouped_batches(
         ]
     rng.shuffle(batches)
     return batches
-
-
-def _drop_prompt_tokens(
-    example: EncodedExample, rate: float, rng: random.Random, protected: frozenset[int]
-) -> EncodedExample:
-    """A copy of `example` without a random `rate` share of its prompt tokens (word dropout).
-
-    A model that can answer from one telling word stops learning once it has found it; a new
-    random gap in each pass makes it use the rest of the text too. Special tokens, the answers
-    and the last KEEP_PROMPT_TAIL prompt tokens before the first answer (the turn markers
-    generation sees) are always kept.
-    """
-    first = next((i for i, t in enumerate(example.labels) if t != IGNORE), len(example.labels))
-    last_droppable = first - min(KEEP_PROMPT_TAIL, first)
-    keep = [
-        i >= last_droppable or token in protected or rng.random() >= rate
-        for i, token in enumerate(example.input_ids)
-    ]
-    return EncodedExample(
-        [t for t, k in zip(example.input_ids, keep, strict=True) if k],
-        [t for t, k in zip(example.labels, keep, strict=True) if k],
-        example.truncated,
-    )
 
 
 def _collate(batch: list[EncodedExample], pad_id: int):
