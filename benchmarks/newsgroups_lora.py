@@ -39,6 +39,7 @@ from kb.errors import InvalidInput  # noqa: E402
 from kb.finetune import prepare_dataset  # noqa: E402
 from kb.finetune.backends import FineTuneSpec  # noqa: E402
 from kb.finetune.builders import NO_NEIGHBOURS, folder_template  # noqa: E402
+from kb.finetune.datasets import NEIGHBOUR_SEARCH  # noqa: E402
 from kb.finetune.encoding import completion_text, prompt_messages, read_examples  # noqa: E402
 from kb.finetune.jobs import run_finetune  # noqa: E402
 from kb.finetune.neighbours import majority_label  # noqa: E402
@@ -236,7 +237,8 @@ def reused_base(path: Path, args: argparse.Namespace) -> dict:
         k for k in PROMPT_OPTIONS if (theirs.get(k, before.get(k)) or None) != (ours[k] or None)
     ]
     # runs from before the whole text was the only neighbour search key, or scored both views
-    if theirs.get("neighbours") and theirs.get("neighbour_search", "shown") != "whole":
+    search = earlier.get("neighbour_search") or theirs.get("neighbour_search", "shown")
+    if theirs.get("neighbours") and search != NEIGHBOUR_SEARCH:
         differ.append("neighbour_search")
     if theirs.get("both_views"):
         differ.append("both_views")
@@ -290,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
             "base": base,
             "finetuned": tuned,
             "neighbour_vote": vote,  # the majority label of each test prompt's neighbours
+            "neighbour_search": NEIGHBOUR_SEARCH if args.neighbours else None,
             "model": name,
             "job_id": job_id,
             "adapter": adapter,
