@@ -59,15 +59,16 @@ def build_services(settings: Settings) -> Services:
 
     kb = KnowledgeBase(settings)
     generators, models = build_generators(settings)
+    answerer = Answerer(kb, generators)
     return Services(
         settings=settings,
         kb=kb,
         generators=generators,
         models=models,
         jobs=JobManager(settings.jobs_dir),
-        answerer=Answerer(kb, generators),
+        answerer=answerer,
         classifiers=ClassifierCache(),
-        warmup=Warmup(settings, kb, generators),
+        warmup=Warmup(answerer),
     )
 
 

@@ -2,8 +2,10 @@
 
 In a background thread, one step at a time: the default embedder, then each collection (its
 FAISS and BM25 snapshot, its query encoder, one search through them), then the default
-generator if it is local (its weights and one tiny generation, which pays torch's first-call
-costs). /health lists the steps still to run; /ready answers 503 until none are left.
+generator if it is local: its weights, one tiny generation, and one rag answer over the
+default collection, asked in the words of its first chunk so that it is covered, which walks
+every step a first question takes (retrieval, prompt, generation, the support check with its
+own models). /health lists the steps still to run; /ready answers 503 until none are left.
 
 A process that exits while a thread is inside torch's model loading aborts (SIGABRT,
 "terminate called without an active exception"), so `stop` lets the step in progress finish:
@@ -16,22 +18,23 @@ import logging
 import threading
 from collections.abc import Callable
 
-from kb.generators import GeneratorRegistry
-from kb.service import KnowledgeBase
-from kb.settings import Settings
+from kb.answering import Answerer
 
 log = logging.getLogger("kb.api")
 
 WARM_MESSAGES = [{"role": "user", "content": "Say hello."}]
+WARM_QUESTION_WORDS = 12  # of the default collection's first chunk
+WARM_ANSWER_TOKENS = 8  # enough for a sentence for the support check to read
 
 
 class Warmup:
     """Loads the service's models and indexes in a background thread and says what is left."""
 
-    def __init__(self, settings: Settings, kb: KnowledgeBase, generators: GeneratorRegistry):
-        self.settings = settings
-        self.kb = kb
-        self.generators = generators
+    def __init__(self, answerer: Answerer):
+        self.answerer = answerer
+        self.settings = answerer.settings
+        self.kb = answerer.kb
+        self.generators = answerer.generators
         self._loading: list[str] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -81,6 +84,15 @@ class Warmup:
         generator = self.generators.get(name)
         generator.load()
         generator.generate(WARM_MESSAGES, max_new_tokens=1, temperature=0.0)
+        collection = self.settings.default_collection
+        if not self.kb.has_collection(collection):
+            return
+        first = next(self.kb.collection(collection).iter_chunks(batch=1), None)
+        if first is not None:
+            question = " ".join(first.text.split()[:WARM_QUESTION_WORDS])
+            self.answerer.answer(
+                question, mode="rag", collection=collection, max_new_tokens=WARM_ANSWER_TOKENS
+            )
 
     def _run(self, steps: list[tuple[str, Callable[[], object]]]) -> None:
         for name, step in steps:

@@ -322,6 +322,8 @@ class KnowledgeBase:
         snapshot = self.collection(collection).snapshot()
         if runs_locally(snapshot.embedder):
             self.search(WARM_QUERY, collection=collection, k=1)
+            # and the batched path, which answers' extracts and support checks embed with
+            self.embedder_for(snapshot.embedder).embed([WARM_QUERY, WARM_QUERY + " " + WARM_QUERY])
         else:  # a search would call the remote embedding API; building its client is enough
             self.embedder_for(snapshot.embedder)
 
