@@ -7,4 +7,5 @@ KB_SETUP_BROWSER=1 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
 ruff check .
 ruff format --check .
-python -m pytest -q -p no:cacheprovider "$@"
+# -m "": the full suite, slow tests included (pyproject.toml's addopts leave them out)
+python -m pytest -q -p no:cacheprovider -m "" "$@"

@@ -58,6 +58,7 @@ def wait_job(http: httpx.Client, job_id: str, timeout: float = 120) -> dict:
 # -- answers -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rag_answer_cites_the_right_file(http: httpx.Client) -> None:
     r = http.post("/query", json={"question": TEA_QUESTION, "mode": "rag"})
     assert r.status_code == 200, r.text

@@ -14,7 +14,8 @@ from tests.conftest import needs_shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = needs_shared_data("scifact")
+#: each test runs a benchmark script end to end: the full suite's (scripts/test.sh), not the fast lane
+pytestmark = [needs_shared_data("scifact"), pytest.mark.slow]
 
 
 def run_benchmark(script: str, *args: str, out: Path) -> dict:

@@ -29,6 +29,7 @@ def busy_message(output: str, collection: str, pid: int) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_two_writers_at_once_one_is_refused(tmp_path: Path, embedders: dict) -> None:
     corpus = tmp_path / "corpus"
     files = write_distinct_corpus(corpus, 150)
@@ -60,6 +61,7 @@ def test_two_writers_at_once_one_is_refused(tmp_path: Path, embedders: dict) -> 
     assert state.documents == state.chunks == len(files)
 
 
+@pytest.mark.slow
 def test_a_waiting_writer_runs_after_the_holder(tmp_path: Path, embedders: dict) -> None:
     from kb.service import KnowledgeBase
     from kb.settings import Settings
@@ -100,6 +102,7 @@ def test_a_waiting_writer_runs_after_the_holder(tmp_path: Path, embedders: dict)
     assert state.documents == state.chunks == 35
 
 
+@pytest.mark.slow
 def test_searches_are_answered_while_an_ingest_commits(server: LiveServer, tmp_path: Path) -> None:
     kb = server.services.kb
     seed, corpus = tmp_path / "seed", tmp_path / "corpus"

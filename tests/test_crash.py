@@ -93,6 +93,7 @@ def embedders() -> dict:
     return {}
 
 
+@pytest.mark.slow
 def test_sigkilled_ingest_leaves_a_consistent_store(tmp_path: Path, embedders: dict) -> None:
     corpus = tmp_path / "corpus"
     files = write_distinct_corpus(corpus, FILES)

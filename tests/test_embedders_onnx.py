@@ -35,6 +35,7 @@ def test_query_runtime_onnx_gives_the_torch_vector(torch_fp32, model_cache):
     assert onnx._query_onnx is not None  # the export really served the queries
 
 
+@pytest.mark.slow
 def test_query_runtime_onnx_int8_stays_close_to_the_torch_vector(torch_fp32, model_cache):
     from kb.embedders import load_embedder
     from kb.settings import Settings

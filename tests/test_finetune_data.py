@@ -958,6 +958,7 @@ def test_question_answer_pairs_from_a_collection(tmp_path, settings, tokenizer):
     assert manifest["source"]["collection"]["generation"] >= 1
 
 
+@pytest.mark.slow
 def test_generate_with_bundled_model(tmp_path, settings, tokenizer):
     generators_module = pytest.importorskip("kb.generators")
     source = products_csv(tmp_path / "products.csv")

@@ -100,6 +100,7 @@ def _wait(client: httpx.Client, job_id: str, timeout: float = 240) -> dict:
     raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job}")
 
 
+@pytest.mark.slow
 def test_lora_job_over_http_registers_a_model_that_answers(lora_server):
     with httpx.Client(base_url=lora_server.url, timeout=120) as client:
         created = client.post(
@@ -153,6 +154,7 @@ def test_lora_job_over_http_registers_a_model_that_answers(lora_server):
     assert again.state == "succeeded" and again.result["model"] == "crates-lora"
 
 
+@pytest.mark.slow
 def test_cancel_right_after_start_ends_cancelled(lora_server):
     with httpx.Client(base_url=lora_server.url, timeout=60) as client:
         created = client.post(
@@ -175,6 +177,7 @@ def test_cancel_right_after_start_ends_cancelled(lora_server):
     assert JobManager(lora_server.settings.jobs_dir).get(job_id).state == "cancelled"
 
 
+@pytest.mark.slow
 def test_models_survive_restart_and_can_be_deleted(lora_server):
     """A second app over the same data dir (a restart) registers the stored model again."""
     with (
@@ -193,6 +196,7 @@ def test_models_survive_restart_and_can_be_deleted(lora_server):
         assert "kb models list" in missing.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_prepare_and_validate_datasets_over_http(lora_server):
     folder = Path(lora_server.settings.ingest_roots[0]) / "labelled"
     for label, words in (("cats", "purr whiskers meow"), ("dogs", "bark fetch wag")):
@@ -262,6 +266,7 @@ def test_prepare_and_validate_datasets_over_http(lora_server):
         assert pool_outside.status_code == 403, pool_outside.text
 
 
+@pytest.mark.slow
 def test_bad_requests_name_the_fix(lora_server):
     with httpx.Client(base_url=lora_server.url, timeout=60) as client:
         outside = client.post("/finetune/jobs", json={"train_file": "/etc/passwd"})
@@ -290,6 +295,7 @@ def _pets(folder: Path, numbers: range) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_classifier_with_neighbours_labels_new_texts_as_in_training(lora_server, monkeypatch):
     from typer.testing import CliRunner
 

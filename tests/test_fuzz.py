@@ -67,6 +67,7 @@ def bounded(schema: dict) -> dict:
     return schema
 
 
+@pytest.mark.slow
 def test_fuzz_every_operation(fuzz_server: LiveServer) -> None:
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis.errors import Unsatisfiable

@@ -141,6 +141,7 @@ def test_second_load_reads_the_converted_cache(model_cache, smollm2):
     assert len(before[0]) == 1
 
 
+@pytest.mark.slow
 def test_lora_adapter_loads_on_the_cached_base(model_cache, smollm2, tmp_path):
     from peft import LoraConfig, get_peft_model
 

@@ -68,6 +68,7 @@ def newsgroups_kb(tmp_path_factory, newsgroups_copy) -> tuple[Path, dict]:
     return data, kb(data, "ingest", str(newsgroups_copy), "--collection", "news")
 
 
+@pytest.mark.slow
 def test_mixed_folder_each_file_handled(tmp_path, embedders):
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -120,6 +121,7 @@ def test_mixed_folder_each_file_handled(tmp_path, embedders):
         assert 0 <= res[0]["start"] < res[0]["end"]
 
 
+@pytest.mark.slow
 def test_newsgroups_ingest_and_search(newsgroups_kb, newsgroups_copy):
     data, report = newsgroups_kb
     files = sum(1 for p in newsgroups_copy.rglob("*") if p.is_file())
@@ -142,6 +144,7 @@ def test_newsgroups_ingest_and_search(newsgroups_kb, newsgroups_copy):
     assert res[0]["source"] == shown, (sentence, res[0]["source"])
 
 
+@pytest.mark.slow
 def test_kb_reindex_switches_the_index_kind_and_back(newsgroups_kb):
     data, _ = newsgroups_kb
     query = ["search", "loud pipes on a touring bike", "-k", "5", "--collection", "news"]
@@ -160,6 +163,7 @@ def test_kb_reindex_switches_the_index_kind_and_back(newsgroups_kb):
     assert flat["index"] == "flat" and flat["search_params"] == {}
 
 
+@pytest.mark.slow
 def test_reingest_unchanged_embeds_nothing(newsgroups_kb, newsgroups_copy):
     data, first = newsgroups_kb
     again = kb(data, "ingest", str(newsgroups_copy), "--collection", "news")
@@ -168,6 +172,7 @@ def test_reingest_unchanged_embeds_nothing(newsgroups_kb, newsgroups_copy):
     assert again["unchanged"] == first["added"]
 
 
+@pytest.mark.slow
 def test_edit_and_delete_then_prune(newsgroups_kb, newsgroups_copy, embedders):
     data, _ = newsgroups_kb
     autos = sorted((newsgroups_copy / "rec.autos").iterdir())
@@ -194,6 +199,7 @@ def test_edit_and_delete_then_prune(newsgroups_kb, newsgroups_copy, embedders):
     assert edited_shown in [r["source"] for r in fused]
 
 
+@pytest.mark.slow
 def test_documents_delete_and_errors(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -326,6 +332,7 @@ def test_chunk_offsets_point_at_the_text_around_dropped_lines():
     assert "Pricing and Plans" in plain and "Copyright" in plain
 
 
+@pytest.mark.slow
 def test_ingest_drops_navigation_repeated_across_files(tmp_path, embedders):
     from ingest.loaders import load_file
 

@@ -48,6 +48,7 @@ def expected(outcome: str) -> str:
 # -- bad input through the CLI -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_ingest_of_bad_files_goes_on_in_bounded_memory(tmp_path, corpora, embedders) -> None:
     from kb.service import KnowledgeBase
 
