@@ -347,7 +347,6 @@ class Answerer:
                 EmbeddingScorer(self._embedder(ctx.collection)),
                 rerank=rerank.score_pairs if rerank is not None else None,
                 min_score=self.settings.extract_min_score,
-                min_coverage=self.settings.extract_min_coverage,
             )
             ctx.extract = extractor.answer(
                 ctx.request.question,

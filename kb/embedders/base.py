@@ -69,6 +69,10 @@ class Embedder(ABC):
                 cache.popitem(last=False)
         return vec
 
+    def embed_short(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of a few short texts (sentences) at query time, on the query path."""
+        return np.stack([self.embed_query(t) for t in texts])
+
     def query_vector(self, text: str) -> np.ndarray:
         """One text's vector, uncached; a backend with a faster path for single texts overrides it."""
         return self.embed([text])[0]

@@ -6,10 +6,9 @@ the embedder's cosine, or the configured cross-encoder in its place. The best se
 answers, with its neighbour when it is too short to stand alone, each quoted with its
 citation and its character offsets into the source document.
 
-The same weights decide whether the passages cover the question at all: `coverage` is the
-share of the question's term weight found in the answer's passage. A question about a term
-the collection never mentions (weight at its highest) falls short, and so does one whose
-best sentence matches it only loosely.
+The same scores decide whether the passages cover the question at all: not when the best
+sentence matches it only loosely, nor when the question names a term that a collection big
+enough to know ordinary words never uses.
 """
 
 from __future__ import annotations
@@ -25,13 +24,25 @@ from kb.grounding.scorers import EmbeddingScorer
 from kb.grounding.sentences import split_sentences, word_count
 from kb.types import Passage
 
-#: sentences scored by the embedder (or re-ranker) after the lexical pre-selection
-CANDIDATES = 12
+#: sentences scored by the embedder (or re-ranker) after the lexical pre-selection; encoding
+#: them is most of an extractive answer's time, and 12 found no more gold answers than 6
+CANDIDATES = 6
+#: a sentence's score: this share from the question's term weight it holds, the rest from the
+#: embedder. Lexical-heavy because MiniLM ranks topical sentences above the ones that answer:
+#: on the SQLite manual's 40 questions the top three sentences held a gold answer string for
+#: 24-25 at 0.7 against 21-23 at 0.5 and 0.3 (docs/benchmarks.md)
+LEXICAL_WEIGHT = 0.7
 #: a best sentence shorter than this many words takes the next sentence of its passage too
 MIN_WORDS = 8
-MAX_WORDS = 60
-#: the answer's sentences, one with its neighbour at most
-MAX_SENTENCES = 2
+#: the answer: the best sentences, at most this many words and sentences, each scoring at least
+#: RELATIVE_FLOOR of the best one
+MAX_WORDS = 70
+MAX_SENTENCES = 3
+RELATIVE_FLOOR = 0.6
+#: a question term that a collection of at least this many chunks never uses names something
+#: the documents do not cover ("vec0", "isolation_level"); a smaller collection's vocabulary
+#: misses ordinary words, so there an unseen word says nothing
+VOCABULARY_ROWS = 2000
 #: sentences longer than this are table dumps or run-on text, not an answer
 MAX_SENTENCE_WORDS = 80
 #: a question that asks for an amount, a size or a time wants a sentence with a number in it
@@ -108,8 +119,9 @@ class Extract:
     text: str
     quotes: list[Quote] = field(default_factory=list)
     score: float = 0.0  # the best sentence's score
-    coverage: float = 0.0  # share of the question's term weight in the answer's passage
     covered: bool = False
+    #: question terms the collection never uses (checked in collections of VOCABULARY_ROWS+)
+    unknown: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -120,13 +132,14 @@ class _Candidate:
     start: int  # offsets into the passage text
     end: int
     previous: str = ""  # the sentence before it in its passage
+    following: _Candidate | None = None  # the sentence after it, when it is a candidate
     lexical: float = 0.0
     semantic: float = 0.0
     bonus: float = 0.0
 
     @property
     def score(self) -> float:
-        return 0.5 * self.lexical + 0.5 * self.semantic + self.bonus
+        return LEXICAL_WEIGHT * self.lexical + (1 - LEXICAL_WEIGHT) * self.semantic + self.bonus
 
 
 class Extractor:
@@ -137,26 +150,25 @@ class Extractor:
         scorer: EmbeddingScorer,
         *,
         rerank: Callable[[list[tuple[str, str]]], Sequence[float]] | None = None,
-        min_score: float = 0.45,
-        min_coverage: float = 0.5,
+        min_score: float = 0.3,
     ):
         self.scorer = scorer
         self.rerank = rerank
         self.min_score = min_score
-        self.min_coverage = min_coverage
 
-    def answer(
+    def rank(
         self,
         question: str,
         passages: Sequence[Passage],
         doc_freq: Callable[[list[str]], tuple[int, dict[str, int]]] | None = None,
-    ) -> Extract:
+    ) -> tuple[list[_Candidate], list[str]]:
+        """The shortlisted sentences, best first, and the question terms the collection lacks."""
         q_terms = sorted(terms(question) - QUESTION_WORDS)
-        weights = _idf(q_terms, doc_freq)
+        weights, unknown = _idf(q_terms, doc_freq)
         total = sum(weights.values()) or 1.0
         candidates = self._candidates(passages)
         if not candidates or not q_terms:
-            return Extract(text="")
+            return [], unknown
         wants_number = bool(_QUANTITY.search(question))
         for c in candidates:
             found, before = terms(c.text), terms(c.previous)
@@ -181,23 +193,27 @@ class Extractor:
             semantic = self.scorer.similarity([question], texts)[0].tolist()
         for c, s in zip(shortlist, semantic, strict=True):
             c.semantic = float(s)
-        best = max(shortlist, key=lambda c: (c.score, -c.n, -c.index))
-        chosen = [best]
-        following = [c for c in candidates if c.n == best.n and c.index == best.index + 1]
-        short = word_count(best.text) < MIN_WORDS or best.text.rstrip().endswith(":")
-        if (
-            following
-            and short
-            and word_count(best.text) + word_count(following[0].text) <= MAX_WORDS
-        ):
-            chosen.append(following[0])
-        passage = passages[best.n - 1]
-        found = terms(passage.text) | terms(passage.title or "")
-        coverage = sum(w for t, w in weights.items() if t in found) / total
-        quotes = [_quote(c, passages[c.n - 1]) for c in chosen[:MAX_SENTENCES]]
+        shortlist.sort(key=lambda c: (-c.score, c.n, c.index))
+        for c in shortlist:
+            c.following = next(
+                (x for x in candidates if x.n == c.n and x.index == c.index + 1), None
+            )
+        return shortlist, unknown
+
+    def answer(
+        self,
+        question: str,
+        passages: Sequence[Passage],
+        doc_freq: Callable[[list[str]], tuple[int, dict[str, int]]] | None = None,
+    ) -> Extract:
+        ranked, unknown = self.rank(question, passages, doc_freq)
+        if not ranked:
+            return Extract(text="", unknown=unknown)
+        best = ranked[0]
+        quotes = [_quote(c, passages[c.n - 1]) for c in _compose(ranked)]
         text = " ".join(f"{q.text} [{q.n}]" for q in quotes)
-        covered = best.score - best.bonus >= self.min_score and coverage >= self.min_coverage
-        return Extract(text, quotes, best.score, coverage, covered)
+        covered = best.score - best.bonus >= self.min_score and not unknown
+        return Extract(text, quotes, best.score, covered, unknown)
 
     def _candidates(self, passages: Sequence[Passage]) -> list[_Candidate]:
         out = []
@@ -211,20 +227,41 @@ class Extractor:
         return out
 
 
+def _compose(ranked: list[_Candidate]) -> list[_Candidate]:
+    """The best sentences, best first, within MAX_WORDS; a short best one keeps its neighbour."""
+    best = ranked[0]
+    chosen: list[_Candidate] = []
+    words = 0
+
+    def take(c: _Candidate) -> None:
+        nonlocal words
+        fits = words + word_count(c.text) <= MAX_WORDS
+        if c not in chosen and len(chosen) < MAX_SENTENCES and fits:
+            chosen.append(c)
+            words += word_count(c.text)
+
+    take(best)
+    if best.following and (word_count(best.text) < MIN_WORDS or best.text.rstrip().endswith(":")):
+        take(best.following)
+    for c in ranked[1:]:
+        if c.score >= RELATIVE_FLOOR * best.score:
+            take(c)
+    return chosen
+
+
 def _idf(
     q_terms: list[str], doc_freq: Callable[[list[str]], tuple[int, dict[str, int]]] | None
-) -> dict[str, float]:
+) -> tuple[dict[str, float], list[str]]:
+    """Each term's inverse document frequency, and the terms a big collection never uses."""
     if doc_freq is None:
-        return dict.fromkeys(q_terms, 1.0)
+        return dict.fromkeys(q_terms, 1.0), []
     rows, df = doc_freq(q_terms)
+    unknown = [t for t in q_terms if df.get(t, 0) < 1] if rows >= VOCABULARY_ROWS else []
     # a term the collection never uses weighs as much as one it uses once: a paraphrase's
     # unseen word must not outweigh the rest of the question
-    return {
-        t: math.log(1.0 + (rows - 0.5) / 1.5)
-        if df.get(t, 0) < 1
-        else math.log(1.0 + (rows - df[t] + 0.5) / (df[t] + 0.5))
-        for t in q_terms
-    }
+    seen = {t: max(df.get(t, 0), 1) for t in q_terms}
+    weights = {t: math.log(1.0 + (rows - n + 0.5) / (n + 0.5)) for t, n in seen.items()}
+    return weights, unknown
 
 
 def _quote(c: _Candidate, p: Passage) -> Quote:

@@ -18,9 +18,9 @@ from kb.embedders.base import Embedder
 from kb.errors import InvalidInput
 
 SCORER_KINDS = ("embedder", "cross-encoder:<path>", "nli:<path>")
-#: texts embedded one by one through the embedder's query path (cached, no padding) up to this
-#: many; more go through its batched path
-_SINGLE_LIMIT = 16
+#: texts embedded in one call of the embedder's query path up to this many; more go through
+#: its batched ingest path
+_SHORT_LIMIT = 64
 
 
 class SupportScorer(Protocol):
@@ -41,13 +41,16 @@ class EmbeddingScorer:
     def vectors(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
-        if len(texts) <= _SINGLE_LIMIT:
-            return np.stack([self.embedder.embed_query(t) for t in texts])
+        if len(texts) <= _SHORT_LIMIT:
+            return self.embedder.embed_short(list(texts))
         return self.embedder.embed(list(texts))
 
     def similarity(self, claims: Sequence[str], evidence: Sequence[str]) -> np.ndarray:
         if not claims or not evidence:
             return np.zeros((len(claims), len(evidence)), dtype=np.float32)
+        if len(claims) == 1:  # a question: the query cache may already hold its vector
+            first = self.embedder.embed_query(claims[0])[None, :]
+            return np.clip(first @ self.vectors(evidence).T, 0.0, 1.0)
         both = self.vectors([*claims, *evidence])
         return np.clip(both[: len(claims)] @ both[len(claims) :].T, 0.0, 1.0)
 
