@@ -236,11 +236,10 @@ class Answerer:
     @classmethod
     def from_settings(cls, settings) -> Answerer:
         """An Answerer over the data folder, with every stored fine-tuned model registered."""
-        from kb.models import ModelRegistry
+        from kb.models import build_generators
         from kb.service import KnowledgeBase
 
-        generators = GeneratorRegistry(settings)
-        ModelRegistry(settings).load_into(generators)
+        generators, _ = build_generators(settings)
         return cls(KnowledgeBase(settings), generators)
 
     # -- public ----------------------------------------------------------------------------
