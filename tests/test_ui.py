@@ -101,3 +101,32 @@ def test_upload_appears_in_document_list(page, tmp_path):
     )
     assert page.inner_text("#job-state") == "succeeded"
     assert "files 1/1" in page.inner_text("#job-counts")
+
+
+def test_unsupported_sentences_are_marked(page, server):
+    """Under the flag policy the page marks each sentence the support check did not back,
+    exactly those the API reports for the same (greedy, so repeatable) answer."""
+    import httpx
+
+    question = "Who invented the Veltrani bicycle?"
+    page.select_option("#ask-support", "flag")
+    ask(page, question, "rag")
+    card = page.locator('.answer[data-mode="rag"]')
+    body = {"question": question, "mode": "rag", "support": "flag"}
+    report = httpx.post(f"{server.url}/query", json=body, timeout=300).json()["support"]
+    unsupported = [s for s in report["sentences"] if s["claim"] and not s["supported"]]
+    marked = card.locator(".sent.unsupported")
+    assert marked.count() == len(unsupported)
+    for i, sentence in enumerate(unsupported):
+        assert marked.nth(i).inner_text().startswith(sentence["text"][:20])
+    assert card.locator(".sent").count() == len(report["sentences"])
+    assert "claims supported" in card.locator(".meta").inner_text()
+
+
+def test_extract_mode_quotes_the_passages(page):
+    ask(page, "How long must Zorblax tea steep?", "extract")
+    card = page.locator('.answer[data-mode="extract"]')
+    assert "seven minutes" in card.locator(".text").inner_text()
+    assert "quoted from the passages" in card.locator(".meta").inner_text()
+    card.locator("a.cite").first.click()
+    assert "tea.md" in page.inner_text("#passage-title")

@@ -184,6 +184,7 @@ async function ask(event) {
   if (!question) return;
   const mode = document.querySelector('input[name="mode"]:checked').value;
   const body = { question, mode, k: Number($("#ask-k").value || 5), collection: $("#ask-collection").value || null, stream: true };
+  if ($("#ask-support").value) body.support = $("#ask-support").value;
   $("#answers").replaceChildren();
   $("#unavailable").hidden = true;
   $("#passage-view").hidden = true;
