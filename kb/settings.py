@@ -20,7 +20,7 @@ class GeneratorSpec(BaseModel):
     adapter: str | None = None  # local LoRA adapter folder
     # local: what runs the weights. "auto" runs a GGUF model without adapter on llama.cpp when
     # llama-cpp-python is installed (it decodes SmolLM2 several times faster than transformers
-    # here, benchmarks/generation.py) and anything else, or when it cannot load, on transformers
+    # on a CPU, benchmarks/generation.py) and anything else, or when it cannot load, on transformers
     runtime: Literal["auto", "llamacpp", "transformers"] = "auto"
     base_url: str | None = None  # openai backend: e.g. http://localhost:11434/v1
     api_key: str | None = None
