@@ -1,8 +1,8 @@
 """API keys: who is calling, and may they read or write this collection.
 
 With no keys configured (KB_API_KEYS empty) every caller may do everything. Once keys exist,
-every endpoint but /health needs `Authorization: Bearer KEY` or `X-API-Key: KEY`; a key may be
-limited to collections (glob patterns) and to reading (search, query, listings) as opposed to
+every endpoint but the /health and /ready probes needs `Authorization: Bearer KEY` or
+`X-API-Key: KEY`; a key may be limited to collections (glob patterns) and to reading (search, query, listings) as opposed to
 writing (ingest, uploads, deletes, job submission and cancellation).
 """
 
