@@ -298,8 +298,14 @@ def examples_from_collection(
     kb: Any,
     generators: Any,
     progress: Progress | None,
+    counter: TokenCounter | None = None,
 ) -> Built:
+    """Examples from a collection's chunks by `options.recipe`: generated question/answer
+    pairs (qa), or RAFT examples in the rag prompt format (`kb.finetune.raft`), which need
+    `counter` to fit their passages."""
     name = options.from_collection
+    if options.recipe == "raft":
+        return _raft_from_collection(options, settings, kb, generators, progress, counter)
     if not options.generate_with:
         raise InvalidInput(
             f"--from-collection {name!r} needs a model to write questions: add --generate-with "
@@ -310,14 +316,7 @@ def examples_from_collection(
 
         kb = KnowledgeBase(settings)
     collection = kb.collection(name)
-    origin: dict[str, Any] = {"kind": "collection", "collection": {"name": name}}
-    for attribute in ("generation", "fingerprint"):
-        value = getattr(collection, attribute, None)
-        value = value() if callable(value) else value
-        if value is not None:
-            origin["collection"][attribute] = (
-                value if isinstance(value, int | float) else str(value)
-            )
+    origin = _collection_origin(name, collection)
     generator = _generator(options.generate_with, settings, generators)
     examples, skipped = qa_examples_from_chunks(
         collection.iter_chunks(),
@@ -330,4 +329,51 @@ def examples_from_collection(
         progress=progress,
     )
     origin["generated_by"] = options.generate_with
+    return examples, skipped, origin
+
+
+def _collection_origin(name: str, collection: Any) -> dict[str, Any]:
+    origin: dict[str, Any] = {"kind": "collection", "collection": {"name": name}}
+    for attribute in ("generation", "fingerprint"):
+        value = getattr(collection, attribute, None)
+        value = value() if callable(value) else value
+        if value is not None:
+            origin["collection"][attribute] = (
+                value if isinstance(value, int | float) else str(value)
+            )
+    return origin
+
+
+def _raft_from_collection(
+    options: PrepareOptions,
+    settings: Settings,
+    kb: Any,
+    generators: Any,
+    progress: Progress | None,
+    counter: TokenCounter | None,
+) -> Built:
+    from kb.finetune.raft import raft_examples
+
+    if kb is None:
+        from kb.service import KnowledgeBase
+
+        kb = KnowledgeBase(settings)
+    assert counter is not None, "RAFT examples are fitted to the context with a token counter"
+    generator = (
+        _generator(options.generate_with, settings, generators) if options.generate_with else None
+    )
+    examples, skipped, recipe = raft_examples(
+        options,
+        kb,
+        counter,
+        generator=generator,
+        max_examples=options.max_examples or DEFAULT_COLLECTION_EXAMPLES,
+        progress=progress,
+    )
+    origin = _collection_origin(
+        options.from_collection or "", kb.collection(options.from_collection)
+    )
+    origin.update(recipe)
+    if options.generate_with:
+        origin["generated_by"] = options.generate_with
     return examples, skipped, origin

@@ -93,8 +93,10 @@ def prepare_dataset(
                 f"got both a source {str(source_path)!r} and --from-collection "
                 f"{options.from_collection!r}: pass one of them"
             )
+        if options.recipe == "raft":  # its prompts are fitted to the model's context
+            counter = _token_counter(tokenizer or options.tokenizer, settings)
         examples, skipped, origin = examples_from_collection(
-            options, settings, kb, generators, progress
+            options, settings, kb, generators, progress, counter
         )
     elif source_path is None:
         raise InvalidInput("nothing to prepare: pass a SOURCE file or folder, or --from-collection")
@@ -109,7 +111,10 @@ def prepare_dataset(
         reasons = "; ".join(f"{s.item}: {s.reason}" for s in skipped[:3]) or "the source is empty"
         raise InvalidInput(f"no training examples could be made ({reasons}): fix the source")
 
-    train, validation = split_examples(examples, options.val_fraction, options.seed)
+    if any(e.split is not None for e in examples):
+        train, validation = _recipe_split(examples, options.seed)
+    else:
+        train, validation = split_examples(examples, options.val_fraction, options.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_path, validation_path = out / TRAIN_FILE, out / VALIDATION_FILE
@@ -209,6 +214,16 @@ def _stratum(example: Example, classification: bool) -> str | None:
 def _label_counts(examples: list[Example]) -> dict[str, int]:
     counts = Counter(_stratum(e, True) for e in examples)
     return {str(k): v for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))}
+
+
+def _recipe_split(examples: list[Example], seed: int) -> tuple[list[Example], list[Example]]:
+    """The split a recipe chose (RAFT: by document), each side shuffled."""
+    rng = random.Random(seed)
+    train = [e for e in examples if e.split != "validation"]
+    validation = [e for e in examples if e.split == "validation"]
+    rng.shuffle(train)
+    rng.shuffle(validation)
+    return train, validation
 
 
 def split_examples(

@@ -27,6 +27,8 @@ class Example:
     messages: list[Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     label: str | None = None  # the stratification key of a classification example
+    #: the side of the split its recipe chose ("train" or "validation"); None: split later
+    split: str | None = None
 
     def chat(self) -> list[Any]:
         if self.messages is not None:

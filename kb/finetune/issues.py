@@ -59,6 +59,10 @@ ERRORS = {
         "a prompt that also appears in the evaluation file {detail}",
         "remove these examples from the training file so the evaluation stays honest",
     ),
+    "eval_document_leakage": (
+        "a prompt that shows a document the evaluation file {detail} asks about",
+        "prepare the data again: its split keeps every document on one side",
+    ),
     "too_few_examples": (
         "only {detail} usable examples, under the minimum of 10",
         "add examples; a few hundred work best",
@@ -161,6 +165,8 @@ class ValidationReport:
     task_type: str = "unknown"
     label_counts: dict[str, int] = field(default_factory=dict)
     token_stats: dict[str, Any] = field(default_factory=dict)
+    #: how the documents divide between this file and its evaluation file (RAFT data)
+    split: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -182,6 +188,7 @@ class ValidationReport:
             "task_type": self.task_type,
             "label_counts": self.label_counts,
             "token_stats": self.token_stats,
+            "split": self.split,
         }
 
 

@@ -25,6 +25,8 @@ from kb.errors import InvalidInput
 from kb.finetune.mail import DEFAULT_KEPT_HEADERS, QUOTED
 
 MAX_NEIGHBOURS = 32  # labelled neighbours per prompt
+MAX_DISTRACTORS = 16  # retrieved passages per RAFT prompt besides the oracle
+RAFT_OPTIONS = ("distractors", "no_oracle_share", "exclude_sources")
 _HEADER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 
 
@@ -147,13 +149,43 @@ class PrepareOptions(ValidateOptions):
     )
     from_collection: str | None = Field(
         None,
-        description="Make question/answer pairs from this collection's chunks (needs "
-        "generate_with).",
+        description="Make question/answer pairs from this collection's chunks (the qa recipe "
+        "needs generate_with).",
+    )
+    recipe: Literal["qa", "raft"] = Field(
+        "qa",
+        description="How from_collection makes examples: 'qa' (the generator writes a question "
+        "and answer per chunk) or 'raft' (a question about a chunk shown in the rag prompt among "
+        "retrieved distractors, answered by quoting and citing it; questions from generate_with "
+        "or, without one, from the documents' headings, definitions and signatures).",
+    )
+    distractors: int = Field(
+        4,
+        ge=0,
+        le=MAX_DISTRACTORS,
+        description="raft: retrieved passages shown besides the question's own (its oracle).",
+    )
+    no_oracle_share: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="raft: share of the examples that show distractors only; their answer is "
+        "the not-covered sentence.",
+    )
+    exclude_sources: tuple[str, ...] = Field(
+        (),
+        max_length=1000,
+        description="raft: documents (globs on the shown source, e.g. limits.html) kept out of "
+        "every prompt, as oracle or distractor: an evaluation set's pages.",
     )
     max_examples: int | None = Field(
         None, ge=1, description="Use at most this many rows, files or generated pairs."
     )
-    val_fraction: Fraction = Field(0.1, description="Share of examples held out for validation.")
+    val_fraction: Fraction = Field(
+        0.1,
+        description="Share of examples held out for validation (raft: of the documents asked "
+        "about, so that no validation document appears in a training prompt).",
+    )
     seed: int = Field(0, description="Random seed of sampling and the split.")
     text_budget: int = Field(
         512, ge=1, description="Tokens of a folder example's text kept in its prompt."
@@ -211,6 +243,22 @@ class PrepareOptions(ValidateOptions):
     @classmethod
     def _labelled(cls, names: tuple[str, ...]) -> tuple[str, ...]:
         return _header_names(names, "header_labels", "from, subject")
+
+    @model_validator(mode="after")
+    def _raft_options_need_raft(self) -> Self:
+        # compared with the defaults, since the CLI passes every flag whether typed or not
+        fields = type(self).model_fields
+        given = [name for name in RAFT_OPTIONS if getattr(self, name) != fields[name].default]
+        if given and self.recipe != "raft":
+            raise _invalid(
+                f"{', '.join(given)} shape RAFT examples but recipe is {self.recipe!r}: pass "
+                "--recipe raft with --from-collection, or drop them"
+            )
+        if self.recipe == "raft" and not self.from_collection:
+            raise _invalid(
+                "recipe 'raft' makes examples from a collection: pass --from-collection NAME"
+            )
+        return self
 
     @model_validator(mode="after")
     def _needs_neighbours(self) -> Self:

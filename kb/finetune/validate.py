@@ -51,6 +51,10 @@ class _Example:
     completion: str
     messages: list[dict[str, Any]] | None
     key: str
+    #: a recipe's record of the documents behind the example (RAFT): the one it asks about and
+    #: every one its prompt shows
+    asks: str | None = None
+    shows: frozenset[str] = frozenset()
 
 
 class _Findings:
@@ -221,6 +225,7 @@ def _validate(
         _check_completion_format(report, examples, found)
     if held is not None:
         _check_leakage(examples, held, found)
+        _check_document_split(report, examples, held, found)
     over = _count_tokens(report, examples, max_tokens, tokenizer, settings)
     found.at("too_long", over, f"{max_tokens} tokens")
 
@@ -265,6 +270,16 @@ def _parse(number: int, text: str, found: _Findings) -> _Example | None:
     if not isinstance(obj, dict):
         found.at("not_an_object", number)
         return None
+    example = _parse_record(number, obj, found)
+    metadata = obj.get("metadata")
+    if example is not None and isinstance(metadata, dict) and metadata.get("oracle_doc_id"):
+        example.asks = str(metadata["oracle_doc_id"])
+        shown = metadata.get("passage_doc_ids")
+        example.shows = frozenset(map(str, shown if isinstance(shown, list) else []))
+    return example
+
+
+def _parse_record(number: int, obj: dict[str, Any], found: _Findings) -> _Example | None:
     if "messages" in obj:
         return _parse_chat(number, obj, found)
     if "prompt" in obj or "completion" in obj:
@@ -430,6 +445,32 @@ def _check_leakage(examples: list[_Example], held: _Source, found: _Findings) ->
             held_out.add(normalize_prompt(example.prompt))
     leaked = [e.line for e in examples if normalize_prompt(e.prompt) in held_out]
     found.at("eval_leakage", leaked, held.name)
+
+
+def _check_document_split(
+    report: ValidationReport, examples: list[_Example], held: _Source, found: _Findings
+) -> None:
+    """For data whose examples name their documents (RAFT): how many documents each side asks
+    about, and the training examples whose prompt shows a document the evaluation asks about."""
+    scratch = _Findings()
+    parsed = (_parse(number, text, scratch) for number, text in held.records)
+    evaluated = {e.asks for e in parsed if e is not None and e.asks}
+    trained = {e.asks for e in examples if e.asks}
+    if not evaluated and not trained:
+        return
+    leaked = [e.line for e in examples if (e.shows | {e.asks}) & evaluated]
+    report.split = {
+        "by": "document",
+        "train_documents": len(trained),
+        "evaluation_documents": len(evaluated),
+        "shared_documents": len({d for e in examples for d in e.shows | {e.asks}} & evaluated),
+    }
+    report.notes.append(
+        f"split by document: {len(trained)} documents asked about in training, "
+        f"{len(evaluated)} in evaluation; {len(leaked)} training examples show an evaluation "
+        "document"
+    )
+    found.at("eval_document_leakage", leaked, held.name)
 
 
 def _count_tokens(
