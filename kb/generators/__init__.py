@@ -6,10 +6,11 @@ answer = registry.get("smollm2").generate([{"role": "user", "content": "Hi"}])
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
-from kb.errors import InvalidInput, ModelNotFound
+from kb.errors import BackendError, InvalidInput, ModelNotFound
 from kb.generators.base import Generation, Generator, Message, StreamEvent
 from kb.settings import GeneratorSpec, Settings
 
@@ -25,13 +26,13 @@ __all__ = [
 
 BACKENDS = ("local", "openai")
 
+log = logging.getLogger(__name__)
+
 
 def build_generator(spec: GeneratorSpec, cache_dir: Path, *, pool=None) -> Generator:
-    """The generator for one spec; local ones share weights through `pool` when given."""
+    """The generator for one spec; transformers ones share weights through `pool` when given."""
     if spec.backend == "local":
-        from kb.generators.local import LocalGenerator
-
-        return LocalGenerator(spec, cache_dir, pool=pool)
+        return _build_local(spec, cache_dir, pool)
     if spec.backend == "openai":
         from kb.generators.openai_compat import OpenAIGenerator
 
@@ -41,10 +42,33 @@ def build_generator(spec: GeneratorSpec, cache_dir: Path, *, pool=None) -> Gener
     )
 
 
+def _build_local(spec: GeneratorSpec, cache_dir: Path, pool) -> Generator:
+    """llama.cpp where the spec's runtime allows and it can run the model, else transformers."""
+    from kb.generators.local import LocalGenerator
+
+    if spec.runtime != "transformers":
+        from kb.generators.llamacpp import LlamaCppGenerator, llamacpp_unavailable
+
+        reason = llamacpp_unavailable(spec)
+        if reason is None or spec.runtime == "llamacpp":
+            try:
+                return LlamaCppGenerator(
+                    spec, cache_dir
+                )  # names the reason when runtime is "llamacpp"
+            except BackendError as exc:
+                if spec.runtime == "llamacpp":
+                    raise
+                log.warning("generator %r runs on transformers: %s", spec.name, exc)
+        else:
+            log.info("generator %r runs on transformers: %s", spec.name, reason)
+    return LocalGenerator(spec, cache_dir, pool=pool)
+
+
 class GeneratorRegistry:
     """Named generator specs, built lazily and cached; thread-safe.
 
-    Local specs with the same model, adapter and dtype share one copy of the weights.
+    Local specs on transformers with the same model, adapter and dtype share one copy of the
+    weights; each llama.cpp generator maps its GGUF file (the pages are shared) with its own cache.
     """
 
     def __init__(self, settings: Settings):

@@ -38,6 +38,7 @@ BUNDLED = {"smollm2": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 #: fast, and answers as sensibly (in slightly different words); benchmarks/generation.py compares
 INFERENCE_DTYPE = "bfloat16"
 REPETITION_PENALTY = 1.15
+TOP_P = 0.95  # nucleus of sampled answers (temperature > 0)
 DTYPES = ("float32", "bfloat16")
 #: torch threads for one generation. On a busy 2-core machine two OpenMP threads wait on each
 #: other at every layer and decoding fell from ~5 to ~0.5 tokens/s; one thread degrades gently
@@ -297,6 +298,8 @@ class LocalModelPool:
 class LocalGenerator(Generator):
     """A `GeneratorSpec` with backend "local": transformers on the CPU, greedy at temperature 0."""
 
+    runtime = "transformers"
+
     def __init__(
         self,
         spec: GeneratorSpec,
@@ -473,7 +476,7 @@ class LocalGenerator(Generator):
             eos_token_id=eos,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
             stop_strings=list(stop) if stop else None,
-            **({"temperature": temp, "top_p": 0.95} if temp > 0 else {}),
+            **({"temperature": temp, "top_p": TOP_P} if temp > 0 else {}),
         )
         inputs = {
             "input_ids": torch.tensor([prompt]),

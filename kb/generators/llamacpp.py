@@ -1,0 +1,376 @@
+"""Local generation with llama.cpp (llama-cpp-python) on the CPU: a GGUF model without adapter.
+
+A small GGUF file is converted once into a bfloat16 copy in `<cache_dir>/gguf/` (see WEIGHTS);
+the prompt comes from the chat template the file carries. Tokens are picked here the way the
+transformers path picks them (greedy, or top-p sampling, after the same repetition penalty over
+prompt and answer), so the two runtimes differ only in the arithmetic of the forward pass;
+benchmarks/generation.py measures how often their greedy answers agree token for token.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kb.errors import BackendError, InvalidInput
+from kb.generators.base import (
+    Generation,
+    Generator,
+    Message,
+    StopFilter,
+    Stopwatch,
+    StreamEvent,
+    check_messages,
+)
+from kb.generators.local import (
+    BUNDLED,
+    REPETITION_PENALTY,
+    TOP_P,
+    converted_model_dir,
+    resolve_model_source,
+)
+from kb.settings import GeneratorSpec
+
+#: llama.cpp threads for one generation; benchmarks/generation.py measures 1 against 2
+LLAMACPP_THREADS = 1
+#: prompt tokens evaluated per llama.cpp batch
+BATCH_TOKENS = 512
+#: the weights llama.cpp computes with. "bf16": the GGUF's blocks de-quantized once into a cached
+#: bfloat16 copy (the values transformers runs), whose matrix products llama.cpp runs on this
+#: CPU's bfloat16 instructions: with SmolLM2 it reads a ~930-token RAG prompt about 3x faster
+#: than the shipped Q4_1 blocks and decodes as fast. "gguf": the file as it is. "auto": bf16 up
+#: to BF16_COPY_MAX_BYTES of GGUF file; past that (measured on the 135M model only) decoding is
+#: bound by memory reads, which a 3-4x larger copy would slow
+WEIGHTS = ("auto", "gguf", "bf16")
+LLAMACPP_WEIGHTS = "auto"
+BF16_COPY_MAX_BYTES = 256 * 2**20
+_FTYPE_BF16 = 32  # llama.cpp's LLAMA_FTYPE_MOSTLY_BF16
+
+_convert_lock = threading.Lock()
+
+
+def llamacpp_unavailable(spec: GeneratorSpec) -> str | None:
+    """Why llama.cpp cannot run `spec`, or None when it can (bad model names raise InvalidInput)."""
+    if spec.adapter:
+        return "it has a LoRA adapter, which only the transformers runtime applies"
+    source = resolve_model_source(spec.model)
+    if source.suffix != ".gguf":
+        return f"its model {spec.model!r} is a transformers folder, not a .gguf file"
+    try:
+        import llama_cpp  # noqa: F401
+    except Exception as exc:  # ImportError, or OSError when its shared library does not load
+        return (
+            f"llama-cpp-python is not importable ({exc}); install it with "
+            "`pip install 'kb[llamacpp]'` or `bash scripts/setup.sh`"
+        )
+    return None
+
+
+class LlamaCppGenerator(Generator):
+    """A local GGUF model without adapter, run by llama.cpp on the CPU; greedy at temperature 0.
+
+    The model loads when the generator is built, so a file llama.cpp cannot read fails here,
+    where the registry can fall back to transformers.
+    """
+
+    runtime = "llamacpp"
+
+    def __init__(
+        self,
+        spec: GeneratorSpec,
+        cache_dir: Path,
+        *,
+        threads: int = LLAMACPP_THREADS,
+        weights: str = LLAMACPP_WEIGHTS,
+    ):
+        self._take_spec(spec, "local")
+        reason = llamacpp_unavailable(spec)
+        if reason is not None:
+            raise InvalidInput(
+                f"generator {spec.name!r} cannot run on llama.cpp: {reason}; or set its "
+                "runtime to 'auto' or 'transformers'"
+            )
+        if threads < 1:
+            raise InvalidInput(f"threads={threads}: use 1 or more")
+        if weights not in WEIGHTS:
+            raise InvalidInput(f"weights={weights!r}: use one of {', '.join(WEIGHTS)}")
+        self.threads = threads
+        self.source = resolve_model_source(spec.model)
+        label = spec.model if spec.model in BUNDLED else self.source.name
+        self.model_id = f"local:{label}@llama.cpp"
+        if weights == "auto":
+            weights = "bf16" if self.source.stat().st_size <= BF16_COPY_MAX_BYTES else "gguf"
+        self.weights = weights
+        path = self.source if weights == "gguf" else bf16_copy(self.source, cache_dir)
+        self._llama = _open(path, spec.context_window, threads)
+        self._vocab_size = self._llama.n_vocab()
+        self._vocab = _vocab(self._llama)
+        self._pieces: dict[int, bytes] = {}
+        self._template = _chat_template(self._llama, self.source)
+        self._rng = np.random.default_rng()
+        # one generation at a time: a llama.cpp context holds one conversation's cache
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Run one token through the model, so the first request does not pay for warming up."""
+        self.generate([{"role": "user", "content": "Hi"}], max_new_tokens=1, temperature=0)
+
+    def count_tokens(self, text: str) -> int:
+        # special=True: marker text such as <|im_end|> counts as one token, as in the prompt
+        return len(self._llama.tokenize(text.encode(), add_bos=False, special=True))
+
+    def count_message_tokens(self, messages: list[Message]) -> int:
+        return len(self._encode(messages))
+
+    def generate(
+        self,
+        messages: list[Message],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> Generation:
+        events = self.stream(
+            messages, max_new_tokens=max_new_tokens, temperature=temperature, stop=stop
+        )
+        final = None
+        for final in events:  # noqa: B007 - the last event carries the Generation
+            pass
+        assert final is not None and final.generation is not None
+        return final.generation
+
+    def stream(
+        self,
+        messages: list[Message],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Stream text as the model decodes it; closing the iterator stops the decoding.
+
+        The generator's lock is held from the first event until the stream ends or is closed.
+        """
+        prompt, limit, temp = self._request(messages, max_new_tokens, temperature)
+        stop_filter = StopFilter(stop)
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        parts: list[str] = []
+        answer_tokens = 0
+        ended = False
+        with self._lock:
+            stopwatch = Stopwatch()
+            tokens = self._decode(prompt, limit, temp)
+            try:
+                for token in tokens:
+                    stopwatch.mark_first_token()
+                    if self._is_end(token):
+                        ended = True
+                        break
+                    answer_tokens += 1
+                    delta = stop_filter.feed(text.decode(self._piece(token)))
+                    if delta:
+                        parts.append(delta)
+                        yield StreamEvent(delta=delta)
+                    if stop_filter.stopped:
+                        break
+                tail = stop_filter.feed(text.decode(b"", final=True)) + stop_filter.flush()
+                if tail:
+                    parts.append(tail)
+                    yield StreamEvent(delta=tail)
+            finally:
+                tokens.close()
+        hit_limit = answer_tokens >= limit and not ended and not stop_filter.stopped
+        generation = Generation(
+            text="".join(parts),
+            prompt_tokens=len(prompt),
+            completion_tokens=answer_tokens,
+            finish_reason="length" if hit_limit else "stop",
+            model=self.model_id,
+            timings=stopwatch.timings(),
+        )
+        yield StreamEvent(generation=generation)
+
+    def _encode(self, messages: list[Message]) -> list[int]:
+        check_messages(messages)
+        prompt = self._template(messages=messages).prompt
+        return self._llama.tokenize(prompt.encode(), add_bos=False, special=True)
+
+    def _request(
+        self, messages: list[Message], max_new_tokens: int | None, temperature: float | None
+    ) -> tuple[list[int], int, float]:
+        """The prompt's tokens, the answer's token limit and the temperature, all checked."""
+        limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        temp = self.temperature if temperature is None else temperature
+        if limit < 1:
+            raise InvalidInput(f"max_new_tokens={limit}: ask for at least 1 token")
+        if temp < 0:
+            raise InvalidInput(f"temperature={temp}: use 0 (greedy) or a positive value")
+        prompt = self._encode(messages)
+        room = self.context_window - len(prompt)
+        if room < 1:
+            raise InvalidInput(
+                f"the prompt has {len(prompt)} tokens and generator {self.name!r} has a "
+                f"{self.context_window}-token context window: send fewer or shorter passages or messages"
+            )
+        return prompt, min(limit, room), temp
+
+    def _decode(self, prompt: list[int], limit: int, temperature: float) -> Iterator[int]:
+        """Up to `limit` picked token ids (an end token included); stops when closed."""
+        import llama_cpp
+
+        llama = self._llama
+        seen = np.zeros(self._vocab_size, dtype=bool)
+        seen[prompt] = True
+        try:
+            # a fresh context each time: reusing a cached prefix would change the rounding of
+            # its keys and values, and so, now and then, the answer to a repeated question
+            llama.reset()
+            llama.eval(prompt)
+            for step in range(limit):
+                logits = np.ctypeslib.as_array(
+                    llama_cpp.llama_get_logits_ith(llama.ctx, -1), shape=(self._vocab_size,)
+                ).copy()
+                token = self._pick(logits, np.flatnonzero(seen), temperature)
+                yield token
+                if step + 1 == limit or self._is_end(token):
+                    return
+                seen[token] = True
+                llama.eval([token])
+        except RuntimeError as exc:  # llama.cpp reports decode failures this way
+            raise BackendError(
+                f"local model {self.model_id!r} failed while generating on llama.cpp: {exc}"
+            ) from exc
+
+    def _pick(self, logits: np.ndarray, seen: np.ndarray, temperature: float) -> int:
+        """The next token as transformers picks it: repetition penalty, then argmax or top-p."""
+        scores = logits[seen]
+        logits[seen] = np.where(
+            scores < 0, scores * REPETITION_PENALTY, scores / REPETITION_PENALTY
+        )
+        if temperature <= 0:
+            return int(np.argmax(logits))
+        scaled = logits.astype(np.float64) / temperature
+        probs = np.exp(scaled - scaled.max())
+        probs /= probs.sum()
+        # the nucleus almost always lies in the top few hundred tokens: sort only those
+        top = np.argpartition(probs, -256)[-256:] if probs.size > 256 else np.arange(probs.size)
+        top = top[np.argsort(-probs[top])]
+        if probs[top].sum() < TOP_P:
+            top = np.argsort(-probs)
+        cumulative = np.cumsum(probs[top])
+        nucleus = top[cumulative - probs[top] < TOP_P]
+        weights = probs[nucleus] / probs[nucleus].sum()
+        return int(self._rng.choice(nucleus, p=weights))
+
+    def _is_end(self, token: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def _piece(self, token: int) -> bytes:
+        """The bytes of one token's text (none for control tokens); cached per token."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            import llama_cpp
+
+            size = 64
+            while True:
+                buffer = ctypes.create_string_buffer(size)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, size, 0, False)
+                if n >= 0:
+                    break
+                size = -n  # the piece needs this many bytes
+            piece = self._pieces[token] = buffer.raw[:n]
+        return piece
+
+
+def bf16_copy(source: Path, cache_dir: Path) -> Path:
+    """A copy of a GGUF file with its weights in bfloat16, made once in the cache (~1 s here)."""
+    import llama_cpp
+
+    target = Path(cache_dir) / "gguf" / f"{converted_model_dir(source, cache_dir).name}-bf16.gguf"
+    if target.is_file():
+        return target
+    with _convert_lock:
+        if target.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = _FTYPE_BF16
+        params.allow_requantize = True  # from a quantized file: de-quantize, then convert
+        params.nthread = 1
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its per-tensor log
+        try:
+            status = llama_cpp.llama_model_quantize(
+                str(source).encode(), str(tmp).encode(), ctypes.byref(params)
+            )
+            if status != 0:
+                raise BackendError(
+                    f"llama.cpp could not convert {source} to bfloat16 (status {status}): check "
+                    "the file is a complete GGUF model and the cache folder is writable, or set "
+                    "the generator's runtime to 'transformers'"
+                )
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
+def _open(source: Path, context_window: int, threads: int):
+    import llama_cpp
+
+    try:
+        return llama_cpp.Llama(
+            model_path=str(source),
+            n_ctx=context_window,
+            n_batch=BATCH_TOKENS,
+            n_threads=threads,
+            n_threads_batch=threads,
+            # attention over a ~930-token prompt in one fused pass: its reading of the prompt
+            # went from 251 to 298 tokens/s (bf16 weights, medians of five, one thread)
+            flash_attn=True,
+            verbose=False,
+        )
+    except Exception as exc:
+        raise BackendError(
+            f"llama.cpp could not load {source}: {exc}; check the file is a complete GGUF model "
+            "llama.cpp supports, or set the generator's runtime to 'transformers'"
+        ) from exc
+
+
+def _vocab(llama):
+    import llama_cpp
+
+    return llama_cpp.llama_model_get_vocab(llama.model)
+
+
+def _chat_template(llama, source: Path):
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise BackendError(
+            f"{source} carries no chat template (tokenizer.chat_template): use a chat model's "
+            "GGUF file, or set the generator's runtime to 'transformers'"
+        )
+
+    def token_text(token: int) -> str:
+        return (
+            llama.detokenize([token], special=True).decode(errors="replace") if token >= 0 else ""
+        )
+
+    return Jinja2ChatFormatter(
+        template,
+        eos_token=token_text(llama.token_eos()),
+        bos_token=token_text(llama.token_bos()),
+        add_generation_prompt=True,
+    )
