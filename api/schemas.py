@@ -139,7 +139,10 @@ class CitationOut(BaseModel):
 
 class SentenceOut(BaseModel):
     text: str
-    start: int = Field(description="Character offset of the sentence in the answer.")
+    start: int = Field(
+        description="Character offset of the sentence in `support.checked` (the answer itself "
+        "when the action is kept or flagged)."
+    )
     end: int
     claim: bool = Field(description="False for sentences with no content to check.")
     score: float | None = Field(None, description="Support score, 0-1 (claims only).")
@@ -159,8 +162,20 @@ class SupportOut(BaseModel):
         description="kept (all claims supported), flagged, dropped (unsupported sentences "
         "removed), fallback (the extractive answer replaced it) or not_covered."
     )
-    supported_share: float | None = Field(None, description="Supported claims / claims.")
-    sentences: list[SentenceOut] = Field(default_factory=list)
+    supported_share: float | None = Field(
+        None, description="Supported claims / claims of the answer returned (None: no claims)."
+    )
+    generated_share: float | None = Field(
+        None, description="Supported claims / claims of the model's own text."
+    )
+    sentences: list[SentenceOut] = Field(
+        default_factory=list, description="Every sentence of the model's text, checked."
+    )
+    checked: str = Field(
+        "",
+        description="The model's text with its citations repaired: a supported claim cites the "
+        "passage it rests on, an unsupported one cites nothing.",
+    )
     removed_citations: list[int] = Field(
         default_factory=list,
         description="Citation numbers the model wrote for passages it was not given; removed.",
@@ -175,7 +190,10 @@ class QuoteOut(BaseModel):
     passage: int = Field(description="The passage [n] quoted.")
     chunk_id: int
     source: str
-    start: int = Field(description="Character offset of the quote in the source document.")
+    start: int = Field(
+        description="Character offset of the quote in the source document's text (as the "
+        "passages' start and end)."
+    )
     end: int
     page: int | None = None
     score: float

@@ -33,7 +33,7 @@ from kb.errors import (
 )
 from kb.generators import GeneratorRegistry
 from kb.grounding import POLICIES, Extract, Extractor, SupportChecker, SupportReport, load_scorer
-from kb.grounding.check import join_sentences
+from kb.grounding.check import CitationFilter, is_not_covered, join_sentences
 from kb.grounding.extract import Quote
 from kb.grounding.scorers import EmbeddingScorer
 from kb.prompting import (
@@ -498,9 +498,12 @@ class Answerer:
         used: list[Passage] = []
         messages = None
         covered = bool(ctx.relevant)
-        if plan.grounded and covered:
+        # the coverage gate; a request that only builds the prompt (generate=False) skips it
+        if plan.grounded and covered and (request.generate or plan.mode == EXTRACT):
+            first = ctx.extract is None
             covered = self._extract(ctx).covered
-            timings["extract"] = ctx.timings["extract"]
+            if first:  # compare: the mode that paid for it
+                timings["extract"] = ctx.timings["extract"]
         if plan.grounded and not covered:
             result.not_covered = True
             result.answer = not_covered_answer()
@@ -548,16 +551,21 @@ class Answerer:
             stop = load_prompt("rag" if plan.grounded else "base").stop or None
             generation = None
             if live:
+                # a live grounded stream still never shows a citation of a passage not given
+                cites = CitationFilter(len(used)) if plan.grounded else None
                 events = generator.stream(
                     messages, max_new_tokens=budget, temperature=temp, stop=stop
                 )
                 try:
                     for event in events:
-                        if event.delta:
+                        delta = cites.feed(event.delta) if cites and event.delta else event.delta
+                        if delta:
                             timings.setdefault("first_token", time.perf_counter() - started)
-                            yield AnswerEvent("delta", plan.mode, text=event.delta)
+                            yield AnswerEvent("delta", plan.mode, text=delta)
                         if event.generation is not None:
                             generation = event.generation
+                    if cites and (rest := cites.flush()):
+                        yield AnswerEvent("delta", plan.mode, text=rest)
                 finally:  # a closed stream (client gone) stops the model now, not at GC
                     if hasattr(events, "close"):
                         events.close()
@@ -589,50 +597,53 @@ class Answerer:
         """Check a generated answer against the passages it was given; apply the policy."""
         not_covered = not_covered_answer()
         generated = result.answer
-        text, report = self._checker(ctx.collection).check(
+        report = self._checker(ctx.collection).check(
             generated, used, policy=ctx.policy, not_covered=not_covered
         )
         result.support = report
-        claims = report.claims
-        if not claims:  # the model said it is not covered, or nothing with content
-            said_not_covered = bool(report.sentences)
-            result.not_covered = said_not_covered
-            result.answer = not_covered if said_not_covered else text
-            if ctx.policy == "fallback" and not said_not_covered:
-                self._fall_back(ctx, result, used, generated)
-            return
-        if report.all_supported or ctx.policy == "flag":
-            report.action = "kept" if report.all_supported else "flagged"
-            result.answer = text
+        if not report.claims and any(
+            is_not_covered(s.text, not_covered) for s in report.sentences
+        ):  # the model itself said the passages do not cover the question
+            self._not_covered(result, report)
+        elif report.claims and report.all_supported:
+            report.action, report.answer_share = "kept", 1.0
+            result.answer = report.checked
+        elif ctx.policy == "flag":
+            report.action, report.answer_share = "flagged", report.generated_share
+            result.answer = report.checked
         elif ctx.policy == "drop":
-            kept = [s for s in report.sentences if s.supported]
+            kept = [s for s in report.sentences if s.claim and s.supported]
             if kept:
-                report.action = "dropped"
+                report.action, report.answer_share = "dropped", 1.0
                 result.answer = join_sentences(kept)
             else:
-                report.action = "not_covered"
-                result.answer = not_covered
-                result.not_covered = True
-        else:
-            self._fall_back(ctx, result, used, generated)
+                self._not_covered(result, report)
+        else:  # fallback; an empty or content-free answer falls back too
+            self._fall_back(ctx, result, used)
         if result.answer != generated:
             report.generated = generated
 
-    def _fall_back(
-        self, ctx: _Context, result: AnswerResult, used: list[Passage], generated: str
-    ) -> None:
-        extract = self._extract(ctx)
+    @staticmethod
+    def _not_covered(result: AnswerResult, report: SupportReport) -> None:
+        report.action, report.answer_share = "not_covered", None
+        result.answer = not_covered_answer()
+        result.not_covered = True
+
+    def _fall_back(self, ctx: _Context, result: AnswerResult, used: list[Passage]) -> None:
         report = result.support
         assert report is not None
-        report.action = "fallback"
-        report.generated = generated
+        extract = self._extract(ctx)
+        if not extract.quotes:
+            self._not_covered(report=report, result=result)
+            return
+        report.action, report.answer_share = "fallback", 1.0
         result.answer = extract.text
         result.quotes = extract.quotes
         result.finish_reason = "fallback"
-        # the quotes are numbered over the relevant passages; the prompt used a prefix of them
-        if any(q.n > len(used) for q in extract.quotes):
-            used[:] = ctx.relevant[: max(q.n for q in extract.quotes)]
-            result.passages = used
+        # the quotes number and quote the relevant passages whole; the prompt may have cut the
+        # last passage it used, and used fewer
+        used[:] = ctx.relevant[: max(len(used), *(q.n for q in extract.quotes))]
+        result.passages = used
 
 
 def _request(request: AnswerRequest | str, fields: dict[str, Any]) -> AnswerRequest:

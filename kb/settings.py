@@ -134,6 +134,17 @@ class Settings(BaseSettings):
     def evals_dir(self) -> Path:
         return self.data_dir / "evals"
 
+    @field_validator("support_scorer")
+    @classmethod
+    def _known_scorer(cls, value: str) -> str:
+        kind, _, path = value.partition(":")
+        if value != "embedder" and not (kind in ("cross-encoder", "nli") and path):
+            raise ValueError(
+                f"unknown support scorer {value!r}: use 'embedder', 'cross-encoder:<folder>' "
+                "or 'nli:<folder>'"
+            )
+        return value
+
     @field_validator("index_type")
     @classmethod
     def _known_index_kind(cls, value: str) -> str:

@@ -85,6 +85,97 @@ def test_foreign_citations_are_removed_and_reported() -> None:
         "Port 8000 [1]. See [2]. Also.",
         [7, 9],
     )
+    assert remove_foreign_citations("Ranges [1-7] and [2–3].", 3) == (
+        "Ranges [1, 2, 3] and [2, 3].",
+        [4, 5, 6, 7],
+    )
+
+
+def test_citation_filter_repairs_a_stream_piece_by_piece() -> None:
+    from kb.grounding.check import CitationFilter
+
+    pieces = ["Port 8000 [", "1][", "7", "]. A [note] and [2", ", 9]. Array[i] ok [3"]
+    f = CitationFilter(3)
+    out = "".join(f.feed(p) for p in pieces) + f.flush()
+    assert out == "Port 8000 [1]. A [note] and [2]. Array[i] ok [3"
+
+
+class WordOverlap:
+    """A support scorer of its own kind: shared words / claim words (no model needed)."""
+
+    name = "word-overlap"
+
+    def similarity(self, claims, evidence):
+        import numpy as np
+
+        def words(t):
+            return set(t.lower().split())
+
+        return np.array(
+            [[len(words(c) & words(e)) / max(len(words(c)), 1) for e in evidence] for c in claims]
+        )
+
+
+def _passage(n: int, text: str):
+    from kb.types import Passage
+
+    return Passage(n, f"d{n}", f"doc{n}.txt", text, 1.0, 0, len(text))
+
+
+def test_check_offsets_index_the_checked_text_whatever_it_rewrites() -> None:
+    from kb.grounding import SupportChecker
+
+    passages = [
+        _passage(1, "The service listens on port 8000."),
+        _passage(2, "Ada Prunk built it in 1893."),
+    ]
+    checker = SupportChecker(WordOverlap(), threshold=0.5)
+    answers = [
+        "The service listens on port 8000. Ada Prunk built it in 1893 [1].",
+        "[1] The service listens on port 9000 [2]. Nothing else [5].",
+        "The service listens on port 8000 [1][2]. e.g. this. Ada Prunk built it in 1893.",
+        "",
+        "[1]",
+    ]
+    for answer in answers:
+        report = checker.check(answer, passages, policy="flag", not_covered="Not covered.")
+        for s in report.sentences:
+            assert report.checked[s.start : s.end] == s.text, (answer, s)
+    report = checker.check(answers[0], passages, policy="flag", not_covered="Not covered.")
+    assert [s.passage for s in report.sentences] == [1, 2]  # the wrong [1] is re-cited [2]
+    assert report.checked.endswith("in 1893 [2].")
+    report = checker.check(answers[1], passages, policy="flag", not_covered="Not covered.")
+    assert report.removed_citations == [5]
+    assert "[2]" not in report.checked  # an unsupported claim keeps no citation
+
+
+def test_a_sentence_may_rest_on_the_passages_it_cites_together() -> None:
+    from kb.grounding import SupportChecker
+
+    passages = [_passage(1, "The tea grows on Mount Quell."), _passage(2, "It steeps 7 minutes.")]
+    checker = SupportChecker(WordOverlap(), threshold=0.4)
+    joined = "The tea grows on Mount Quell and steeps 7 minutes [1][2]."
+    report = checker.check(joined, passages, policy="flag", not_covered="Not covered.")
+    assert report.sentences[0].supported is True and report.sentences[0].missing == []
+    alone = checker.check(joined.replace(" [1][2]", ""), passages, policy="flag", not_covered="x")
+    assert alone.sentences[0].supported is False  # no single passage holds both
+
+
+def test_a_term_a_big_collection_never_uses_means_not_covered() -> None:
+    from kb.grounding import Extractor
+
+    passages = [_passage(1, "Virtual tables use the xBestIndex method to pick a plan.")]
+    extractor = Extractor(WordOverlap(), min_score=0.0)
+    known = {"virtual": 40, "tabl": 90, "use": 900, "distanc": 5, "default": 300}
+
+    def doc_freq(rows):
+        return lambda terms: (rows, {t: known.get(t, 0) for t in terms})
+
+    question = "Which distance do vec0 virtual tables use by default?"
+    big = extractor.answer(question, passages, doc_freq(12_000))
+    assert big.unknown == ["vec0"] and big.covered is False
+    small = extractor.answer(question, passages, doc_freq(75))  # small: its vocabulary is thin
+    assert small.unknown == [] and small.covered is True
 
 
 # --- a service with a scripted model beside the bundled one ------------------------------------
@@ -294,19 +385,46 @@ def test_ungrounded_modes_are_labelled(http: httpx.Client) -> None:
 
 
 def test_real_model_answers_go_out_only_when_supported(http: httpx.Client) -> None:
-    """Whatever the bundled model writes, drop returns supported sentences or not-covered,
-    and fallback returns its own checked text or quotes from the passages."""
+    """Whatever the bundled model writes, drop returns its supported sentences or the
+    not-covered sentence, and fallback its checked text or quotes from the passages."""
+    not_covered = "The documents do not cover this question."
     for question in (PORT_QUESTION, "How do I add documents to a collection?"):
-        out = ask(http, question, mode="rag", support="drop")
-        claims = [s for s in out["support"]["sentences"] if s["claim"]] if out["support"] else []
-        if out["support"] and out["support"]["action"] in ("kept",):
-            assert all(s["supported"] for s in claims)
-        if out["support"] and out["support"]["action"] == "dropped":
-            kept = [s["text"] for s in claims if s["supported"]]
-            assert out["answer"] == " ".join(kept)
-        fb = ask(http, question, mode="rag", support="fallback")
-        if fb["support"] and fb["support"]["action"] == "fallback":
-            assert fb["quotes"] and fb["answer"].startswith(fb["quotes"][0]["text"])
+        for policy in ("drop", "fallback"):
+            out = ask(http, question, mode="rag", support=policy)
+            report = out["support"]
+            assert report is not None, out
+            supported = [s["text"] for s in report["sentences"] if s["claim"] and s["supported"]]
+            if report["action"] == "kept":
+                assert out["answer"] == report["checked"] and report["supported_share"] == 1.0
+            elif report["action"] == "dropped":
+                assert out["answer"] == " ".join(supported)
+            elif report["action"] == "fallback":
+                assert out["answer"] == " ".join(
+                    f"{q['text']} [{q['passage']}]" for q in out["quotes"]
+                )
+            else:
+                assert report["action"] == "not_covered" and out["answer"] == not_covered
+            assert (
+                report["action"]
+                in {
+                    "drop": {"kept", "dropped", "not_covered"},
+                    "fallback": {"kept", "fallback", "not_covered"},
+                }[policy]
+            )
+
+
+def test_flag_stream_never_sends_a_citation_of_a_passage_not_given(http: httpx.Client) -> None:
+    body = {"question": PORT_QUESTION, **FOREIGN_CITATION, "stream": True, "support": "flag"}
+    deltas = []
+    with http.stream("POST", "/query", json=body) as r:
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "delta":
+                deltas.append(json.loads(line[6:])["text"])
+    streamed = "".join(deltas)
+    assert "8000" in streamed and "[7]" not in streamed and "[1]" in streamed
 
 
 def test_compare_shows_extract_beside_the_generated_modes(http: httpx.Client) -> None:
@@ -315,7 +433,9 @@ def test_compare_shows_extract_beside_the_generated_modes(http: httpx.Client) ->
     assert "extract" in modes and "rag" in modes and "base" in modes
     by_mode = {a["mode"]: a for a in out["answers"]}
     assert "8000" in by_mode["extract"]["answer"]
-    assert by_mode["base"]["grounded"] is False
+    assert by_mode["base"]["grounded"] is False and by_mode["base"]["support"] is None
+    assert by_mode["rag"]["support"]["action"] == "fallback"  # the scripted wrong port
+    assert "8080" not in by_mode["rag"]["answer"]
 
 
 def test_unknown_policy_names_the_choices(http: httpx.Client) -> None:
@@ -352,7 +472,7 @@ def test_nli_and_cross_encoder_scorers_load_by_path(tmp_path: Path) -> None:
     scores = scorer.similarity(["It listens on port 8000."], ["The service listens on port 8000."])
     assert scores.shape == (1, 1) and 0.0 <= float(scores[0, 0]) <= 1.0
     checker = SupportChecker(scorer, threshold=0.0)
-    _, report = checker.check(
+    report = checker.check(
         "It listens on port 8080 [1].", [passage], policy="flag", not_covered="Not covered."
     )
     assert report.scorer == f"nli:{nli}"
@@ -364,6 +484,8 @@ def test_nli_and_cross_encoder_scorers_load_by_path(tmp_path: Path) -> None:
 
     bad = _cross_encoder(tmp_path / "bad", ["yes", "no"])
     with pytest.raises(InvalidInput, match="none is entailment"):
-        load_scorer(f"nli:{bad}", embedder=lambda: None).similarity(["a"], ["b"])
+        load_scorer(f"nli:{bad}", embedder=lambda: None)  # refused when loaded, not mid-answer
     with pytest.raises(InvalidInput, match="KB_SUPPORT_SCORER"):
         load_scorer("magic", embedder=lambda: None)
+    with pytest.raises(InvalidInput, match="KB_SUPPORT_SCORER"):
+        load_scorer(f"nli:{tmp_path / 'absent'}", embedder=lambda: None)

@@ -27,7 +27,9 @@ router = APIRouter(tags=["query"], responses=ERROR_RESPONSES)
 STREAM_DOC = (
     "With `stream: true`, a text/event-stream of events: `passages` (the numbered passages "
     "and the model chosen), `delta` ({mode, text}) pieces of the answer (a grounded answer "
-    "under the drop or fallback policy comes in one piece, once checked), in compare mode a "
+    "under the drop or fallback policy comes in one piece, once checked; under flag the "
+    "model's text streams live, citations of passages not given removed, and `done` carries "
+    "the checked text), in compare mode a "
     "`result` per mode, then `done` (the same object as the JSON answer) or `error` "
     "({error: {message, type, code}})."
 )

@@ -18,15 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from kb.grounding.evidence import missing_tokens, normalise, strip_citations, terms
+from kb.grounding.evidence import missing_tokens, strip_citations, terms
 from kb.grounding.scorers import SupportScorer
-from kb.grounding.sentences import Span, split_sentences
+from kb.grounding.sentences import split_sentences
 from kb.types import Passage
 
 POLICIES = ("flag", "drop", "fallback")
-_CITATION = re.compile(r"[ \t]*\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
+#: [1], [1, 2], [1][2], [1-3]: one citation group (ranges with a hyphen or an en dash)
+_CITATION = re.compile(r"[ \t]*\[\s*(\d+(?:\s*(?:[,;]|[-\u2013])\s*\d+)*)\s*\]")
 #: passage windows scored per claim: its sentences and each pair of neighbours, this long at most
 _WINDOW_CHARS = 1200
+#: a held-back citation that grows past this many characters is not a citation
+_MAX_CITATION_CHARS = 24
 
 
 @dataclass
@@ -65,16 +68,22 @@ class SupportReport:
     sentences: list[SentenceSupport] = field(default_factory=list)
     removed_citations: list[int] = field(default_factory=list)
     #: kept (all claims supported), flagged, dropped (some sentences removed), fallback
-    #: (the extractive answer replaced it), not_covered (nothing supported was left), extract
+    #: (the extractive answer replaced it), not_covered (nothing supported was left)
     action: str = "kept"
     generated: str | None = None  # the model's own text, when the answer returned differs
+    #: the model's text with its citations repaired: what `sentences` offsets index (the answer
+    #: itself when the action is kept or flagged)
+    checked: str = ""
+    #: supported claims / claims of the answer that went out (None: it makes no claim)
+    answer_share: float | None = None
 
     @property
     def claims(self) -> list[SentenceSupport]:
         return [s for s in self.sentences if s.claim]
 
     @property
-    def supported_share(self) -> float | None:
+    def generated_share(self) -> float | None:
+        """Supported claims / claims of the model's own text."""
         claims = self.claims
         return sum(bool(s.supported) for s in claims) / len(claims) if claims else None
 
@@ -83,14 +92,18 @@ class SupportReport:
         return all(s.supported for s in self.claims)
 
     def to_dict(self) -> dict[str, Any]:
-        share = self.supported_share
+        def share(value: float | None) -> float | None:
+            return None if value is None else round(value, 4)
+
         return {
             "policy": self.policy,
             "scorer": self.scorer,
             "threshold": self.threshold,
             "action": self.action,
-            "supported_share": None if share is None else round(share, 4),
+            "supported_share": share(self.answer_share),
+            "generated_share": share(self.generated_share),
             "sentences": [s.to_dict() for s in self.sentences],
+            "checked": self.checked,
             "removed_citations": self.removed_citations,
             "generated": self.generated,
         }
@@ -101,12 +114,12 @@ def remove_foreign_citations(answer: str, given: int) -> tuple[str, list[int]]:
     removed: list[int] = []
 
     def keep(match: re.Match) -> str:
-        numbers = [int(n) for n in re.split(r"\s*[,;]\s*", match.group(1))]
+        numbers = _numbers(match.group(1))
         ok = [n for n in numbers if 1 <= n <= given]
         removed.extend(n for n in numbers if not 1 <= n <= given)
         if not ok:
             return ""
-        if len(ok) == len(numbers):
+        if len(ok) == len(numbers) and not re.search(r"[-\u2013]", match.group(1)):
             return match.group()
         lead = match.group()[: len(match.group()) - len(match.group().lstrip())]
         return f"{lead}[{', '.join(map(str, ok))}]"
@@ -115,8 +128,50 @@ def remove_foreign_citations(answer: str, given: int) -> tuple[str, list[int]]:
     return cleaned, sorted(set(removed))
 
 
+def _numbers(group: str) -> list[int]:
+    """'1, 3-5' -> [1, 3, 4, 5] (a range of more than 20 is read as its two ends)."""
+    out: list[int] = []
+    for part in re.split(r"\s*[,;]\s*", group):
+        ends = [int(n) for n in re.split(r"\s*[-\u2013]\s*", part)]
+        lo, hi = ends[0], ends[-1]
+        out += list(range(lo, hi + 1)) if 0 <= hi - lo <= 20 else ends
+    return out
+
+
 def cited_in(sentence: str) -> list[int]:
-    return [int(n) for g in _CITATION.findall(sentence) for n in re.split(r"\s*[,;]\s*", g)]
+    return [n for g in _CITATION.findall(sentence) for n in _numbers(g)]
+
+
+class CitationFilter:
+    """Removes citations of passages outside 1..given from text that arrives in pieces (a
+    live stream): a `[` is held back until its group closes, then passed on repaired."""
+
+    def __init__(self, given: int):
+        self.given = given
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        out: list[str] = []
+        for ch in piece:
+            if self._held:
+                self._held += ch
+                if ch == "]":
+                    out.append(remove_foreign_citations(self._held, self.given)[0])
+                    self._held = ""
+                elif not re.fullmatch(r"\[[\d\s,;\-\u2013]*", self._held) or (
+                    len(self._held) > _MAX_CITATION_CHARS
+                ):
+                    out.append(self._held)  # not a citation after all
+                    self._held = ""
+            elif ch == "[":
+                self._held = ch
+            else:
+                out.append(ch)
+        return "".join(out)
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
 
 
 def is_not_covered(text: str, not_covered: str) -> bool:
@@ -134,8 +189,9 @@ class SupportChecker:
 
     def check(
         self, answer: str, passages: Sequence[Passage], *, policy: str, not_covered: str
-    ) -> tuple[str, SupportReport]:
-        """The answer with its citations repaired, and the report (policy not yet applied)."""
+    ) -> SupportReport:
+        """The check of one answer (the policy is applied by the caller): each sentence of the
+        answer, its citations repaired (`report.checked`), with its score and passage."""
         report = SupportReport(policy=policy, scorer=self.scorer.name, threshold=self.threshold)
         text, report.removed_citations = remove_foreign_citations(answer, len(passages))
         spans = split_sentences(text)
@@ -151,10 +207,12 @@ class SupportChecker:
         claims = [s for s in sentences if s.claim]
         if claims and passages:
             self._score(claims, passages)
+        elif claims:
+            for c in claims:
+                c.supported, c.score = False, 0.0
+        report.checked = _recite(text, sentences)
         report.sentences = sentences
-        text = _recite(text, spans, sentences)
-        report.sentences = _respan(text, sentences)
-        return text, report
+        return report
 
     def _score(self, claims: list[SentenceSupport], passages: Sequence[Passage]) -> None:
         windows: list[str] = []
@@ -166,26 +224,35 @@ class SupportChecker:
         plain = [strip_citations(c.text).strip() for c in claims]
         sim = self.scorer.similarity(plain, windows)
         owner_arr = np.asarray(owner)
+        semantic = np.zeros((len(claims), len(passages)), dtype=np.float32)
+        for i in range(len(passages)):
+            if (owner_arr == i).any():
+                semantic[:, i] = sim[:, owner_arr == i].max(axis=1)
         for row, claim in enumerate(claims):
             claim_terms = terms(claim.text)
-            cited = set(cited_in(claim.text))
-            best: tuple[float, float, int, list[str]] | None = None
-            for i, p in enumerate(passages):
-                semantic = float(sim[row, owner_arr == i].max()) if (owner_arr == i).any() else 0.0
-                lexical = len(claim_terms & terms(p.text)) / len(claim_terms)
-                score = 0.5 * lexical + 0.5 * semantic
-                missing = missing_tokens(claim.text, p.text)
+            cited = [n for n in cited_in(claim.text) if 1 <= n <= len(passages)]
+            # each passage alone, then the passages it cites together (a sentence may join
+            # two facts, each from the passage it cites)
+            options = [([i], passages[i].text) for i in range(len(passages))]
+            if len(set(cited)) > 1:
+                group = sorted({n - 1 for n in cited})
+                options.append((group, "\n".join(passages[i].text for i in group)))
+            best = None
+            for group, evidence in options:
+                lexical = len(claim_terms & terms(evidence)) / len(claim_terms)
+                score = 0.5 * lexical + 0.5 * float(semantic[row, group].max())
+                missing = missing_tokens(claim.text, evidence)
                 ok = not missing and score >= self.threshold
-                # rank: supported first, the model's own citation among equals, then score
-                key = (float(ok), float(ok and (i + 1) in cited), score, i)
-                if best is None or key[:3] > (best[0], best[1], best[2]):
-                    best = (key[0], key[1], score, i)
-                    best_missing = missing
+                # supported first; among supported, the passages the model cited; then score
+                key = (ok, ok and all(i + 1 in cited for i in group), score)
+                if best is None or key > best[0]:
+                    best = (key, group, missing)
             assert best is not None
-            claim.supported = bool(best[0])
-            claim.score = best[2]
-            claim.passage = best[3] + 1
-            claim.missing = best_missing
+            (ok, _, score), group, missing = best
+            claim.supported = ok
+            claim.score = score
+            claim.passage = group[0] + 1
+            claim.missing = missing
 
 
 def _windows(text: str) -> list[str]:
@@ -194,36 +261,31 @@ def _windows(text: str) -> list[str]:
     return [w[:_WINDOW_CHARS] for w in [*spans, *pairs]]
 
 
-def _recite(text: str, spans: list[Span], sentences: list[SentenceSupport]) -> str:
-    """Each supported claim cites the passage it rests on (in place of other citations)."""
+def _recite(text: str, sentences: list[SentenceSupport]) -> str:
+    """A supported claim cites the passage(s) it rests on; an unsupported one cites nothing
+    (a citation the check refuted would vouch for it). Updates the sentences' text and
+    offsets to the text returned."""
     out: list[str] = []
     cursor = 0
-    for span, s in zip(spans, sentences, strict=True):
-        out.append(text[cursor : span.start])
-        body = span.text
-        if s.claim and s.supported and s.passage not in cited_in(body):
+    at = 0
+    for s in sentences:
+        gap = text[cursor : s.start]
+        out.append(gap)
+        at += len(gap)
+        body = s.text
+        if s.claim and not s.supported:
+            body = _CITATION.sub("", body).rstrip() or body
+        elif s.claim and s.supported and s.passage not in cited_in(body):
             bare = _CITATION.sub("", body).rstrip()
             end = len(bare) - len(bare.rstrip(".!?:;"))
             body = f"{bare[: len(bare) - end]} [{s.passage}]{bare[len(bare) - end :]}"
+        cursor = s.end
+        s.text, s.start, s.end = body, at, at + len(body)
         out.append(body)
-        cursor = span.end
+        at += len(body)
     out.append(text[cursor:])
     return "".join(out)
 
 
-def _respan(text: str, sentences: list[SentenceSupport]) -> list[SentenceSupport]:
-    """The sentences' text and offsets in the re-cited answer (same order, same count)."""
-    spans = split_sentences(text)
-    if len(spans) != len(sentences):  # a rewrite that changed the split: keep the old offsets
-        return sentences
-    for s, span in zip(sentences, spans, strict=True):
-        s.text, s.start, s.end = span.text, span.start, span.end
-    return sentences
-
-
 def join_sentences(sentences: Sequence[SentenceSupport]) -> str:
     return " ".join(s.text for s in sentences).strip()
-
-
-def normalised_equal(a: str, b: str) -> bool:
-    return normalise(a) == normalise(b)

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from kb.store.bm25 import query_terms
 
-_CITATION = re.compile(r"\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]")
+_CITATION = re.compile(r"\[\s*\d+(?:\s*(?:[,;]|[-\u2013])\s*\d+)*\s*\]")
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d(?:[\d,_]*\d)?(?:\.\d+)*(?![\w])")
 _QUOTED = re.compile(r"\"([^\"\n]{2,80})\"|“([^”\n]{2,80})”|`([^`\n]{1,80})`")
 #: snake_case, camelCase, dotted.names, calls(), ALLCAPS (SQL keywords, constants), v2-style words

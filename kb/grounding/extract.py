@@ -21,7 +21,7 @@ from typing import Any
 
 from kb.grounding.evidence import terms
 from kb.grounding.scorers import EmbeddingScorer
-from kb.grounding.sentences import split_sentences, word_count
+from kb.grounding.sentences import split_sentences, windows, word_count
 from kb.types import Passage
 
 #: sentences scored by the embedder (or re-ranker) after the lexical pre-selection; encoding
@@ -43,8 +43,8 @@ RELATIVE_FLOOR = 0.6
 #: the documents do not cover ("vec0", "isolation_level"); a smaller collection's vocabulary
 #: misses ordinary words, so there an unseen word says nothing
 VOCABULARY_ROWS = 2000
-#: sentences longer than this are table dumps or run-on text, not an answer
-MAX_SENTENCE_WORDS = 80
+#: sentences longer than this (table dumps, run-on text) are scored in pieces this long
+MAX_SENTENCE_WORDS = 40
 #: a question that asks for an amount, a size or a time wants a sentence with a number in it
 _QUANTITY = re.compile(
     r"\b(?:how (?:many|much|big|large|long|often|old|small|far)|what (?:year|size|number)"
@@ -219,9 +219,9 @@ class Extractor:
         out = []
         for n, p in enumerate(passages, 1):
             previous = p.title or ""
-            for i, span in enumerate(split_sentences(p.text)):
-                words = word_count(span.text)
-                if 3 <= words <= MAX_SENTENCE_WORDS and terms(span.text):
+            pieces = [w for s in split_sentences(p.text) for w in windows(s, MAX_SENTENCE_WORDS)]
+            for i, span in enumerate(pieces):
+                if word_count(span.text) >= 3 and terms(span.text):
                     out.append(_Candidate(n, i, span.text, span.start, span.end, previous))
                 previous = span.text
         return out
@@ -259,7 +259,7 @@ def _idf(
     unknown = [t for t in q_terms if df.get(t, 0) < 1] if rows >= VOCABULARY_ROWS else []
     # a term the collection never uses weighs as much as one it uses once: a paraphrase's
     # unseen word must not outweigh the rest of the question
-    seen = {t: max(df.get(t, 0), 1) for t in q_terms}
+    seen = {t: min(max(df.get(t, 0), 1), rows) for t in q_terms}
     weights = {t: math.log(1.0 + (rows - n + 0.5) / (n + 0.5)) for t, n in seen.items()}
     return weights, unknown
 

@@ -60,11 +60,25 @@ class CrossEncoderScorer:
     softmax probability of its entailment label), given by folder path."""
 
     def __init__(self, path: str, *, nli: bool):
+        from pathlib import Path
+
         from kb.rerank import CrossEncoderReranker
 
+        if not Path(path).is_dir():
+            raise InvalidInput(
+                f"support scorer model {path!r} is not a local folder; kb loads no weights from "
+                "the network: set KB_SUPPORT_SCORER to 'nli:<folder>' or 'cross-encoder:<folder>' "
+                "of an installed model, or to 'embedder'"
+            )
         self.model = CrossEncoderReranker(path)
         self.nli = nli
         self.name = f"{'nli' if nli else 'cross-encoder'}:{path}"
+        labels = self.model.label_names()  # loads the model: a bad one fails here, not mid-answer
+        if nli and not any("entail" in name for name in labels):
+            raise InvalidInput(
+                f"support scorer {self.name!r} has labels {labels} and none is entailment: "
+                "give an NLI model, or use cross-encoder:<folder> for a relevance model"
+            )
 
     def similarity(self, claims: Sequence[str], evidence: Sequence[str]) -> np.ndarray:
         if not claims or not evidence:
@@ -74,11 +88,6 @@ class CrossEncoderScorer:
         raw = np.asarray(self.model.score_pairs(pairs), dtype=np.float64)
         if raw.ndim == 2 and raw.shape[1] > 1:
             labels = self.model.label_names()
-            if self.nli and not any("entail" in name for name in labels):
-                raise InvalidInput(
-                    f"support scorer {self.name!r} has labels {labels} and none is entailment: "
-                    "give an NLI model, or use cross-encoder:<path> for a relevance model"
-                )
             col = next((i for i, name in enumerate(labels) if "entail" in name), raw.shape[1] - 1)
             exp = np.exp(raw - raw.max(axis=1, keepdims=True))
             scores = exp[:, col] / exp.sum(axis=1)

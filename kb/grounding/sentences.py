@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-#: an end of sentence: . ! or ? (then closing quotes or brackets) before space and a capital,
-#: digit, quote, bracket or code mark; or any line break. "e.g. the" and "3.40.1" do not split.
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*[ \t]+(?=[\"'(\[`*_A-Z0-9])|[ \t]*\n\s*")
+#: an end of sentence: . ! or ? (then closing quotes or brackets) before space and a word that
+#: does not start in lower case; a full-width 。！？; or any line break. "e.g. the" and "3.40.1"
+#: do not split
+_BOUNDARY = re.compile(r"(?<=[.!?])([\"'”’)\]]*)[ \t]+(?=\S)|(?<=[。！？])|[ \t]*\n\s*")
 #: citation marks that a writer put after the period ("... 8000. [1]") belong to that sentence
 _LEADING_CITATIONS = re.compile(r"(?:\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]\s*)+")
 _ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|etc|vs|cf|approx|Dr|Mr|Ms|Mrs|No|Fig|Sec)\.)$")
@@ -27,9 +28,14 @@ def split_sentences(text: str) -> list[Span]:
     pieces: list[tuple[int, int]] = []
     cursor = 0
     for match in _BOUNDARY.finditer(text):
-        if match.group().strip(" \t") == "" and _ABBREVIATION.search(text[: match.start()]):
-            continue  # "e.g. The" inside a sentence
-        pieces.append((cursor, match.start()))
+        inside = match.end() < len(text) and (
+            text[match.end()].islower() or _ABBREVIATION.search(text[: match.start()])
+        )
+        if "\n" not in match.group() and inside:
+            continue  # "e.g. The", "i.e. the", "kb. the": inside a sentence
+        if match.end() == cursor:
+            continue
+        pieces.append((cursor, match.start() + len(match.group(1) or "")))  # closing quotes stay
         cursor = match.end()
     pieces.append((cursor, len(text)))
 
@@ -51,6 +57,20 @@ def split_sentences(text: str) -> list[Span]:
                 continue
         spans.append(Span(text[start:end], start, end))
     return spans
+
+
+def windows(span: Span, max_words: int) -> list[Span]:
+    """A long sentence (a table row, unpunctuated text) as pieces of at most `max_words`
+    words, cut between words, with offsets in the same text as the span's."""
+    words = list(re.finditer(r"\S+", span.text))
+    if len(words) <= max_words:
+        return [span]
+    out = []
+    for i in range(0, len(words), max_words):
+        first, last = words[i], words[min(i + max_words, len(words)) - 1]
+        piece = span.text[first.start() : last.end()]
+        out.append(Span(piece, span.start + first.start(), span.start + last.end()))
+    return out
 
 
 def word_count(text: str) -> int:
