@@ -171,9 +171,12 @@ def _definition(line: str) -> Question | None:
 
 
 def _term(line: str, following: str, heading: str | None, title: str | None) -> Question | None:
-    """A short line before a paragraph: a heading or a definition list's term."""
+    """A short line before a paragraph: a heading or a definition list's term (one lower-case
+    word is more often a list of methods or keywords, each without its own text)."""
     term = _NUMBERING.sub("", line).strip()
     if not _is_term(term) or not following or not following[:1].isupper():
+        return None
+    if " " not in term and term.islower():
         return None
     answer = split_sentences(following)[0].text
     if word_count(answer) < 6 or not _is_sentence(answer):
