@@ -338,6 +338,9 @@ class GeneratorOut(BaseModel):
     kind: Literal["base", "finetuned"]
     model: str
     adapter: str | None = None
+    runtime: str = Field(
+        "auto", description="local: auto, llamacpp or transformers (what runs the weights)."
+    )
     base_url: str | None = None
     context_window: int
     max_new_tokens: int
