@@ -213,6 +213,50 @@ def test_excluded_sources_stay_out_of_every_prompt(tmp_path, settings, kb, token
         assert not shown & {"quillon.html", "marrowgate.html"}
 
 
+class PassageEcho:
+    """A registry-shaped stand-in for a remote model: asks about the passage it is shown and
+    answers with its first sentence, as a capable model would."""
+
+    def get(self, name: str):
+        return self
+
+    def generate(self, messages, max_new_tokens=256):
+        passage = messages[-1]["content"].split("Passage:\n", 1)[1]
+        first = passage.split(". ")[0].strip().rstrip(".") + "."
+        words = " ".join(first.split()[:4])
+        reply = f"Question: What does the manual say about {words}?\nAnswer: {first}"
+        return type("Reply", (), {"text": reply})()
+
+
+def test_a_generator_writes_the_questions_when_one_is_set(tmp_path, settings, kb, tokenizer):
+    options = PrepareOptions(
+        from_collection="devices",
+        recipe="raft",
+        generate_with="echo",
+        max_examples=6,
+        val_fraction=0,
+        no_oracle_share=0,
+    )
+    result = prepare_dataset(
+        None,
+        tmp_path,
+        options=options,
+        settings=settings,
+        kb=kb,
+        generators=PassageEcho(),
+        tokenizer=tokenizer,
+    )
+    records = jsonl(result.train_path)
+    assert len(records) == 6 and result.manifest["source"]["generated_by"] == "echo"
+    chunks = kb.collection("devices").chunks({r["metadata"]["oracle_chunk_id"] for r in records})
+    for record in records:
+        meta = record["metadata"]
+        assert meta["question_from"] == "generator:echo"
+        assert meta["question"].startswith("What does the manual say about ")
+        quoted = record["messages"][-1]["content"].rsplit(" [", 1)[0]
+        assert quoted in chunks[meta["oracle_chunk_id"]].text
+
+
 def test_raft_options_are_checked():
     with pytest.raises(InvalidInput, match="pass --recipe raft"):
         build(PrepareOptions, {"from_collection": "x", "distractors": 2})
