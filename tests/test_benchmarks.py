@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [needs_shared_data("scifact"), pytest.mark.slow]
 
 
-def run_benchmark(script: str, *args: str, out: Path) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+def run_benchmark(script: str, *args: str, out: Path, env: dict | None = None) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *args, "--out", str(out)],
         cwd=ROOT,
@@ -188,3 +188,58 @@ def test_newsgroups_lora_header_labels_need_neighbours(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "pass --neighbours K as well" in proc.stderr
+
+
+SQLITE_DOCS = ROOT.parent / "shared" / "data" / "sqlite-docs"
+SQLITE_PAGES = (
+    "limits.html", "whentouse.html", "about.html", "backup.html", "c3ref/backup.html",
+    "c3ref/backup_finish.html", "lang_vacuum.html", "pragma.html",
+)  # fmt: skip
+
+
+@needs_shared_data("sqlite-docs")
+def test_answers_benchmark_tiny(tmp_path):
+    """A handful of the manual's pages, the questions whose gold pages they hold, and one
+    unanswerable question: every mode's row, unavailable modes named, the ingest cached."""
+    dataset = tmp_path / "sqlite-docs"
+    for page in SQLITE_PAGES:
+        (dataset / "html" / page).parent.mkdir(parents=True, exist_ok=True)
+        (dataset / "html" / page).write_bytes((SQLITE_DOCS / "html" / page).read_bytes())
+    lines = (SQLITE_DOCS / "qa.jsonl").read_text().splitlines()
+    held = [line for line in lines if set(json.loads(line)["gold_pages"]) <= set(SQLITE_PAGES)]
+    (dataset / "qa.jsonl").write_text("\n".join(held[:3]) + "\n")
+    unanswerable = (SQLITE_DOCS / "unanswerable.jsonl").read_text().splitlines()[:1]
+    (dataset / "unanswerable.jsonl").write_text(unanswerable[0] + "\n")
+    generators = [{"name": "smollm2", "backend": "local", "model": "smollm2", "max_new_tokens": 8}]
+    common = ["--dataset", str(dataset), "--cache", str(tmp_path / "cache"), "-k", "3"]
+    env = {"KB_GENERATORS": json.dumps(generators), "KB_DATA_DIR": str(tmp_path / "empty")}
+
+    report = run_benchmark(
+        "answers.py", *common, "--modes", "rag,base,finetuned", out=tmp_path / "a.json", env=env
+    )
+    assert report["questions"] == {"answerable": 3, "unanswerable": 1}
+    assert report["ingest"]["documents"] == len(SQLITE_PAGES) and not report["ingest"]["cached"]
+    retrieval = report["retrieval"]
+    assert retrieval["summary"]["questions"] == 3
+    # the gold pages are among 8: each question finds one in its top 5
+    assert retrieval["summary"]["gold_top5"] == 1.0
+    for row in retrieval["questions"].values():
+        assert row["rank"] is not None and row["rank"] <= 5 and row["top"][row["rank"] - 1]
+    rows = {row["mode"]: row for row in report["modes"]}
+    assert set(rows) == {"rag", "base"}
+    assert "fine-tuned" in report["unavailable"]["finetuned"]
+    assert rows["rag"]["gold_first"] == retrieval["summary"]["gold_first"]
+    assert "gold_first" not in rows["base"]  # an ungrounded mode has no retrieval figures
+    for row in rows.values():
+        assert row["answered"] == 4 and row["latency_p50_s"] > 0
+        assert 0.0 <= row["gold_answer_rate"] <= 1.0 and row["answer_words_p50"] >= 0
+        assert row["unanswerable_not_covered_rate"] in (0.0, 1.0)
+    assert len(report["answers"]) == 4
+
+    again = run_benchmark(
+        "answers.py", *common, "--retrieval-only", out=tmp_path / "b.json", env=env
+    )
+    assert (
+        again["ingest"]["cached"] and again["ingest"]["cache_key"] == report["ingest"]["cache_key"]
+    )
+    assert again["retrieval"]["summary"] == retrieval["summary"] and again["modes"] == []

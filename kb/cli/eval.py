@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from kb.answering import MODES
 from kb.cli.common import BarProgress, console, print_json
 from kb.settings import Settings
 
@@ -21,6 +22,14 @@ eval_app = typer.Typer(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed, recorded with the result.")]
 NameOpt = Annotated[str | None, typer.Option(help="A label for this run, shown by `kb eval list`.")]
+SourceRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="The folder the gold paths are relative to (the folder ingested): a source then "
+        "matches only by its path relative to it, so backup.html is not c3ref/backup.html "
+        "(without it: by path suffix)."
+    ),
+]
 
 
 def _split(value: str) -> list[str]:
@@ -78,8 +87,11 @@ def retrieval(
         str, typer.Option(help="Qrels split of the BEIR folder: qrels/SPLIT.tsv.")
     ] = "test",
     questions: Annotated[
-        Path | None,
-        typer.Option(help='JSONL of {"question", "sources"} against an existing --collection.'),
+        list[Path] | None,
+        typer.Option(
+            help='JSONL of {"question", "sources"} against an existing --collection (repeat the '
+            "option for more files; a folder stands for its *.jsonl files)."
+        ),
     ] = None,
     methods: Annotated[
         str, typer.Option(help="Comma-separated search methods: dense, bm25, hybrid.")
@@ -96,6 +108,7 @@ def retrieval(
         int | None, typer.Option(help="Evaluate a seeded random sample of this many queries.")
     ] = None,
     k: Annotated[int, typer.Option("-k", help="Passages retrieved per query.")] = 100,
+    source_root: SourceRootOpt = None,
     seed: SeedOpt = 0,
     name: NameOpt = None,
     json_out: JsonOpt = False,
@@ -108,7 +121,7 @@ def retrieval(
     spec = RetrievalEvalSpec(
         beir=str(beir) if beir else None,
         split=split,
-        questions=str(questions) if questions else None,
+        questions=[str(q) for q in questions] if questions else None,
         collection=collection,
         methods=_split(methods),
         k=k,
@@ -116,6 +129,7 @@ def retrieval(
         title_mode=title_mode,
         seed=seed,
         name=name,
+        source_root=str(source_root.resolve()) if source_root else None,
     )
     spec.validate()
     kb = KnowledgeBase(Settings())
@@ -131,14 +145,16 @@ def retrieval(
 @eval_app.command("answers")
 def answers(
     questions: Annotated[
-        Path,
+        list[Path],
         typer.Option(
-            help='JSONL of {"id"?, "question", "answer"?, "label"?, "sources"?} lines.',
+            help='JSONL of {"id"?, "question", "answers"?, "label"?, "sources"?, '
+            '"unanswerable"?} lines ("answer", "gold_pages" and "why" are read too); repeat the '
+            "option for more files; a folder stands for its *.jsonl files.",
         ),
     ],
     modes: Annotated[
-        str, typer.Option(help="Comma-separated modes: base, rag, finetuned, rag+finetuned.")
-    ] = "base,rag,finetuned,rag+finetuned",
+        str, typer.Option(help=f"Comma-separated modes: {', '.join(MODES)}.")
+    ] = ",".join(MODES),
     collection: Annotated[
         str | None,
         typer.Option(
@@ -149,30 +165,41 @@ def answers(
         str | None, typer.Option(help="Generator name (default: KB_DEFAULT_GENERATOR).")
     ] = None,
     k: Annotated[int, typer.Option("-k", help="Passages given to the RAG modes.")] = 5,
+    support: Annotated[
+        str | None,
+        typer.Option(
+            help="What the grounded modes do with sentences their passages do not support: "
+            "flag, drop or fallback (default: the answering core's)."
+        ),
+    ] = None,
+    source_root: SourceRootOpt = None,
     seed: SeedOpt = 0,
     name: NameOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Answer every question in every mode; score accuracy, EM/F1, citations, latency."""
+    """Answer every question in every mode; score gold answers (at most 80 words), EM/F1,
+    citations, support, not-covered on unanswerable questions, latency."""
     from kb.answering import Answerer
     from kb.eval.answers import AnswerEvalSpec, answerer_fn, run_answer_eval
     from kb.eval.records import save_eval
-    from kb.generators import GeneratorRegistry
-    from kb.service import KnowledgeBase
 
     settings = Settings()
     spec = AnswerEvalSpec(
-        questions=questions,
+        questions=list(questions),
         modes=_split(modes),
         collection=collection,
         model=model,
         k=k,
         seed=seed,
         name=name,
+        support=support,
+        source_root=str(source_root.resolve()) if source_root else None,
     )
     spec.validate()
-    answerer = Answerer(KnowledgeBase(settings), GeneratorRegistry(settings))
-    answer_fn, context = answerer_fn(answerer, collection=collection, k=k, model=model)
+    answerer = Answerer.from_settings(settings)  # with the registered fine-tuned models
+    answer_fn, context = answerer_fn(
+        answerer, collection=collection, k=k, model=model, support=support
+    )
     with _SearchBars(enabled=console.is_terminal and not json_out) as bars:
         record = run_answer_eval(answer_fn, spec, context=context, progress=bars)
     folder = save_eval(settings, record)

@@ -42,6 +42,8 @@ class RetrievalEvalSpec:
     title_mode: TitleMode = "prepend"
     seed: int = 0
     name: str | None = None
+    # the folder a question file's gold paths are relative to (see kb.eval.answers.source_matches)
+    source_root: str | None = None
 
     def validate(self) -> None:
         if (self.beir is None) == (self.questions is None):
@@ -162,11 +164,27 @@ def passages_to_run(
     return scores
 
 
-def load_retrieval_questions(path: str | Path) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
-    """Queries and qrels from JSONL lines {"id"?, "question", "sources": [paths or doc ids]}."""
+def distinct_sources(passages: Sequence[Passage]) -> list[str]:
+    """The passages' document sources in rank order, each once."""
+    return list(dict.fromkeys(p.source for p in passages))
+
+
+def gold_rank(sources: Sequence[str], gold: Sequence[str], root: str | None = None) -> int | None:
+    """1-based rank of the first source that matches a gold path, None if none does."""
+    for rank, source in enumerate(sources, 1):
+        if any(source_matches(source, g, root) for g in gold):
+            return rank
+    return None
+
+
+def load_retrieval_questions(
+    path: str | Path | Sequence[str | Path],
+) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """Queries and qrels from JSONL lines {"id"?, "question", "sources": [paths or doc ids]};
+    questions marked unanswerable have nothing to find and are left out."""
     from kb.eval.answers import load_questions
 
-    questions = load_questions(path)
+    questions = [q for q in load_questions(path) if not q.unanswerable]
     without = [q.id for q in questions if not q.sources]
     if without:
         raise InvalidInput(
@@ -207,7 +225,7 @@ def _judged_from_questions(spec: RetrievalEvalSpec) -> _Judged:
     def doc_key(passage: Passage, qid: str) -> str:
         # a passage counts for the gold source it matches (by path suffix), else as itself
         for gold in qrels[qid]:
-            if source_matches(passage.source, gold):
+            if source_matches(passage.source, gold, spec.source_root):
                 return gold
         return passage.source
 
