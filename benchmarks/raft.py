@@ -49,12 +49,13 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "raft.json"
 DEFAULT_WORK = ROOT / "benchmarks" / ".cache" / "raft"
 MODES = "rag,rag+finetuned,extract"
 # the recipe's options, sized for a training run of at most 45 minutes on 2 shared cores:
-# examples of four passages (median ~770 tokens) trained at 0.057 examples/s with the last 8
-# layers adapted (16 examples in 278 s, load average 4), so ~150 training examples
+# examples of four passages (median ~770 tokens) trained at 0.24 examples/s with the last 8
+# layers adapted (60 in 251 s, load average 4; 0.057/s while heavier jobs shared the cores),
+# so ~380 training examples take about 26 minutes
 PREPARE = {
     "distractors": 3,
     "no_oracle_share": 0.2,
-    "max_examples": 160,
+    "max_examples": 400,
     "val_fraction": 0.05,
     "seed": 0,
 }
