@@ -59,11 +59,13 @@ PREPARE = {
     "val_fraction": 0.05,
     "seed": 0,
 }
+# one example of two per step at lr 1e-3: 120 examples reached an eval loss of 0.31 where 60
+# examples in 8 steps at 3e-4 reached 0.78, and answered as the targets do (a sentence and [n])
 TRAIN = {
     "epochs": 1,
-    "lr": 3e-4,
+    "lr": 1e-3,
     "batch_size": 2,
-    "grad_accumulation": 4,
+    "grad_accumulation": 1,
     "max_seq_len": 1536,
     "max_train_examples": None,
     "r": 16,
