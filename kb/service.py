@@ -67,7 +67,7 @@ class KnowledgeBase:
     def chunker_for(self, embedder: Embedder) -> Chunker:
         """Chunks sized in the embedder's tokens. A size past the model's window is allowed:
         BM25 then sees the whole chunk while the dense vector covers its first window, which is
-        how BEIR treats abstracts as units; the default fits inside MiniLM's 256 tokens."""
+        how BEIR treats abstracts as units; the default (512) does so on purpose."""
         size = self.settings.chunk_size
         overlap = min(self.settings.chunk_overlap, size // 2)
         return Chunker(embedder.count_tokens, size, overlap, self.settings.drop_boilerplate)

@@ -60,8 +60,10 @@ class Settings(BaseSettings):
     embed_base_url: str | None = None
     embed_api_key: str | None = None
 
-    # tokens of the embedder's tokenizer (MiniLM reads 256 with its 2 special tokens)
-    chunk_size: int = 250
+    # tokens of the embedder's tokenizer. 512 measured best on SciFact and on the SQLite manual
+    # against 250 and 384 (docs/benchmarks.md): an abstract or a manual's section stays whole;
+    # BM25 reads all of a chunk, MiniLM's vector its first 256 tokens
+    chunk_size: int = 512
     chunk_overlap: int = 32
     # leave out of the chunks the lines repeated across at least half of a collection's files
     # (navigation, footers, banners; ingest/boilerplate.py)
