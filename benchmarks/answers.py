@@ -37,6 +37,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -264,13 +265,29 @@ COLUMNS = (
 )
 
 
-def table_rows(modes: dict[str, dict[str, Any]], retrieval_figures: dict[str, Any]) -> list[dict]:
+def table_rows(record, retrieval_figures: dict[str, Any]) -> list[dict]:
+    """One row per mode that ran: its retrieval figures (grounded modes), answer metrics, and
+    how often the support check kept, flagged, cut or replaced an answer."""
     from kb.answering import uses_retrieval
 
+    if record is None:
+        return []
     rows = []
-    for mode, metrics in modes.items():
+    for mode, metrics in record.metrics.items():
         grounded = uses_retrieval(mode)
-        rows.append({"mode": mode, **(retrieval_figures if grounded else {}), **metrics})
+        actions = Counter(
+            row["modes"][mode].get("support_action") or "none"
+            for row in record.rows
+            if "error" not in row["modes"][mode]
+        )
+        rows.append(
+            {
+                "mode": mode,
+                **(retrieval_figures if grounded else {}),
+                **metrics,
+                "support_actions": dict(sorted(actions.items())),
+            }
+        )
     return rows
 
 
@@ -323,8 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     record, errors = (
         (None, {}) if args.retrieval_only else run_modes(kb, settings, args, questions, html)
     )
-    modes = record.metrics if record else {}
-    rows = table_rows(modes, found["summary"])
+    rows = table_rows(record, found["summary"])
     report = {
         "benchmark": "answers",
         "dataset": str(args.dataset),

@@ -78,6 +78,7 @@ class AnswerOutcome:
     # share of the answer's sentences the support check found in their passages (None: unchecked)
     supported_share: float | None = None
     stray_citations: list[int] = field(default_factory=list)  # [n] beyond the passages given
+    support_action: str | None = None  # what the support check did: kept, flagged, fallback...
 
 
 class AnswerFn(Protocol):
@@ -367,6 +368,7 @@ def score_outcome(
             else None
         ),
         "supported_share": outcome.supported_share,
+        "support_action": outcome.support_action,
         "stray_citations": list(outcome.stray_citations),
         "unanswerable": question.unanswerable,
         "grounded": bool(outcome.cited_sources) and not not_covered,
@@ -512,6 +514,7 @@ def outcome_from_result(result: Any, latency_s: float) -> AnswerOutcome:
         latency_s=result.timings.get("total", latency_s),
         model=model,
         supported_share=support.get("supported_share"),
+        support_action=support.get("action"),
         stray_citations=sorted(n for n in cited_numbers(result.answer) if n not in given),
     )
 
