@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,7 @@ import pytest
 from kb.errors import InvalidInput
 from kb.finetune import PrepareOptions, load_tokenizer, prepare_dataset, validate_file
 from kb.finetune.options import build
-from kb.finetune.raft import structure_questions
+from kb.finetune.raft import quote, structure_questions
 from kb.prompting import load_prompt, not_covered_answer
 from kb.settings import Settings
 from kb.types import Document, Section
@@ -132,6 +133,23 @@ def test_structure_gives_questions_with_the_sentence_that_answers():
     assert not structure_questions("It was built in a hurry by the crew of the ship.")
 
 
+def test_a_quote_keeps_the_next_sentence_while_both_are_short():
+    text = (
+        "Maintenance\nThe quillon needs polish every forty days. Skipping it makes the gears "
+        "squeal.\nint qln_sort(int notches);\nThe dial is set once."
+    )
+    assert quote("The quillon needs polish every forty days.", text) == [
+        "The quillon needs polish every forty days.",
+        "Skipping it makes the gears squeal.",
+    ]
+    # a declaration is no sentence to go on with, and neither is a long one
+    assert quote("Skipping it makes the gears squeal.", text) == [
+        "Skipping it makes the gears squeal."
+    ]
+    long = "The quillon needs polish. " + "It squeals " * 40 + "loudly."
+    assert quote("The quillon needs polish.", long) == ["The quillon needs polish."]
+
+
 def test_examples_carry_their_oracle_and_cite_it_in_the_rag_format(prepared, kb):
     records = jsonl(prepared.train_path) + jsonl(prepared.validation_path)
     assert len(records) == prepared.manifest["counts"]["examples"] >= 20
@@ -152,8 +170,10 @@ def test_examples_carry_their_oracle_and_cite_it_in_the_rag_format(prepared, kb)
             assert shown.count(meta["oracle_chunk_id"]) == 1
             n = shown.index(meta["oracle_chunk_id"]) + 1
             assert meta["cited"] == n and answer.endswith(f" [{n}]")
-            quoted = answer[: -len(f" [{n}]")]
-            assert quoted in oracle.text  # the supporting sentence, word for word
+            quoted = answer.split(f" [{n}]")
+            assert quoted[-1] == "" and 1 <= len(quoted) - 1 <= 2
+            for sentence in quoted[:-1]:  # the supporting sentence, word for word, and its next
+                assert sentence.strip() in oracle.text
             assert len(shown) == 3  # the oracle and two distractors
         else:
             # distractors only: the oracle is never among them, and the answer says so
@@ -253,8 +273,9 @@ def test_a_generator_writes_the_questions_when_one_is_set(tmp_path, settings, kb
         meta = record["metadata"]
         assert meta["question_from"] == "generator:echo"
         assert meta["question"].startswith("What does the manual say about ")
-        quoted = record["messages"][-1]["content"].rsplit(" [", 1)[0]
-        assert quoted in chunks[meta["oracle_chunk_id"]].text
+        quoted = re.split(r" \[\d+\] ?", record["messages"][-1]["content"])
+        assert quoted[-1] == ""
+        assert all(q in chunks[meta["oracle_chunk_id"]].text for q in quoted[:-1])
 
 
 def test_raft_options_are_checked():

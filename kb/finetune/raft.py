@@ -4,7 +4,8 @@ arXiv 2403.10131).
 Each example asks a question about one chunk, its oracle, in the very prompt `rag` mode sends
 (`kb.prompting.build_rag_messages` over kb/prompts/rag.yaml): the oracle shuffled among the
 chunks kb's own search retrieves for the question (its distractors), and as the answer the
-oracle's supporting sentence quoted and cited `[n]`. A seeded share of the examples leaves the
+oracle's supporting sentence quoted and cited `[n]`, with the sentence after it when both
+are short. A seeded share of the examples leaves the
 oracle out and answers with the not-covered sentence, so that the model learns to say so
 rather than quote a distractor. A model trained on them drops into `rag+finetuned` as it is.
 
@@ -48,6 +49,9 @@ SEARCH_SLACK = 6
 #: an answer sentence is a claim a reader can check: not a fragment, not a paragraph
 MIN_ANSWER_WORDS = 4
 MAX_ANSWER_WORDS = 60
+#: the quote goes on into the oracle's next sentence while it stays this short: a reader gets
+#: the answer's context, as extract mode gives it
+MAX_QUOTE_WORDS = 60
 MAX_TERM_WORDS = 6
 MAX_SUBJECT_WORDS = 8
 #: a long reference page (a list of requirements) would otherwise ask most of the questions
@@ -419,6 +423,19 @@ def _distractors(
     return kept[:wanted]
 
 
+def quote(answer: str, text: str) -> list[str]:
+    """The sentences an answer quotes from its oracle's `text`: the one that answers, and the
+    next one when it is a sentence and the two stay within MAX_QUOTE_WORDS."""
+    spans = split_sentences(text)
+    for i, span in enumerate(spans[:-1]):
+        if span.text == answer:
+            after = spans[i + 1].text
+            if _is_sentence(after) and word_count(answer) + word_count(after) <= MAX_QUOTE_WORDS:
+                return [answer, after]
+            break
+    return [answer]
+
+
 def _example(
     item: _Item,
     hide_oracle: bool,
@@ -462,7 +479,7 @@ def _example(
         answer, cited = not_covered_answer(prompt), None
     else:
         cited = shown.index(item.oracle.chunk_id) + 1
-        answer = f"{item.question.answer} [{cited}]"
+        answer = " ".join(f"{s} [{cited}]" for s in quote(item.question.answer, item.oracle.text))
     metadata = {
         "recipe": RECIPE,
         "question": item.question.text,
