@@ -25,7 +25,7 @@ EXACT_FILTER_MAX = 20_000
 @dataclass
 class RetrievalOptions:
     method: str = "hybrid"
-    fusion: str = "rrf"
+    fusion: str = "weighted"
     rrf_k: int = 60
     dense_weight: float = 0.5
     candidates: int = 100
