@@ -58,8 +58,12 @@ class LineCounts:
 
     def add(self, docs: Iterable[Document]) -> None:
         """Count one file (all the documents it yielded)."""
+        self.add_keys(file_keys(docs))
+
+    def add_keys(self, keys: Iterable[str]) -> None:
+        """Count one file by its distinct line keys (`file_keys`)."""
         self.files += 1
-        for key in file_keys(docs):
+        for key in keys:
             self.counts[key] = self.counts.get(key, 0) + 1
 
     def is_boilerplate(self, key: str | None) -> bool:

@@ -48,6 +48,12 @@ class IngestReport:
     files_seen: int = 0
     generation: int = 0
     seconds: float = 0.0
+    # where the time went. Loading (parsing) and chunking run in the prefetch thread, beside
+    # the embedding; waiting is the time the embedder sat idle for parsed and chunked files
+    seconds_loading: float = 0.0
+    seconds_chunking: float = 0.0
+    seconds_embedding: float = 0.0
+    seconds_waiting: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +102,44 @@ def file_hash(path: Path, max_bytes: int) -> str:
             if read > max_bytes:
                 break  # the loader will refuse it by size; the hash need not cover it
     return h.hexdigest()
+
+
+#: what a bad file raises while it is loaded or chunked: it is reported and skipped
+FILE_ERRORS = (KBError, OSError, ValueError, RecursionError, MemoryError)
+
+
+def load_source(source: Source) -> list[Document]:
+    """The documents of a source; LoaderError when it yields none."""
+    docs = source.load()
+    if not docs:
+        raise LoaderError(f"{source.display or source.origin}: no documents found in the file")
+    return docs
+
+
+def chunk_source(
+    chunker: Chunker, source: Source, docs: list[Document], boilerplate: LineCounts | None
+) -> list[tuple[Document, list[Chunk]]]:
+    """Each document with its chunks (those left with none dropped), the lines `boilerplate`
+    counts as such left out; LoaderError or UnsupportedFile when no chunk is left at all."""
+    name = source.display or source.origin
+    chunked = [(d, chunker.split(d, boilerplate)) for d in docs]
+    chunked = [(d, c) for d, c in chunked if c]
+    if not chunked and boilerplate is not None and _has_text(docs):
+        raise UnsupportedFile(
+            f"{name}: all its text repeats across the collection's files (boilerplate); "
+            "set KB_DROP_BOILERPLATE=false to keep such files"
+        )
+    if not chunked:
+        raise LoaderError(f"{name}: no text left after parsing; check that the file has text")
+    return chunked
+
+
+def failure(exc: BaseException) -> tuple[str, str]:
+    """How a file's error is reported: ("skipped", reason) for an unsupported file, else
+    ("failed", message)."""
+    if isinstance(exc, UnsupportedFile):
+        return "skipped", str(exc)
+    return "failed", _describe(exc)
 
 
 def embed_input(chunk: Chunk) -> str:
@@ -148,7 +192,13 @@ class Ingestor:
         batch_chunks = 0
         ready_chunks = 0
         loaded = self._chunked(sources, stored, report)
-        for item in _prefetch(loaded) if self.prefetch else loaded:
+        items = iter(_prefetch(loaded) if self.prefetch else loaded)
+        while True:
+            waiting = time.perf_counter()
+            item = next(items, _DONE)
+            report.seconds_waiting += time.perf_counter() - waiting
+            if item is _DONE:
+                break
             if item is None:
                 continue
             batch.append(item)
@@ -171,6 +221,9 @@ class Ingestor:
         self._commit(ready, removed_docs, report)
         report.generation = self.collection.generation
         report.seconds = round(time.perf_counter() - started, 3)
+        for name in ("loading", "chunking", "embedding", "waiting"):
+            key = f"seconds_{name}"
+            setattr(report, key, round(getattr(report, key), 3))
         return report
 
     def _doc_ids_of_origin(self, origin: str) -> list[str]:
@@ -183,7 +236,9 @@ class Ingestor:
         boilerplate counts are too thin to judge them."""
         held: list[tuple[Source, list[Document]]] = []
         for source in sources:
+            started = time.perf_counter()
             docs = self._load(source, stored, report)
+            report.seconds_loading += time.perf_counter() - started
             if docs is None:
                 yield None  # keeps the consumer's view of progress moving
                 continue
@@ -193,11 +248,20 @@ class Ingestor:
                     held.append((source, docs))
                     continue
             for waiting, waiting_docs in held:
-                yield self._chunk(waiting, waiting_docs, stored, report)
+                yield self._timed_chunk(waiting, waiting_docs, stored, report)
             held = []
-            yield self._chunk(source, docs, stored, report)
+            yield self._timed_chunk(source, docs, stored, report)
         for waiting, waiting_docs in held:
-            yield self._chunk(waiting, waiting_docs, stored, report)
+            yield self._timed_chunk(waiting, waiting_docs, stored, report)
+
+    def _timed_chunk(
+        self, source: Source, docs: list[Document], stored: dict[str, str], report: IngestReport
+    ) -> _Pending | None:
+        started = time.perf_counter()
+        try:
+            return self._chunk(source, docs, stored, report)
+        finally:
+            report.seconds_chunking += time.perf_counter() - started
 
     def _load(
         self, source: Source, stored: dict[str, str], report: IngestReport
@@ -209,11 +273,8 @@ class Ingestor:
                 report.unchanged += 1
                 self.progress.file_done(name, "unchanged")
                 return None
-            docs = source.load()
-            if not docs:
-                raise LoaderError(f"{name}: no documents found in the file")
-            return docs
-        except (KBError, OSError, ValueError, RecursionError, MemoryError) as exc:
+            return load_source(source)
+        except FILE_ERRORS as exc:
             self._failed(name, exc, report)
             return None
 
@@ -222,38 +283,32 @@ class Ingestor:
     ) -> _Pending | None:
         name = source.display or source.origin
         try:
-            chunked = [(d, self.chunker.split(d, self.boilerplate)) for d in docs]
-            chunked = [(d, c) for d, c in chunked if c]
-            if not chunked and self.boilerplate is not None and _has_text(docs):
-                raise UnsupportedFile(
-                    f"{name}: all its text repeats across the collection's files (boilerplate); "
-                    "set KB_DROP_BOILERPLATE=false to keep such files"
-                )
-            if not chunked:
-                raise LoaderError(
-                    f"{name}: no text left after parsing; check that the file has text"
-                )
-        except (KBError, OSError, ValueError, RecursionError, MemoryError) as exc:
+            chunked = chunk_source(self.chunker, source, docs, self.boilerplate)
+        except FILE_ERRORS as exc:
             self._failed(name, exc, report)
             return None
         status = "updated" if source.origin in stored else "added"
         return _Pending(source.origin, source.content_hash, status, chunked, name)
 
     def _failed(self, name: str, exc: BaseException, report: IngestReport) -> None:
-        if isinstance(exc, UnsupportedFile):
-            report.skipped.append({"path": name, "reason": str(exc)})
-            self.progress.file_done(name, "skipped", str(exc))
+        self._record_failure(name, *failure(exc), report)
+
+    def _record_failure(self, name: str, status: str, message: str, report: IngestReport) -> None:
+        if status == "skipped":
+            report.skipped.append({"path": name, "reason": message})
         else:
-            report.failed.append({"path": name, "error": _describe(exc)})
-            self.progress.file_done(name, "failed", _describe(exc))
+            report.failed.append({"path": name, "error": message})
+        self.progress.file_done(name, status, message)
 
     def _embed(self, batch: list[_Pending], report: IngestReport) -> int:
         chunks = [c for p in batch for _, cs in p.docs for c in cs]
         if not chunks:
             return 0
+        started = time.perf_counter()
         vectors = self.embedder.embed(
             [embed_input(c) for c in chunks], progress=self.progress.chunks_embedded
         )
+        report.seconds_embedding += time.perf_counter() - started
         report.chunks_embedded += len(chunks)
         pos = 0
         for p in batch:

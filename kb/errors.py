@@ -51,6 +51,10 @@ class ModeUnavailable(Unavailable):
     pass
 
 
+class ExtraMissing(Unavailable):
+    """An optional extra (`pip install -e ".[NAME]"`) that a feature needs is not installed."""
+
+
 class PermissionDenied(KBError):
     """The caller's key does not allow this action (HTTP 403)."""
 

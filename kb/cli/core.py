@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ingest.ray_ingest import RayIngestOptions
 from kb.cli.common import BarProgress, console, print_json
+from kb.cli.specs import cli_build, spec_options
 from kb.settings import Settings
 
 CollectionOpt = Annotated[
@@ -26,6 +28,7 @@ def knowledge_base():
     return KnowledgeBase(Settings())
 
 
+@spec_options(RayIngestOptions)
 def ingest(
     path: Annotated[Path, typer.Argument(help="Folder (or single file) to ingest.")],
     collection: CollectionOpt = None,
@@ -45,8 +48,23 @@ def ingest(
         float, typer.Option(help="Seconds to wait for another writer of the collection to finish.")
     ] = 0.0,
     json_out: JsonOpt = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Parse, chunk and embed on a Ray cluster (the 'ray' extra; see --ray-address); "
+            "this process stays the one writer.",
+        ),
+    ] = False,
+    options: dict | None = None,
 ) -> None:
     """Ingest a folder: new and changed files are embedded, unchanged ones skipped."""
+    on_ray = None
+    if ray or (options or {}).get("ray_address"):
+        from ingest.ray_ingest import require_ray
+
+        require_ray()  # before any work: without the extra, say which to install
+        on_ray = cli_build(RayIngestOptions, options or {})
     kb = knowledge_base()
     with BarProgress(enabled=console.is_terminal and not json_out) as progress:
         report = kb.ingest_path(
@@ -58,6 +76,7 @@ def ingest(
             jsonl_text_field=text_field,
             csv_text_field=text_field,
             wait=wait,
+            ray=on_ray,
         )
     summary = report.to_dict()
     console.print(

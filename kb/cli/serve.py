@@ -24,13 +24,55 @@ def serve(
         ),
     ] = True,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Serve as a Ray Serve deployment of --replicas copies over the same data folder "
+            "(the 'ray' extra; a shared filesystem on a cluster).",
+        ),
+    ] = False,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="Replicas of the API with --ray, each a process of its own.")
+    ] = 2,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster for --ray, e.g. 'auto' or 'ray://HOST:10001'; default: "
+            "RAY_ADDRESS, else a Ray instance started here."
+        ),
+    ] = None,
+    ray_cpus: Annotated[
+        float, typer.Option(min=0, help="CPUs each replica reserves with --ray.")
+    ] = 1.0,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs, OpenAI-compatible endpoints under /v1)."""
+    settings = Settings()
+    if ray or ray_address:
+        from api.ray_serve import require_ray, serve_on_ray
+
+        require_ray()
+        _warn_open(settings, host, port)
+        console.print(f"serving {replicas} replica(s) on Ray at http://{host}:{port}")
+        serve_on_ray(
+            settings,
+            host=host,
+            port=port,
+            replicas=replicas,
+            cpus=ray_cpus,
+            address=ray_address,
+            warm=warm,
+        )
+        return
     import uvicorn
 
     from api.app import create_app
 
-    settings = Settings()
+    _warn_open(settings, host, port)
+    uvicorn.run(create_app(settings, warm=warm), host=host, port=port, log_level=log_level)
+
+
+def _warn_open(settings: Settings, host: str, port: int) -> None:
     if settings.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"serving on {host}:{port} with {len(settings.api_keys)} API key(s)")
     elif host not in ("127.0.0.1", "localhost", "::1"):
@@ -39,7 +81,6 @@ def serve(
             "the port can read and write; set KB_API_KEYS",
             highlight=False,
         )
-    uvicorn.run(create_app(settings, warm=warm), host=host, port=port, log_level=log_level)
 
 
 def ask(
@@ -146,8 +187,17 @@ def _print_support(result) -> None:
     report = result.support
     if report is None:
         return
-    for s in report.sentences:
-        if s.claim and not s.supported:
+    unsupported = [s for s in report.sentences if s.claim and not s.supported]
+    if report.action in ("fallback", "dropped") and unsupported:
+        # the answer shown no longer holds them: say how many, not the model's whole text again
+        claims = sum(1 for s in report.sentences if s.claim)
+        console.print(
+            f"[yellow]{len(unsupported)} of the model's {claims} sentences were not supported by"
+            f" the passages[/] ([dim]--support flag shows them marked[/])",
+            highlight=False,
+        )
+    else:
+        for s in unsupported:
             why = f" (not in passage: {', '.join(s.missing)})" if s.missing else ""
             console.print(f"[yellow]unsupported:[/] {s.text}{why}", highlight=False)
     if report.removed_citations:

@@ -80,6 +80,10 @@ class SentenceTransformerEmbedder(Embedder):
         self._query_onnx = None
         self._query_onnx_lock = threading.Lock()
 
+    def to_device(self, device: str) -> None:
+        """Embed on another torch device, e.g. "cuda" (a Ray ingest's GPU workers)."""
+        self._model = self._model.to(device)
+
     @property
     def tokenizer(self):
         return self._model.tokenizer

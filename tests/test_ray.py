@@ -1,0 +1,271 @@
+"""Ingest and serve on Ray (`kb ingest --ray`, `kb serve --ray`), against a local Ray instance
+of two CPUs that the tests start and stop. Without the `ray` extra only the missing-extra test
+runs; the others skip, naming the extra."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from kb.service import KnowledgeBase
+from kb.settings import Settings
+from tests.conftest import data_dir_with_cache, free_port
+from tests.reliability import check_store, reap, run_kb, start_kb, write_distinct_corpus
+
+COLLECTION = "notes"
+FILES = 12
+NAV = "Home | Products | Pricing | About us | Contact | Careers | Blog | Sitemap\n"
+
+
+def write_corpus(folder: Path) -> list[Path]:
+    """A dozen notes of their own, and six pages behind a navigation bar that boilerplate
+    dropping removes (the counting that makes a file's chunks depend on the files before it)."""
+    paths = write_distinct_corpus(folder, FILES)
+    for i in range(6):
+        page = folder / f"page-{i}.md"
+        page.write_text(f"{NAV}\n# Page {i}\n\nThe page tells of pgx{i:02d} and nothing else.\n")
+        paths.append(page)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[object]:
+    ray = pytest.importorskip(
+        "ray", reason='the `ray` extra is not installed: pip install -e ".[ray]"'
+    )
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    except Exception as exc:  # e.g. no shared memory for the object store in a sandbox
+        pytest.skip(f"a local Ray instance cannot start here: {exc}")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def embedders() -> dict:
+    return {}
+
+
+def knowledge_base(data: Path, cache: Path, embedders: dict, **settings) -> KnowledgeBase:
+    if not data.exists():
+        data_dir_with_cache(data, cache)
+    return KnowledgeBase(Settings(data_dir=data, **settings), embedders=embedders)
+
+
+def ray_options(**values):
+    from ingest.ray_ingest import RayIngestOptions
+
+    return RayIngestOptions(ray_workers=2, ray_batch_files=4, **values)
+
+
+def assert_same_collection(a: KnowledgeBase, b: KnowledgeBase, queries: list[str]) -> None:
+    """Same chunk rows (ids, texts, offsets), vectors within bfloat16 tolerance, same results."""
+    ca, cb = a.collection(COLLECTION), b.collection(COLLECTION)
+    assert list(ca.iter_chunks()) == list(cb.iter_chunks())
+    assert sorted(d["source"] for d in ca.documents()) == sorted(
+        d["source"] for d in cb.documents()
+    )
+    ids_a, vecs_a = ca.vectors()
+    ids_b, vecs_b = cb.vectors()
+    assert np.array_equal(ids_a, ids_b)
+    # bfloat16 keeps 8 significant bits; the batches a text is embedded in move its vector a little
+    assert np.abs(vecs_a - vecs_b).max() < 1e-2
+    assert (vecs_a * vecs_b).sum(axis=1).min() > 0.999
+    for query in queries:
+        top_a = [(p.source, p.start) for p in a.search(query, collection=COLLECTION, k=3)]
+        top_b = [(p.source, p.start) for p in b.search(query, collection=COLLECTION, k=3)]
+        assert top_a == top_b, query
+
+
+QUERIES = ["tok0003", "tok0011", "pgx04", "heron and iris"]
+
+
+@pytest.mark.slow
+def test_ray_ingest_builds_what_a_local_ingest_builds_and_syncs_the_same(
+    tmp_path: Path, model_cache: Path, embedders: dict, ray_cluster
+) -> None:
+    corpus = tmp_path / "corpus"
+    files = write_corpus(corpus)
+    local = knowledge_base(tmp_path / "local", model_cache, embedders)
+    on_ray = knowledge_base(tmp_path / "ray", model_cache, embedders)
+
+    first_local = local.ingest_path(corpus, collection=COLLECTION)
+    first_ray = on_ray.ingest_path(corpus, collection=COLLECTION, ray=ray_options())
+    assert first_ray.added == first_local.added == len(files)
+    assert first_ray.chunks_embedded == first_local.chunks_embedded
+    assert_same_collection(local, on_ray, QUERIES)
+    nav_chunks = [c for c in on_ray.collection(COLLECTION).iter_chunks() if "Pricing" in c.text]
+    assert not nav_chunks, "the navigation bar was not dropped as boilerplate"
+
+    again = on_ray.ingest_path(corpus, collection=COLLECTION, ray=ray_options())
+    assert (again.chunks_embedded, again.unchanged, again.added) == (0, len(files), 0)
+    assert again.generation == first_ray.generation  # nothing to commit
+
+    files[0].write_text("Note 0 now speaks of tok9990 alone.\n")
+    files[1].unlink()
+    (corpus / "new.txt").write_text("A new note about tok9991 and the kestrel.\n")
+    reports = [
+        kb.ingest_path(corpus, collection=COLLECTION, prune=True, ray=ray)
+        for kb, ray in ((local, None), (on_ray, ray_options()))
+    ]
+    for report in reports:
+        counts = (report.added, report.updated, report.unchanged, report.removed)
+        assert counts == (1, 1, len(files) - 2, 1)
+        assert report.chunks_embedded == 2
+    assert_same_collection(local, on_ray, ["tok9990", "tok9991", "tok0001"])
+    assert not on_ray.search("tok0001", collection=COLLECTION, k=3, method="bm25")
+
+
+def committed_generation(store: Path) -> int:
+    try:
+        db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1)
+        try:
+            return int(db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()[0])
+        finally:
+            db.close()
+    except (sqlite3.Error, TypeError):
+        return 0
+
+
+def ray_worker_pids() -> list[int]:
+    """The processes of the Ray Data actors that chunk and embed (Ray names them by class)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ChunkEmbedWorker" in title:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_killed_ray_ingest_then_a_rerun_loses_and_duplicates_nothing(
+    tmp_path: Path, model_cache: Path, embedders: dict, ray_cluster
+) -> None:
+    """A worker is SIGKILLed mid-ingest, then the driver itself once it has committed; the store
+    stays consistent, and a re-run embeds only what was not committed and ends where a local
+    ingest does."""
+    corpus = tmp_path / "corpus"
+    files = write_distinct_corpus(corpus, 40)
+    data = data_dir_with_cache(tmp_path / "data", model_cache)
+    store = data / "collections" / COLLECTION / "store.sqlite"
+    address = ray_cluster.get_runtime_context().gcs_address
+    args = ("ingest", str(corpus), "-c", COLLECTION, "--ray", "--ray-address", address)
+    env = {"KB_COMMIT_EVERY_CHUNKS": "4", "KB_EMBED_QUERY_RUNTIME": "torch"}
+    flags = ("--ray-workers", "2", "--ray-batch-files", "2", "--json")
+
+    proc = start_kb(data, *args, *flags, log=tmp_path / "driver.log", **env)
+    deadline = time.monotonic() + 300
+    killed_worker = killed_driver = False
+    while proc.poll() is None and time.monotonic() < deadline:
+        generation = committed_generation(store)
+        if not killed_worker and generation >= 1 and (pids := ray_worker_pids()):
+            os.kill(pids[0], signal.SIGKILL)  # Ray restarts the actor and retries its batch
+            killed_worker = True
+        elif killed_worker and generation >= 4:
+            proc.send_signal(signal.SIGKILL)
+            killed_driver = True
+            break
+        time.sleep(0.05)
+    finished = reap(proc, tmp_path / "driver.log")
+    assert killed_worker, finished.output[-3000:]
+    assert killed_driver, f"the ingest ended before it could be killed:\n{finished.output[-3000:]}"
+    assert finished.returncode == -signal.SIGKILL
+
+    state = check_store(data, COLLECTION, embedders, "tok0001")
+    assert 0 < state.documents < len(files), "the kill should fall between commits"
+    assert state.chunks == state.documents  # one chunk per file: none lost or doubled so far
+    rerun = run_kb(data, *args, *flags, log=tmp_path / "rerun.log", **env)
+    assert rerun.returncode == 0, rerun.output[-3000:]
+    assert rerun.result["unchanged"] == state.documents
+    assert rerun.result["added"] == len(files) - state.documents
+    assert rerun.result["chunks_embedded"] == len(files) - state.chunks  # one chunk per file
+
+    final = check_store(data, COLLECTION, embedders, "tok0001")
+    assert (final.documents, final.chunks) == (len(files), len(files))
+    local = knowledge_base(tmp_path / "local", model_cache, embedders)
+    local.ingest_path(corpus, collection=COLLECTION)
+    after = KnowledgeBase(Settings(data_dir=data), embedders=embedders).collection(COLLECTION)
+    texts = lambda col: sorted((c.source, c.text) for c in col.iter_chunks())  # noqa: E731
+    assert texts(after) == texts(local.collection(COLLECTION))
+
+
+@pytest.mark.slow
+def test_two_serve_replicas_answer_search_alike_and_follow_new_commits(
+    tmp_path: Path, model_cache: Path, embedders: dict, ray_cluster
+) -> None:
+    from ray import serve
+
+    from api.ray_serve import REPLICA_HEADER, deployment
+
+    corpus = tmp_path / "corpus"
+    write_distinct_corpus(corpus, 8)
+    data = tmp_path / "data"
+    writer = knowledge_base(data, model_cache, embedders, embed_query_runtime="torch")
+    writer.ingest_path(corpus, collection=COLLECTION)
+    settings = Settings(data_dir=data, embed_query_runtime="torch")
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(
+            deployment(settings, replicas=2, cpus=0.5, warm=False), name="kb-test", route_prefix="/"
+        )
+        url = f"http://127.0.0.1:{port}/search"
+
+        def answers(query: str, replicas: int = 2) -> dict[str, list]:
+            """Each replica's results for `query` (by its header), asking until both answered."""
+            seen: dict[str, list] = {}
+            deadline = time.monotonic() + 60
+            while len(seen) < replicas and time.monotonic() < deadline:
+                body = {"query": query, "collection": COLLECTION, "k": 3}
+                response = httpx.post(url, json=body, timeout=60)
+                response.raise_for_status()
+                hits = [(r["source"], r["text"]) for r in response.json()["results"]]
+                seen.setdefault(response.headers[REPLICA_HEADER], hits)
+            assert len(seen) == replicas, f"only {len(seen)} replica(s) answered"
+            return seen
+
+        before = answers("tok0005")
+        assert len({str(v) for v in before.values()}) == 1
+        assert next(iter(before.values()))[0][0] == "note-0005.txt"
+
+        (corpus / "late.txt").write_text("A late note about tok7777 and the juniper.\n")
+        writer.ingest_path(corpus, collection=COLLECTION)  # a new generation, replicas running
+        after = answers("tok7777")
+        assert len({str(v) for v in after.values()}) == 1
+        assert next(iter(after.values()))[0][0] == "late.txt"
+    finally:
+        serve.shutdown()
+
+
+def test_ray_without_the_extra_names_it(tmp_path: Path) -> None:
+    """With `ray` not importable, both commands stop before any work and name the extra."""
+    hidden = tmp_path / "hide"
+    (hidden / "ray").mkdir(parents=True)
+    (hidden / "ray" / "__init__.py").write_text(
+        "raise ImportError(\"No module named 'ray' (hidden by the test)\")\n"
+    )
+    corpus = tmp_path / "corpus"
+    write_distinct_corpus(corpus, 2)
+    data = tmp_path / "data"
+    env = {"PYTHONPATH": f"{hidden}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for args in (("ingest", str(corpus), "--ray"), ("serve", "--ray", "--port", "1")):
+        finished = run_kb(data, *args, log=tmp_path / "out.log", timeout=120, **env)
+        assert finished.returncode == 1, finished.output
+        output = " ".join(finished.output.split())
+        assert "'ray' extra" in output and 'pip install -e ".[ray]"' in output, output
+    assert not (data / "collections").exists(), "an ingest began without Ray"
