@@ -12,7 +12,8 @@ Grounded modes (rag, extract, rag+finetuned) answer only from their passages:
 - a generated answer is checked sentence by sentence (`kb.grounding.check`), and the support
   policy decides what goes out: `flag` marks unsupported sentences, `drop` removes them,
   `fallback` answers with the extractive answer instead. Under `drop` and `fallback` a stream
-  holds the text back until it is checked, so no unsupported sentence is ever sent.
+  holds the text back until it is checked, so no unsupported sentence is ever sent; under
+  `fallback` the model stops at its first sentence the check is sure to refute.
 `base` and `finetuned` answers have no passages: they are marked ungrounded.
 """
 
@@ -32,10 +33,12 @@ from kb.errors import (
     ModeUnavailable,
 )
 from kb.generators import GeneratorRegistry
+from kb.generators.base import Generation
 from kb.grounding import POLICIES, Extract, Extractor, SupportChecker, SupportReport, load_scorer
 from kb.grounding.check import CitationFilter, is_not_covered, join_sentences
 from kb.grounding.extract import Quote
 from kb.grounding.scorers import EmbeddingScorer
+from kb.grounding.sentences import split_sentences
 from kb.prompting import (
     Citation,
     build_base_messages,
@@ -571,6 +574,16 @@ class Answerer:
                         events.close()
                 if generation is None:
                     raise KBError(f"model {plan.generator!r} ended its stream without a result")
+            elif plan.grounded and ctx.policy == "fallback":
+                generation = self._generate_until_refuted(
+                    ctx,
+                    generator,
+                    messages,
+                    used,
+                    max_new_tokens=budget,
+                    temperature=temp,
+                    stop=stop,
+                )
             else:
                 generation = generator.generate(
                     messages, max_new_tokens=budget, temperature=temp, stop=stop
@@ -592,6 +605,48 @@ class Answerer:
         timings["total"] = time.perf_counter() - started
         result.timings = timings
         yield AnswerEvent("result", plan.mode, result=result)
+
+    def _generate_until_refuted(
+        self, ctx: _Context, generator, messages, used: list[Passage], **options: Any
+    ) -> Generation:
+        """Generate, stopping at the first finished sentence the support check is sure to
+        refute: under `fallback` that sentence already decides the answer, and a small model
+        that has wandered off its passages would otherwise run to its token limit."""
+        checker = self._checker(ctx.collection)
+        not_covered = not_covered_answer()
+        text, checked = "", 0
+        started = time.perf_counter()
+        first_token = None
+        events = generator.stream(messages, **options)
+        try:
+            for event in events:
+                if event.generation is not None:
+                    return event.generation
+                text += event.delta
+                first_token = first_token or time.perf_counter() - started
+                spans = split_sentences(text)
+                # a sentence is finished once another begins, and not a citation of it
+                done = len(spans) - (2 if spans and spans[-1].text.startswith("[") else 1)
+                for span in spans[checked:done]:
+                    if checker.refuted(span.text, used, not_covered):
+                        return Generation(
+                            text=text[: span.end],
+                            prompt_tokens=sum(
+                                generator.count_tokens(m["content"]) for m in messages
+                            ),
+                            completion_tokens=generator.count_tokens(text),
+                            finish_reason="unsupported",
+                            model=str(getattr(generator, "model_id", "")),
+                            timings={
+                                "first_token": first_token,
+                                "total": time.perf_counter() - started,
+                            },
+                        )
+                checked = max(checked, done)
+        finally:  # stops the model now
+            if hasattr(events, "close"):
+                events.close()
+        raise KBError("the model ended its stream without a result")
 
     def _apply_support(self, ctx: _Context, result: AnswerResult, used: list[Passage]) -> None:
         """Check a generated answer against the passages it was given; apply the policy."""

@@ -43,8 +43,10 @@ SCRIPT = {
     101: "The kb service listens on port 8080 [1].",
     102: "The kb service listens on port 8000 [1][7].",
     103: "The kb service listens on port 8000 [1]. It was written by Martians in 1990.",
+    104: "It was written by Martians in 1990. "
+    + " ".join(f"Martian tale number {n} goes on." for n in range(40)),
 }
-WRONG_PORT, FOREIGN_CITATION, ONE_MADE_UP = (
+WRONG_PORT, FOREIGN_CITATION, ONE_MADE_UP, WANDERS_OFF = (
     {"max_new_tokens": n, "model": "scripted", "mode": "rag"} for n in SCRIPT
 )
 
@@ -59,6 +61,30 @@ def test_sentences_keep_offsets_and_trailing_citations() -> None:
         "It listens on port 8000. [1]",
         "Use e.g. kb serve to start it.",
         "- a list item",
+    ]
+    assert all(text[s.start : s.end] == s.text for s in spans)
+
+
+def test_a_hard_wrapped_paragraph_is_not_cut_at_its_line_breaks() -> None:
+    text = (
+        "## Ingesting\n\n"
+        "kb reads text, Markdown, reStructuredText, HTML, PDF,\n"
+        "Word (.docx), CSV and JSONL files. Re-running the same command embeds only files whose\n"
+        "content changed; `--prune` removes documents whose files were deleted from the folder\n"
+        "Nothing else is touched.\n"
+        "- a list item\n"
+        "Short heading\n"
+        "A paragraph under it."
+    )
+    spans = split_sentences(text)
+    assert [" ".join(s.text.split()) for s in spans] == [
+        "## Ingesting",
+        "kb reads text, Markdown, reStructuredText, HTML, PDF, Word (.docx), CSV and JSONL files.",
+        "Re-running the same command embeds only files whose content changed; `--prune` removes"
+        " documents whose files were deleted from the folder Nothing else is touched.",
+        "- a list item",
+        "Short heading",
+        "A paragraph under it.",
     ]
     assert all(text[s.start : s.end] == s.text for s in spans)
 
@@ -295,6 +321,31 @@ def test_canary_wrong_port_falls_back_to_the_extractive_answer(
         assert text[quote["start"] : quote["end"]] == quote["text"]
         assert quote["source"].endswith("guide.txt")
     assert any(c["cited"] for c in out["citations"])
+
+
+def test_fallback_stops_the_model_at_its_first_refuted_sentence(http: httpx.Client) -> None:
+    out = ask(http, PORT_QUESTION, **WANDERS_OFF, support="fallback")
+    assert out["support"]["action"] == "fallback"
+    assert "port 8000" in out["answer"]
+    # the model was stopped when its second sentence began: nothing of the tale was read
+    assert out["support"]["generated"] == "It was written by Martians in 1990."
+    out = ask(http, PORT_QUESTION, **WANDERS_OFF, support="flag")
+    assert "Martian tale number 39" in out["answer"]  # other policies read the whole answer
+
+
+def test_refuted_sentences_are_never_supported_by_the_full_check() -> None:
+    from kb.grounding.check import SupportChecker
+    from kb.types import Passage
+
+    passages = [Passage(1, "guide", "guide.txt", GUIDE, 1.0, 0, len(GUIDE))]
+    checker = SupportChecker(scorer=None, threshold=0.6)  # refuted() needs no scorer
+    nc = "The documents do not cover this question."
+    assert checker.refuted("It listens on port 8080.", passages, nc)  # a number not there
+    assert checker.refuted("Martians wrote it.", passages, nc)  # a name not there
+    assert checker.refuted("Bananas ripen slowly in cold kitchens.", passages, nc)  # no terms
+    assert not checker.refuted("The kb service listens on port 8000 [1].", passages, nc)
+    assert not checker.refuted("It serves answers.", passages, nc)  # the scorer must decide
+    assert not checker.refuted(nc, passages, nc)
 
 
 def test_drop_keeps_only_supported_sentences(http: httpx.Client) -> None:

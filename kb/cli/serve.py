@@ -191,9 +191,10 @@ def _print_support(result) -> None:
     if report.action in ("fallback", "dropped") and unsupported:
         # the answer shown no longer holds them: say how many, not the model's whole text again
         claims = sum(1 for s in report.sentences if s.claim)
+        done = "answered from the passages instead" if report.action == "fallback" else "removed"
         console.print(
-            f"[yellow]{len(unsupported)} of the model's {claims} sentences were not supported by"
-            f" the passages[/] ([dim]--support flag shows them marked[/])",
+            f"[yellow]{len(unsupported)} of {claims} sentences of the model's answer not supported"
+            f" by the passages: {done}[/] [dim](--support flag shows them marked)[/]",
             highlight=False,
         )
     else:

@@ -12,7 +12,7 @@ supports it).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,19 +229,10 @@ class SupportChecker:
             if (owner_arr == i).any():
                 semantic[:, i] = sim[:, owner_arr == i].max(axis=1)
         for row, claim in enumerate(claims):
-            claim_terms = terms(claim.text)
             cited = [n for n in cited_in(claim.text) if 1 <= n <= len(passages)]
-            # each passage alone, then the passages it cites together (a sentence may join
-            # two facts, each from the passage it cites)
-            options = [([i], passages[i].text) for i in range(len(passages))]
-            if len(set(cited)) > 1:
-                group = sorted({n - 1 for n in cited})
-                options.append((group, "\n".join(passages[i].text for i in group)))
             best = None
-            for group, evidence in options:
-                lexical = len(claim_terms & terms(evidence)) / len(claim_terms)
+            for group, lexical, missing in _evidence(claim.text, passages):
                 score = 0.5 * lexical + 0.5 * float(semantic[row, group].max())
-                missing = missing_tokens(claim.text, evidence)
                 ok = not missing and score >= self.threshold
                 # supported first; among supported, the passages the model cited; then score
                 key = (ok, ok and all(i + 1 in cited for i in group), score)
@@ -253,6 +244,39 @@ class SupportChecker:
             claim.score = score
             claim.passage = group[0] + 1
             claim.missing = missing
+
+    def refuted(self, sentence: str, passages: Sequence[Passage], not_covered: str) -> bool:
+        """Whether `check` is sure to find this sentence unsupported, whatever its scorer says:
+        for every passage (and the passages it cites together) a number, name or quoted string
+        of it is missing, or so few of its content terms occur that even a perfect semantic
+        half leaves it under the threshold. No model runs, so a generation can stop at the
+        first such sentence."""
+        if not terms(sentence) or is_not_covered(sentence, not_covered):
+            return False
+        if not passages:
+            return True
+        floor = 2 * self.threshold - 1  # 0.5 * lexical + 0.5 * 1.0 >= threshold
+        return not any(
+            not missing and lexical >= floor
+            for _, lexical, missing in _evidence(sentence, passages)
+        )
+
+
+def _evidence(
+    claim: str, passages: Sequence[Passage]
+) -> Iterator[tuple[list[int], float, list[str]]]:
+    """The evidence a claim may rest on, each with its lexical share and missing key tokens:
+    each passage alone, then the passages it cites together (a sentence may join two facts,
+    each from the passage it cites)."""
+    claim_terms = terms(claim)
+    cited = [n for n in cited_in(claim) if 1 <= n <= len(passages)]
+    options = [([i], passages[i].text) for i in range(len(passages))]
+    if len(set(cited)) > 1:
+        group = sorted({n - 1 for n in cited})
+        options.append((group, "\n".join(passages[i].text for i in group)))
+    for group, evidence in options:
+        lexical = len(claim_terms & terms(evidence)) / len(claim_terms)
+        yield group, lexical, missing_tokens(claim, evidence)
 
 
 def _windows(text: str) -> list[str]:

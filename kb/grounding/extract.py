@@ -211,17 +211,23 @@ class Extractor:
             return Extract(text="", unknown=unknown)
         best = ranked[0]
         quotes = [_quote(c, passages[c.n - 1]) for c in _compose(ranked)]
-        text = " ".join(f"{q.text} [{q.n}]" for q in quotes)
+        # a quote keeps its source's line breaks (its offsets index them); the answer reads as prose
+        text = " ".join(f"{' '.join(q.text.split())} [{q.n}]" for q in quotes)
         covered = best.score - best.bonus >= self.min_score and not unknown
         return Extract(text, quotes, best.score, covered, unknown)
 
     def _candidates(self, passages: Sequence[Passage]) -> list[_Candidate]:
+        """Every sentence worth quoting, once: a sentence repeated by overlapping chunks or
+        copied across pages is kept from the best-ranked passage only."""
         out = []
+        seen: set[str] = set()
         for n, p in enumerate(passages, 1):
             previous = p.title or ""
             pieces = [w for s in split_sentences(p.text) for w in windows(s, MAX_SENTENCE_WORDS)]
             for i, span in enumerate(pieces):
-                if word_count(span.text) >= 3 and terms(span.text):
+                key = " ".join(span.text.lower().split())
+                if word_count(span.text) >= 3 and terms(span.text) and key not in seen:
+                    seen.add(key)
                     out.append(_Candidate(n, i, span.text, span.start, span.end, previous))
                 previous = span.text
         return out

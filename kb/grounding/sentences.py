@@ -6,9 +6,15 @@ import re
 from dataclasses import dataclass
 
 #: an end of sentence: . ! or ? (then closing quotes or brackets) before space and a word that
-#: does not start in lower case; a full-width 。！？; or any line break. "e.g. the" and "3.40.1"
-#: do not split
+#: does not start in lower case; a full-width 。！？; or a line break. "e.g. the" and "3.40.1"
+#: do not split, nor does a line break inside a hard-wrapped paragraph (below)
 _BOUNDARY = re.compile(r"(?<=[.!?])([\"'”’)\]]*)[ \t]+(?=\S)|(?<=[。！？])|[ \t]*\n\s*")
+#: a line that starts a block of its own: a list item, heading, table row, quote or rule
+_BLOCK_START = re.compile(r"[-*+•#|>=]|\d{1,3}[.)]\s")
+#: a line this long that ends in a word or a comma was cut by the writer's editor, not by them:
+#: wrapped text (Markdown, mail, plain text) fills lines to 60-80 characters, headings and code
+#: lines rarely do
+_WRAPPED_LINE = 50
 #: citation marks that a writer put after the period ("... 8000. [1]") belong to that sentence
 _LEADING_CITATIONS = re.compile(r"(?:\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]\s*)+")
 _ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|etc|vs|cf|approx|Dr|Mr|Ms|Mrs|No|Fig|Sec)\.)$")
@@ -33,6 +39,8 @@ def split_sentences(text: str) -> list[Span]:
         )
         if "\n" not in match.group() and inside:
             continue  # "e.g. The", "i.e. the", "kb. the": inside a sentence
+        if "\n" in match.group() and _wrapped(text, cursor, match):
+            continue
         if match.end() == cursor:
             continue
         pieces.append((cursor, match.start() + len(match.group(1) or "")))  # closing quotes stay
@@ -57,6 +65,27 @@ def split_sentences(text: str) -> list[Span]:
                 continue
         spans.append(Span(text[start:end], start, end))
     return spans
+
+
+def _wrapped(text: str, cursor: int, match: re.Match) -> bool:
+    """Whether a line break only wraps a paragraph: one break (no blank line), the next line
+    no block of its own, and the line before it either ends in a comma or is a long line
+    ending mid-sentence, or the next line goes on in lower case."""
+    gap = match.group()
+    if gap.count("\n") > 1 or match.end() >= len(text):
+        return False
+    following = text[match.end() : match.end() + 4]
+    if _BLOCK_START.match(following):
+        return False
+    newline = text.rfind("\n", cursor, match.start())
+    line = text[newline + 1 if newline >= 0 else cursor : match.start()]
+    if not line or line[-1] in ".!?:;":
+        return False
+    return (
+        line[-1] == ","
+        or following[0].islower()
+        or (len(line) >= _WRAPPED_LINE and (line[-1].isalnum() or line[-1] in ")`'\""))
+    )
 
 
 def windows(span: Span, max_words: int) -> list[Span]:
