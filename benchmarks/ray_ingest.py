@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
     equality = compare(local_kb, ray_kb, queries)
     commit = commit_rates(local_kb.collection(COLLECTION), work, args)
     index = index_memory(local_kb.collection(COLLECTION), args)
+    embedding = embed_rate(local_kb, args)
+    store_bytes = (Path(runs["local"][0]["data_dir"]) / "collections" / COLLECTION).glob(
+        "store.sqlite*"
+    )
 
     result = {
         "benchmark": "ray_ingest",
@@ -149,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
         "commit": commit,
         "target_commit_chunks_per_s": 5000,
         "index_memory": index,
+        "embedding_one_thread": embedding,
+        "store_bytes_per_chunk": round(sum(p.stat().st_size for p in store_bytes) / chunks),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "command": "python benchmarks/ray_ingest.py " + " ".join(argv or sys.argv[1:]),
     }
@@ -220,20 +226,53 @@ def commit_rates(source: Collection, work: Path, args) -> list[dict]:
                 part.append(docs[lo])
                 chunks += len(docs[lo].chunks)
                 lo += 1
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             col.commit(add=renamed(part, "new"))
-            seconds = time.perf_counter() - t
+            seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
             results.append(
                 {
                     "stored_before": stored,
                     "chunks": chunks,
                     "seconds": round(seconds, 3),
+                    "cpu_seconds": round(cpu, 3),
                     "chunks_per_s": round(chunks / seconds, 1),
+                    "chunks_per_cpu_s": round(chunks / cpu, 1),
+                    "load_average": os.getloadavg()[0],
                 }
             )
             print(f"commit of {chunks} on {stored} chunks: {seconds:.2f} s", flush=True)
             stored += chunks
     return results
+
+
+def embed_rate(kb: KnowledgeBase, args) -> dict:
+    """Chunks per second and per CPU-second of the embedder on one torch thread (a Ray
+    worker's share: one CPU), over `--embed-chunks` stored chunks as a local ingest embeds them."""
+    import torch
+
+    from ingest.pipeline import embed_input
+
+    rows = list(kb.collection(COLLECTION).iter_chunks())[: args.embed_chunks]
+    texts = [
+        embed_input(Chunk(r.text, r.ordinal, r.start, r.end, r.page, r.heading, r.title))
+        for r in rows
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t, cpu = time.perf_counter(), time.process_time()
+        kb.embedder.embed(texts)
+        seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "chunks": len(texts),
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu, 2),
+        "chunks_per_s": round(len(texts) / seconds, 1),
+        "chunks_per_cpu_s": round(len(texts) / cpu, 1),
+        "load_average": os.getloadavg()[0],
+    }
 
 
 def index_memory(source: Collection, args) -> dict:
@@ -333,6 +372,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[0, 50_000],
         help="Chunks already stored before the measured commits, comma-separated.",
     )
+    p.add_argument("--embed-chunks", type=int, default=512, help="Chunks for the embedding rate.")
     p.add_argument("--index-vectors", type=int, default=200_000, help="Vectors for index memory.")
     p.add_argument(
         "--index-kinds",

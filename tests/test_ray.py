@@ -26,10 +26,10 @@ NAV = "Home | Products | Pricing | About us | Contact | Careers | Blog | Sitemap
 
 
 def write_corpus(folder: Path) -> list[Path]:
-    """A dozen notes of their own, and six pages behind a navigation bar that boilerplate
+    """A dozen notes of their own, and a dozen pages behind a navigation bar that boilerplate
     dropping removes (the counting that makes a file's chunks depend on the files before it)."""
     paths = write_distinct_corpus(folder, FILES)
-    for i in range(6):
+    for i in range(FILES):
         page = folder / f"page-{i}.md"
         page.write_text(f"{NAV}\n# Page {i}\n\nThe page tells of pgx{i:02d} and nothing else.\n")
         paths.append(page)
@@ -231,7 +231,8 @@ def test_two_serve_replicas_answer_search_alike_and_follow_new_commits(
             seen: dict[str, list] = {}
             deadline = time.monotonic() + 60
             while len(seen) < replicas and time.monotonic() < deadline:
-                body = {"query": query, "collection": COLLECTION, "k": 3}
+                # BM25: the token a note alone holds must rank it first
+                body = {"query": query, "collection": COLLECTION, "k": 3, "method": "bm25"}
                 response = httpx.post(url, json=body, timeout=60)
                 response.raise_for_status()
                 hits = [(r["source"], r["text"]) for r in response.json()["results"]]
