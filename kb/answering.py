@@ -336,6 +336,11 @@ class Answerer:
                 checker = self._checkers.setdefault(key, checker)
         return checker
 
+    def _is_word(self, collection: str, word: str) -> bool:
+        """Whether the embedder's tokenizer knows `word` whole: a word it must piece together
+        ("vaccum", "recusive") may be a typo, one it knows ("replica") is not."""
+        return self._embedder(collection).count_tokens(word) <= 1
+
     def _embedder(self, collection: str):
         return self.kb.embedder_for(self.kb.collection(collection).snapshot().embedder)
 
@@ -354,6 +359,9 @@ class Answerer:
                 ctx.request.question,
                 ctx.relevant,
                 lambda terms: (bm25.size, bm25.document_frequencies(terms)),
+                lambda term, word: (
+                    None if self._is_word(ctx.collection, word) else bm25.respelled(term)
+                ),
             )
             ctx.timings["extract"] = time.perf_counter() - t
         return ctx.extract

@@ -204,6 +204,35 @@ def test_a_term_a_big_collection_never_uses_means_not_covered() -> None:
     assert small.unknown == [] and small.covered is True
 
 
+def test_a_misspelt_word_reads_as_the_word_it_meant() -> None:
+    import numpy as np
+
+    from kb.grounding import Extractor
+    from kb.store.bm25 import BM25Index
+
+    texts = [
+        "The VACUUM command rebuilds the database file into a minimal amount of disk space.",
+        "Virtual tables use the xBestIndex method to pick a plan.",
+        "A recursive common table expression walks a tree of unknown depth.",
+    ]
+    index = BM25Index.build(np.arange(len(texts)), texts)
+    assert index.respelled("vaccum") == "vacuum"  # two letters swapped
+    assert index.respelled("vacum") == "vacuum"  # one dropped
+    assert index.respelled("vacuum") is None  # known
+    assert index.respelled("vec0") is None  # too short to guess
+    assert index.respelled("replication") is None  # nothing one edit away
+
+    passages = [_passage(1, texts[0])]
+    extractor = Extractor(WordOverlap(), min_score=0.0)
+    question = "What does the vaccum command do to the database file?"
+    # as big as a collection whose vocabulary can veto a question
+    doc_freq = lambda terms: (12_000, index.document_frequencies(terms))  # noqa: E731
+    plain = extractor.answer(question, passages, doc_freq)
+    assert plain.unknown == ["vaccum"] and plain.covered is False
+    fixed = extractor.answer(question, passages, doc_freq, lambda t, w: index.respelled(t))
+    assert fixed.unknown == [] and fixed.covered is True and "VACUUM" in fixed.text
+
+
 # --- a service with a scripted model beside the bundled one ------------------------------------
 
 

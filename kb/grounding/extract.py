@@ -57,6 +57,7 @@ _HAS_NUMBER = re.compile(
     re.IGNORECASE,
 )
 NUMBER_BONUS = 0.1
+_WORD = re.compile(r"\w+")
 #: a sentence's terms count fully, its previous sentence's at this weight ("It lays three
 #: eggs" answers a question about the heron that the sentence before it names)
 CONTEXT_WEIGHT = 0.5
@@ -161,9 +162,15 @@ class Extractor:
         question: str,
         passages: Sequence[Passage],
         doc_freq: Callable[[list[str]], tuple[int, dict[str, int]]] | None = None,
+        respell: Callable[[str, str], str | None] | None = None,
     ) -> tuple[list[_Candidate], list[str]]:
-        """The shortlisted sentences, best first, and the question terms the collection lacks."""
+        """The shortlisted sentences, best first, and the question terms the collection lacks.
+        `respell(term, word)` gives the collection's term that a misspelt question word meant
+        ("vaccum" -> "vacuum"), so a typo neither reads as a subject the documents do not
+        cover nor loses its match."""
         q_terms = sorted(terms(question) - QUESTION_WORDS)
+        if respell is not None:
+            q_terms = _respelled(question, q_terms, respell)
         weights, unknown = _idf(q_terms, doc_freq)
         total = sum(weights.values()) or 1.0
         candidates = self._candidates(passages)
@@ -205,8 +212,9 @@ class Extractor:
         question: str,
         passages: Sequence[Passage],
         doc_freq: Callable[[list[str]], tuple[int, dict[str, int]]] | None = None,
+        respell: Callable[[str, str], str | None] | None = None,
     ) -> Extract:
-        ranked, unknown = self.rank(question, passages, doc_freq)
+        ranked, unknown = self.rank(question, passages, doc_freq, respell)
         if not ranked:
             return Extract(text="", unknown=unknown)
         best = ranked[0]
@@ -253,6 +261,18 @@ def _compose(ranked: list[_Candidate]) -> list[_Candidate]:
         if c.score >= RELATIVE_FLOOR * best.score:
             take(c)
     return chosen
+
+
+def _respelled(
+    question: str, q_terms: list[str], respell: Callable[[str, str], str | None]
+) -> list[str]:
+    out = set(q_terms)
+    for word in set(_WORD.findall(question.lower())):
+        for term in terms(word) & out:
+            if (fixed := respell(term, word)) is not None:
+                out.discard(term)
+                out.add(fixed)
+    return sorted(out)
 
 
 def _idf(

@@ -47,6 +47,10 @@ def query_terms(query: str) -> list[str]:
     return _stemmer().stemWords(words) if words else []
 
 
+#: unseen terms shorter than this are not respelled: "vec0" is one edit from too many words
+SPELLING_MIN_CHARS = 5
+
+
 class BM25Index:
     """A bm25s index plus the chunk id of each of its rows."""
 
@@ -93,6 +97,25 @@ class BM25Index:
             tid = vocab.get(term)
             out[term] = 0 if tid is None or indptr is None else int(indptr[tid + 1] - indptr[tid])
         return out
+
+    def respelled(self, term: str) -> str | None:
+        """The indexed term one edit (a letter added, dropped, changed or two swapped) away from
+        an unseen `term` of 5+ letters, the most frequent if several: "ingset" -> "ingest".
+        None when the term is known, short, or has no such neighbour."""
+        vocab = getattr(self._model, "vocab_dict", None) or {}
+        if len(term) < SPELLING_MIN_CHARS or term in vocab or not len(self.ids):
+            return None
+        letters = "abcdefghijklmnopqrstuvwxyz0123456789_"
+        splits = [(term[:i], term[i:]) for i in range(len(term) + 1)]
+        edits = {a + b[1:] for a, b in splits if b}
+        edits |= {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
+        edits |= {a + c + b[1:] for a, b in splits if b for c in letters}
+        edits |= {a + c + b for a, b in splits for c in letters}
+        known = [t for t in edits if t in vocab]
+        if not known:
+            return None
+        freq = self.document_frequencies(known)
+        return max(known, key=lambda t: (freq[t], t))
 
     def search(
         self, query: str, k: int, allowed: np.ndarray | None = None
