@@ -209,6 +209,8 @@ class RayIngestor(Ingestor):
             for i, source in enumerate(changed)
             if views is None or i in views
         ]
+        if not rows:  # every file failed to load in the first pass, and was reported there
+            return
         workers = default_workers(ray, self.options)
         embedded = _dataset(ray, rows, workers).map_batches(
             ChunkEmbedWorker,

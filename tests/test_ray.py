@@ -208,6 +208,7 @@ def test_two_serve_replicas_answer_search_alike_and_follow_new_commits(
     tmp_path: Path, model_cache: Path, embedders: dict, ray_cluster
 ) -> None:
     from ray import serve
+    from ray.util import get_node_ip_address
 
     from api.ray_serve import REPLICA_HEADER, deployment
 
@@ -222,7 +223,9 @@ def test_two_serve_replicas_answer_search_alike_and_follow_new_commits(
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(
-            deployment(settings, replicas=2, cpus=0.5, warm=False), name="kb-test", route_prefix="/"
+            deployment(settings, replicas=2, cpus=0.5, warm=False, node=get_node_ip_address()),
+            name="kb-test",
+            route_prefix="/",
         )
         url = f"http://127.0.0.1:{port}/search"
 
