@@ -7,13 +7,16 @@
 Headline, in one process with the models loaded beforehand, alternating repetitions:
   plain  `SentenceTransformer(path).encode(chunk_texts)`: float32, default settings, timing the
          encode alone, of the exact texts kb embeds (kb's chunks, title-prefixed);
-  kb     `KnowledgeBase.ingest_documents` into a fresh data dir with the default settings:
-         chunking, embedding, SQLite rows, FAISS and BM25 files, the generation commit.
+  kb     `KnowledgeBase.ingest_documents` into a fresh data dir with the default settings and
+         each KB_EMBED_DTYPE of --kb-dtypes (torch bfloat16, ONNX Runtime int8): chunking,
+         embedding, SQLite rows, FAISS and BM25 files, the generation commit.
 Both report documents/s, chunks/s and tokens/s (model input tokens after truncation, special
-tokens included), and kb / plain as a ratio.
+tokens included), and kb / plain as a ratio, of wall-clock seconds and of the process's CPU
+seconds (on a shared machine the second is the steadier).
 
 Quality: SciFact test nDCG@10 (kb.eval.metrics) with exact search, a document scored by its best
-chunk, for the plain float32 vectors, kb's stored vectors and each alternative numeric setting.
+chunk, for the plain float32 vectors, each kb leg's stored vectors (its queries embedded by the
+same embedder) and each alternative numeric setting of --quality.
 With --limit N the corpus is the documents judged relevant for the test queries plus the first
 other documents up to N, so every judged query keeps its answers.
 
@@ -79,48 +82,70 @@ def main(argv: list[str] | None = None) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="kb-bench-ingest-"))
     default_settings = Settings(data_dir=work / "default")
-    kb_embedders: dict[str, Embedder] = {}
-    kb_probe = KnowledgeBase(default_settings, embedders=kb_embedders)
-    embedder = kb_probe.embedder  # loaded (and exported, for int8) before any timing
-    chunker = kb_probe.chunker_for(embedder)
+    dtypes = [d.strip() for d in args.kb_dtypes.split(",") if d.strip()]
+    # one embedder cache per precision: the cache is keyed by the embedder's name alone
+    kb_embedders: dict[str, dict[str, Embedder]] = {d: {} for d in dtypes}
+    embedders: dict[str, Embedder] = {}
+    for dtype in dtypes:  # each loaded (and exported, for int8) before any timing
+        probe = KnowledgeBase(
+            leg_settings(dtype, work / f"probe-{dtype}"), embedders=kb_embedders[dtype]
+        )
+        embedders[dtype] = probe.embedder
+    chunker = KnowledgeBase(default_settings).chunker_for(embedders[dtypes[0]])
     chunks = [(d.source, embed_input(c)) for d in docs for c in chunker.split(d)]
     texts = [t for _, t in chunks]
     plain = SentenceTransformer(model_path, device="cpu")
     tokens = count_model_tokens(plain, texts)
     print(f"{len(docs)} documents, {len(texts)} chunks, {tokens} model tokens", flush=True)
 
-    # -- headline: plain float32 encode vs kb ingest, alternating ----------------------------
+    # -- headline: plain float32 encode vs kb ingest at each precision, alternating -------------
     plain_s: list[float] = []
-    kb_s: list[float] = []
-    plain_vecs = kb_vecs = None
+    kb_s: dict[str, list[float]] = {d: [] for d in dtypes}
+    # CPU seconds of this process (all its threads): on a shared machine the wall clock also
+    # measures how much of the cores the others left, the CPU time the work done
+    plain_cpu: list[float] = []
+    kb_cpu: dict[str, list[float]] = {d: [] for d in dtypes}
+    plain_vecs = None
+    kb_vecs: dict[str, tuple[np.ndarray, list[str]]] = {}
     for rep in range(args.reps):
-        t = time.perf_counter()
+        gc.collect()
+        t, c = time.perf_counter(), time.process_time()
         vecs = plain.encode(texts)
         plain_s.append(time.perf_counter() - t)
+        plain_cpu.append(time.process_time() - c)
         plain_vecs = plain_vecs if plain_vecs is not None else normalize(np.asarray(vecs))
-        settings = Settings(data_dir=work / f"kb-{rep}")
-        kb = KnowledgeBase(settings, embedders=kb_embedders)
-        gc.collect()
-        t = time.perf_counter()
-        report = kb.ingest_documents(docs, collection="scifact")
-        kb_s.append(time.perf_counter() - t)
-        if kb_vecs is None:
-            kb_vecs, kb_chunk_docs = stored_vectors(kb, "scifact")
-        print(
-            f"rep {rep + 1}: plain {plain_s[-1]:.1f}s, kb {kb_s[-1]:.1f}s "
-            f"({report.chunks_embedded} chunks)",
-            flush=True,
-        )
+        line = f"rep {rep + 1}: plain {plain_s[-1]:.1f}s"
+        for dtype in dtypes:
+            settings = leg_settings(dtype, work / f"kb-{dtype}-{rep}")
+            kb = KnowledgeBase(settings, embedders=kb_embedders[dtype])
+            gc.collect()
+            t, c = time.perf_counter(), time.process_time()
+            report = kb.ingest_documents(docs, collection="scifact")
+            kb_s[dtype].append(time.perf_counter() - t)
+            kb_cpu[dtype].append(time.process_time() - c)
+            if dtype not in kb_vecs:
+                kb_vecs[dtype] = stored_vectors(kb, "scifact")
+            line += f", kb {dtype} {kb_s[dtype][-1]:.1f}s ({report.chunks_embedded} chunks)"
+        print(line, f"load {os.getloadavg()[0]:.1f}", flush=True)
 
     headline = {
         "plain": rates(statistics.median(plain_s), len(docs), len(texts), tokens),
-        "kb": rates(statistics.median(kb_s), len(docs), len(texts), tokens),
         "plain_seconds": plain_s,
-        "kb_seconds": kb_s,
+        "plain_cpu_seconds": plain_cpu,
+        "kb": {},
     }
-    headline["ratio"] = round(
-        statistics.median(p / k for p, k in zip(plain_s, kb_s, strict=True)), 3
-    )
+    for dtype in dtypes:
+        row = rates(statistics.median(kb_s[dtype]), len(docs), len(texts), tokens)
+        row["seconds_each"] = kb_s[dtype]
+        row["ratio"] = round(
+            statistics.median(p / k for p, k in zip(plain_s, kb_s[dtype], strict=True)), 3
+        )
+        row["cpu_seconds_each"] = kb_cpu[dtype]
+        row["cpu_ratio"] = round(
+            statistics.median(p / k for p, k in zip(plain_cpu, kb_cpu[dtype], strict=True)), 3
+        )
+        row["embedder"] = embedder_label(embedders[dtype])
+        headline["kb"][dtype] = row
 
     # -- quality -----------------------------------------------------------------------------
     chunk_docs = [s for s, _ in chunks]
@@ -128,10 +153,11 @@ def main(argv: list[str] | None = None) -> dict:
         "float32 (plain encode)": ndcg(
             plain_vecs, chunk_docs, plain_query_fn(plain), queries, qrels
         ),
-        f"kb default ({embedder_label(embedder)})": ndcg(
-            kb_vecs, kb_chunk_docs, embedder.embed, queries, qrels
-        ),
     }
+    for dtype in dtypes:
+        vecs, vec_docs = kb_vecs[dtype]
+        label = f"kb ingest ({embedder_label(embedders[dtype])})"
+        quality[label] = ndcg(vecs, vec_docs, embedders[dtype].embed, queries, qrels)
     alternatives = quality_alternatives(model_path, work, args.quality)
     for label, make in alternatives.items():
         emb = make()
@@ -147,8 +173,11 @@ def main(argv: list[str] | None = None) -> dict:
     # -- levers ------------------------------------------------------------------------------
     rng = random.Random(args.seed)
     sample = rng.sample(texts, min(args.lever_chunks, len(texts)))
-    levers = lever_rows(model_path, plain, sample, work, args.reps)
-    levers += overlap_rows(default_settings, docs[: args.overlap_docs], args.reps, kb_embedders)
+    levers = lever_rows(model_path, plain, sample, work, args.reps) if args.lever_chunks else []
+    if args.overlap_docs:
+        levers += overlap_rows(
+            default_settings, docs[: args.overlap_docs], args.reps, kb_embedders[dtypes[0]]
+        )
 
     report_json = {
         "benchmark": "ingest",
@@ -159,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
         "queries": len(queries),
         "reps": args.reps,
         "kb_settings": {
-            "embed_dtype": default_settings.embed_dtype,
+            "embed_dtypes": dtypes,
+            "default_embed_dtype": default_settings.embed_dtype,
             "embed_batch_size": default_settings.embed_batch_size,
             "chunk_size": default_settings.chunk_size,
         },
@@ -188,17 +218,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=SCIFACT, help="a BEIR folder (default SciFact)")
     p.add_argument("--limit", type=int, help="at most N documents (judged ones first)")
     p.add_argument("--reps", type=int, default=2, help="alternating repetitions of each timing")
-    p.add_argument("--lever-chunks", type=int, default=384, help="chunks in the lever sample")
-    p.add_argument("--overlap-docs", type=int, default=300, help="documents in the overlap row")
+    p.add_argument(
+        "--kb-dtypes",
+        default="bfloat16,int8",
+        help="comma list of KB_EMBED_DTYPE values, each a kb ingest leg in every repetition; "
+        "DTYPE@N also sets KB_EMBED_BATCH_SIZE=N",
+    )
+    p.add_argument(
+        "--lever-chunks", type=int, default=384, help="chunks in the lever sample (0: none)"
+    )
+    p.add_argument(
+        "--overlap-docs", type=int, default=300, help="documents in the overlap row (0: none)"
+    )
     p.add_argument(
         "--quality",
-        default="bfloat16,int8,bfloat16-max128",
+        default="bfloat16-max128",
         help="comma list of settings whose nDCG to compute besides float32 and kb's default: "
         "float32, bfloat16, int8, bfloat16-max128 (empty for none)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ingest.json")
     return p.parse_args(argv)
+
+
+def leg_settings(leg: str, data_dir: Path) -> Settings:
+    """Settings of a kb leg: "int8" is KB_EMBED_DTYPE=int8, "int8@32" also KB_EMBED_BATCH_SIZE=32."""
+    dtype, _, batch = leg.partition("@")
+    data_dir.mkdir(parents=True)
+    # one cache for every leg, so the ONNX export is made once
+    shared = data_dir.parent / "cache"
+    shared.mkdir(exist_ok=True)
+    (data_dir / "cache").symlink_to(shared, target_is_directory=True)
+    extra = {"embed_batch_size": int(batch)} if batch else {}
+    return Settings(data_dir=data_dir, embed_dtype=dtype, **extra)
 
 
 def select_documents(data, limit: int | None) -> list[Document]:
@@ -417,15 +469,16 @@ def overlap_rows(
 def print_tables(r: dict) -> None:
     h = r["headline"]
     print(f"\nIngest: {r['documents']} docs, {r['chunks']} chunks, {r['tokens']} tokens")
-    print(f"{'':24} {'seconds':>9} {'docs/s':>9} {'chunks/s':>9} {'tokens/s':>10}")
-    for name in ("plain", "kb"):
-        x = h[name]
-        label = "plain ST encode fp32" if name == "plain" else "kb ingest (end to end)"
+    print(f"{'':24} {'seconds':>9} {'docs/s':>9} {'chunks/s':>9} {'tokens/s':>10} {'ratio':>6}")
+    rows = [("plain ST encode fp32", h["plain"])]
+    rows += [(f"kb ingest, {dtype}", x) for dtype, x in h["kb"].items()]
+    for label, x in rows:
         print(
             f"{label:24} {x['seconds']:>9.1f} {x['docs_per_s']:>9.1f} "
-            f"{x['chunks_per_s']:>9.1f} {x['tokens_per_s']:>10.0f}"
+            f"{x['chunks_per_s']:>9.1f} {x['tokens_per_s']:>10.0f} {x.get('ratio', 1.0):>5.2f}x"
+            f"  CPU {x.get('cpu_ratio', 1.0):.2f}x"
         )
-    print(f"kb / plain: {h['ratio']:.2f}x (target {r['target_ratio']}x)")
+    print(f"target: kb / plain >= {r['target_ratio']}x")
     print(f"\nSciFact test nDCG@10 ({r['queries']} queries), exact search")
     for q in r["quality"]:
         print(f"  {q['setting']:44} {q['ndcg@10']:.4f}  {q['delta']:+.4f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +105,26 @@ def test_fingerprints_tell_apart_what_changes_the_vectors(tmp_path, torch_fp32, 
     stat = weights.stat()
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # saved again
     assert saved.fingerprint() != before
+
+
+def test_int8_export_runs_fused_attention(model_cache):
+    """The export is fused (one Attention op per layer) and int8 quantizes its projections."""
+    import onnx
+
+    from kb.embedders.onnx import exported_model
+
+    int8 = exported_model(Path(bundled_minilm_path()), model_cache, "int8")
+    int8_ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QAttention", "MatMulInteger", "EmbedLayerNormalization"} <= int8_ops, int8_ops
+    fp32_ops = {n.op_type for n in onnx.load(str(int8.with_name("model.float32.onnx"))).graph.node}
+    assert "Attention" in fp32_ops and "Softmax" not in fp32_ops, fp32_ops
+
+
+def test_fused_graph_is_checked_against_the_export(model_cache):
+    """The check that keeps a fused graph only when its vectors match tells int8 from float32."""
+    from kb.embedders.onnx import _same_outputs, exported_model
+
+    int8 = exported_model(Path(bundled_minilm_path()), model_cache, "int8")
+    fp32 = int8.with_name("model.float32.onnx")
+    assert _same_outputs(fp32, fp32, vocab=30522)
+    assert not _same_outputs(fp32, int8, vocab=30522)

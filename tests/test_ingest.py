@@ -368,3 +368,23 @@ def test_ingest_drops_navigation_repeated_across_files(tmp_path, embedders):
     kb(kept, "ingest", str(site), KB_DROP_BOILERPLATE="false")
     nav_hits = search(embedders, kept, "Pricing and Plans", k=3, method="bm25")
     assert nav_hits and all("Pricing and Plans" in h["text"] for h in nav_hits)
+
+
+def test_ingest_report_times_parsing_apart_from_embedding(tmp_path, embedders):
+    from kb.service import KnowledgeBase
+    from kb.settings import Settings
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(6):
+        body = f"<p>{'Parsing runs beside the embedder. ' * 40}Page {i}.</p>"
+        (docs / f"p{i}.html").write_text(f"<title>Page {i}</title><h1>Part {i}</h1>{body}")
+    kb_ = KnowledgeBase(Settings(data_dir=tmp_path / "data"), embedders=embedders)
+    report = kb_.ingest_path(docs, collection="timed")
+
+    assert report.added == 6 and report.chunks_embedded >= 6
+    assert report.seconds_loading > 0 and report.seconds_chunking > 0
+    assert report.seconds_embedding > 0
+    # the embedder's own time and its waits for parsed files both fall within the ingest
+    assert report.seconds_embedding + report.seconds_waiting <= report.seconds
+    assert report.to_dict()["seconds_loading"] == report.seconds_loading
