@@ -359,7 +359,7 @@ def folder_sources(
 ) -> tuple[list[Source], list[Path]]:
     """Sources for every file under `root` (or `root` itself if it is a file), each displayed
     by its path relative to `root` (a file root by its name)."""
-    from ingest.loaders import iter_files, load_file
+    from ingest.loaders import iter_files
 
     files = [root] if root.is_file() else list(iter_files(root))
     base = os.path.abspath(root.parent if root.is_file() else root)
@@ -367,23 +367,37 @@ def folder_sources(
     for path in files:
         origin = os.path.abspath(path)
         display = os.path.relpath(origin, base)
-
-        def load(path: Path = path, origin: str = origin, display: str = display) -> list[Document]:
-            try:
-                docs = load_file(path, max_bytes=max_bytes, **loader_options)
-            except KBError as exc:  # reported to clients: named without the server's folders
-                raise type(exc)(str(exc).replace(str(path), display)) from None
-            for doc in docs:  # sources are absolute, whatever path the caller gave
-                if doc.source.startswith(str(path)):
-                    doc.source = origin + doc.source[len(str(path)) :]
-            return docs
-
+        load = FileLoad(path, origin, display, max_bytes, loader_options)
         try:
             digest = file_hash(path, max_bytes)
         except OSError as exc:
             digest = f"unreadable:{exc}"
         sources.append(Source(origin, f"{digest}:{fingerprint}", load, display=display))
     return sources, files
+
+
+@dataclass(frozen=True)
+class FileLoad:
+    """Loads one file's documents: a `Source.load` that pickles small (by reference to this
+    class), for a Ray ingest that ships millions of sources to its workers."""
+
+    path: Path
+    origin: str
+    display: str
+    max_bytes: int
+    options: dict[str, Any]
+
+    def __call__(self) -> list[Document]:
+        from ingest.loaders import load_file
+
+        try:
+            docs = load_file(self.path, max_bytes=self.max_bytes, **self.options)
+        except KBError as exc:  # reported to clients: named without the server's folders
+            raise type(exc)(str(exc).replace(str(self.path), self.display)) from None
+        for doc in docs:  # sources are absolute, whatever path the caller gave
+            if doc.source.startswith(str(self.path)):
+                doc.source = self.origin + doc.source[len(str(self.path)) :]
+        return docs
 
 
 def document_sources(docs: Iterable[Document], fingerprint: str) -> Iterator[Source]:
