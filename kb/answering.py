@@ -19,6 +19,7 @@ Grounded modes (rag, extract, rag+finetuned) answer only from their passages:
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -33,9 +34,15 @@ from kb.errors import (
     ModeUnavailable,
 )
 from kb.generators import GeneratorRegistry
-from kb.generators.base import Generation
+from kb.generators.base import Generation, Generator, Message
 from kb.grounding import POLICIES, Extract, Extractor, SupportChecker, SupportReport, load_scorer
-from kb.grounding.check import CitationFilter, is_not_covered, join_sentences
+from kb.grounding.check import (
+    CitationFilter,
+    is_not_covered,
+    join_sentences,
+    remove_foreign_citations,
+)
+from kb.grounding.evidence import terms
 from kb.grounding.extract import Quote
 from kb.grounding.scorers import EmbeddingScorer
 from kb.grounding.sentences import split_sentences
@@ -50,6 +57,8 @@ from kb.prompting import (
 from kb.types import Passage
 
 EXTRACT = "extract"
+#: a character after which a sentence of a streamed answer may have ended
+_SENTENCE_END = re.compile(r"[.!?\n\u3002\uff01\uff1f]")
 MODES = ("base", "rag", EXTRACT, "finetuned", "rag+finetuned")
 COMPARE = "compare"
 ANSWER_MODES = (*MODES, COMPARE)
@@ -336,11 +345,6 @@ class Answerer:
                 checker = self._checkers.setdefault(key, checker)
         return checker
 
-    def _is_word(self, collection: str, word: str) -> bool:
-        """Whether the embedder's tokenizer knows `word` whole: a word it must piece together
-        ("vaccum", "recusive") may be a typo, one it knows ("replica") is not."""
-        return self._embedder(collection).count_tokens(word) <= 1
-
     def _embedder(self, collection: str):
         return self.kb.embedder_for(self.kb.collection(collection).snapshot().embedder)
 
@@ -349,19 +353,32 @@ class Answerer:
         if ctx.extract is None:
             t = time.perf_counter()
             bm25 = self.kb.collection(ctx.collection).snapshot().bm25
+            embedder = self._embedder(ctx.collection)
             rerank = self.kb.retriever.reranker
             extractor = Extractor(
-                EmbeddingScorer(self._embedder(ctx.collection)),
+                EmbeddingScorer(embedder),
                 rerank=rerank.score_pairs if rerank is not None else None,
                 min_score=self.settings.extract_min_score,
             )
+            passage_terms: set[str] | None = None
+
+            def respell(term: str, word: str) -> str | None:
+                """The term a misspelt word meant: only a word the embedder's tokenizer must
+                piece together ("vaccum"; "replica" is a word), and only a term that the
+                passages found for this question use."""
+                nonlocal passage_terms
+                fixed = bm25.respelled(term)
+                if fixed is None or embedder.count_tokens(word) <= 1:
+                    return None
+                if passage_terms is None:
+                    passage_terms = set().union(*(terms(p.text) for p in ctx.relevant))
+                return fixed if fixed in passage_terms else None
+
             ctx.extract = extractor.answer(
                 ctx.request.question,
                 ctx.relevant,
                 lambda terms: (bm25.size, bm25.document_frequencies(terms)),
-                lambda term, word: (
-                    None if self._is_word(ctx.collection, word) else bm25.respelled(term)
-                ),
+                respell,
             )
             ctx.timings["extract"] = time.perf_counter() - t
         return ctx.extract
@@ -582,7 +599,7 @@ class Answerer:
                         events.close()
                 if generation is None:
                     raise KBError(f"model {plan.generator!r} ended its stream without a result")
-            elif plan.grounded and ctx.policy == "fallback":
+            elif plan.grounded and used and ctx.policy == "fallback":
                 generation = self._generate_until_refuted(
                     ctx,
                     generator,
@@ -615,14 +632,20 @@ class Answerer:
         yield AnswerEvent("result", plan.mode, result=result)
 
     def _generate_until_refuted(
-        self, ctx: _Context, generator, messages, used: list[Passage], **options: Any
+        self,
+        ctx: _Context,
+        generator: Generator,
+        messages: list[Message],
+        used: list[Passage],
+        **options: Any,
     ) -> Generation:
         """Generate, stopping at the first finished sentence the support check is sure to
         refute: under `fallback` that sentence already decides the answer, and a small model
-        that has wandered off its passages would otherwise run to its token limit."""
+        that has wandered off its passages would otherwise run to its token limit. The text
+        returned is the text read, which `check` splits exactly as it was split here."""
         checker = self._checker(ctx.collection)
         not_covered = not_covered_answer()
-        text, checked = "", 0
+        text, checked, pending, refuted = "", 0, False, False
         started = time.perf_counter()
         first_token = None
         events = generator.stream(messages, **options)
@@ -632,29 +655,34 @@ class Answerer:
                     return event.generation
                 text += event.delta
                 first_token = first_token or time.perf_counter() - started
-                spans = split_sentences(text)
-                # a sentence is finished once another begins, and not a citation of it
+                # a sentence can only have ended after one of these; split again only then
+                pending = pending or bool(_SENTENCE_END.search(event.delta))
+                if not pending:
+                    continue
+                spans = split_sentences(remove_foreign_citations(text, len(used))[0])
+                # finished once another sentence begins (and that is not its own citation)
                 done = len(spans) - (2 if spans and spans[-1].text.startswith("[") else 1)
-                for span in spans[checked:done]:
-                    if checker.refuted(span.text, used, not_covered):
-                        return Generation(
-                            text=text[: span.end],
-                            prompt_tokens=sum(
-                                generator.count_tokens(m["content"]) for m in messages
-                            ),
-                            completion_tokens=generator.count_tokens(text),
-                            finish_reason="unsupported",
-                            model=str(getattr(generator, "model_id", "")),
-                            timings={
-                                "first_token": first_token,
-                                "total": time.perf_counter() - started,
-                            },
-                        )
-                checked = max(checked, done)
+                if done <= checked:
+                    continue
+                refuted = any(
+                    checker.refuted(s.text, used, not_covered) for s in spans[checked:done]
+                )
+                checked, pending = done, False
+                if refuted:
+                    break
         finally:  # stops the model now
             if hasattr(events, "close"):
                 events.close()
-        raise KBError("the model ended its stream without a result")
+        if not refuted:
+            raise KBError("the model ended its stream without a result")
+        return Generation(
+            text=text,
+            prompt_tokens=generator.count_message_tokens(messages),
+            completion_tokens=generator.count_tokens(text),
+            finish_reason="unsupported",
+            model=str(getattr(generator, "model_id", "")),
+            timings={"first_token": first_token or 0.0, "total": time.perf_counter() - started},
+        )
 
     def _apply_support(self, ctx: _Context, result: AnswerResult, used: list[Passage]) -> None:
         """Check a generated answer against the passages it was given; apply the policy."""
@@ -691,6 +719,7 @@ class Answerer:
         report.action, report.answer_share = "not_covered", None
         result.answer = not_covered_answer()
         result.not_covered = True
+        result.finish_reason = "not_covered"
 
     def _fall_back(self, ctx: _Context, result: AnswerResult, used: list[Passage]) -> None:
         report = result.support

@@ -145,7 +145,11 @@ class Retriever:
         elif options.fusion == "rrf":
             ranked = rrf([dense, lexical], options.rrf_k)
         else:
-            ranked = weighted([dense, lexical], [options.dense_weight, 1 - options.dense_weight])
+            # BM25 lists only passages that hold a query term: a list shorter than the pool is
+            # all of them, and every other passage scores 0 there
+            floors = [None, 0.0 if len(lexical) < pool else None]
+            weights = [options.dense_weight, 1 - options.dense_weight]
+            ranked = weighted([dense, lexical], weights, floors)
 
         limit = pool if self.reranker else k
         ranked = ranked[:limit]
@@ -226,16 +230,24 @@ def rrf(rankings: list[list[tuple[int, float]]], k: int = 60) -> list[tuple[int,
 
 
 def weighted(
-    rankings: list[list[tuple[int, float]]], weights: list[float]
+    rankings: list[list[tuple[int, float]]],
+    weights: list[float],
+    floors: list[float | None] | None = None,
 ) -> list[tuple[int, float]]:
-    """Weighted sum of min-max normalised scores; an item missing from a list scores 0 there."""
+    """Weighted sum of min-max normalised scores; an item missing from a list scores 0 there.
+
+    A list's minimum is its lowest score, or its floor when given (the score of everything the
+    list leaves out, when it leaves out only non-matches). A list whose scores are all equal
+    (one hit) scores them 1: the best it has, not the worst."""
     fused: dict[int, float] = {}
-    for ranking, weight in zip(rankings, weights, strict=True):
+    for i, (ranking, weight) in enumerate(zip(rankings, weights, strict=True)):
         if not ranking:
             continue
         values = np.array([s for _, s in ranking], dtype=np.float64)
-        lo, hi = values.min(), values.max()
-        span = hi - lo if hi > lo else 1.0
+        floor = floors[i] if floors else None
+        lo = values.min() if floor is None else min(floor, values.min())
+        hi = values.max()
         for item, score in ranking:
-            fused[item] = fused.get(item, 0.0) + weight * (score - lo) / span
+            norm = (score - lo) / (hi - lo) if hi > lo else 1.0
+            fused[item] = fused.get(item, 0.0) + weight * norm
     return sorted(fused.items(), key=lambda x: (-x[1], x[0]))

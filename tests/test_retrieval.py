@@ -48,6 +48,13 @@ def test_rrf_and_weighted_fusion_by_hand():
     assert mixed[2] == pytest.approx(0.5 * (0.8 - 0.1) / 0.8)
     assert mixed[3] == pytest.approx(0.5 * 0.0 + 0.5 * 1.0)
 
+    # one passage holds the rare term: BM25's only hit is its best, not a zero
+    lone = weighted([dense, [(2, 13.6)]], [0.5, 0.5])
+    assert lone[0][0] == 2 and dict(lone)[2] == pytest.approx(0.5 * 0.7 / 0.8 + 0.5)
+    # a BM25 list shorter than the pool is every match: the rest score 0, so its floor is 0
+    floored = dict(weighted([dense, lexical], [0.5, 0.5], [None, 0.0]))
+    assert floored[1] == pytest.approx(0.5 * 1.0 + 0.5 * 4.0 / 12.0)
+
 
 QUERIES = [
     "What do the keepers of the lighthouse trim at dusk?",

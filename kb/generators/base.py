@@ -38,7 +38,9 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (end of answer or a stop string) or "length" (token limit)
+    #: "stop" (end of answer or a stop string), "length" (token limit), or "unsupported" (the
+    #: answering core stopped it at a sentence its passages refute)
+    finish_reason: str
     model: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # "first_token", "total"
 

@@ -255,9 +255,9 @@ class SupportChecker:
             return False
         if not passages:
             return True
-        floor = 2 * self.threshold - 1  # 0.5 * lexical + 0.5 * 1.0 >= threshold
+        # the score `_score` computes, with the best semantic half a scorer can give (1.0)
         return not any(
-            not missing and lexical >= floor
+            not missing and 0.5 * lexical + 0.5 * 1.0 >= self.threshold
             for _, lexical, missing in _evidence(sentence, passages)
         )
 

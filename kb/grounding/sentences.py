@@ -8,9 +8,11 @@ from dataclasses import dataclass
 #: an end of sentence: . ! or ? (then closing quotes or brackets) before space and a word that
 #: does not start in lower case; a full-width 。！？; or a line break. "e.g. the" and "3.40.1"
 #: do not split, nor does a line break inside a hard-wrapped paragraph (below)
-_BOUNDARY = re.compile(r"(?<=[.!?])([\"'”’)\]]*)[ \t]+(?=\S)|(?<=[。！？])|[ \t]*\n\s*")
-#: a line that starts a block of its own: a list item, heading, table row, quote or rule
-_BLOCK_START = re.compile(r"[-*+•#|>=]|\d{1,3}[.)]\s")
+_BOUNDARY = re.compile(r"(?<=[.!?])([\"'”’)\]]*)[ \t]+(?=\S)|(?<=[。！？])|[ \t\r]*\n\s*")
+#: a line that starts a block of its own: a list item, heading, table row, quote, rule or fence
+_BLOCK_START = re.compile(r"[-*+•#|>=`]|\d{1,3}[.)]\s")
+#: a line that is a block of its own, whatever follows: a heading, table row or code fence
+_HEADING = re.compile(r"\s*(?:#|\||```)")
 #: a line this long that ends in a word or a comma was cut by the writer's editor, not by them:
 #: wrapped text (Markdown, mail, plain text) fills lines to 60-80 characters, headings and code
 #: lines rarely do
@@ -35,7 +37,8 @@ def split_sentences(text: str) -> list[Span]:
     cursor = 0
     for match in _BOUNDARY.finditer(text):
         inside = match.end() < len(text) and (
-            text[match.end()].islower() or _ABBREVIATION.search(text[: match.start()])
+            text[match.end()].islower()
+            or _ABBREVIATION.search(text[max(0, match.start() - 12) : match.start()])
         )
         if "\n" not in match.group() and inside:
             continue  # "e.g. The", "i.e. the", "kb. the": inside a sentence
@@ -68,24 +71,19 @@ def split_sentences(text: str) -> list[Span]:
 
 
 def _wrapped(text: str, cursor: int, match: re.Match) -> bool:
-    """Whether a line break only wraps a paragraph: one break (no blank line), the next line
-    no block of its own, and the line before it either ends in a comma or is a long line
-    ending mid-sentence, or the next line goes on in lower case."""
-    gap = match.group()
-    if gap.count("\n") > 1 or match.end() >= len(text):
+    """Whether a line break only wraps a paragraph: one break (no blank line), neither line a
+    heading or table row nor the next one a list item, and the line before it ending in a comma
+    or long and cut mid-sentence."""
+    if match.group().count("\n") > 1 or match.end() >= len(text):
         return False
-    following = text[match.end() : match.end() + 4]
-    if _BLOCK_START.match(following):
+    if _BLOCK_START.match(text, match.end()):
         return False
     newline = text.rfind("\n", cursor, match.start())
     line = text[newline + 1 if newline >= 0 else cursor : match.start()]
-    if not line or line[-1] in ".!?:;":
+    if not line or line[-1] in ".!?:;" or _HEADING.match(line):
         return False
-    return (
-        line[-1] == ","
-        or following[0].islower()
-        or (len(line) >= _WRAPPED_LINE and (line[-1].isalnum() or line[-1] in ")`'\""))
-    )
+    wraps = len(line) >= _WRAPPED_LINE and (line[-1].isalnum() or line[-1] in ")`'\"")
+    return line[-1] == "," or wraps
 
 
 def windows(span: Span, max_words: int) -> list[Span]:

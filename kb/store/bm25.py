@@ -47,8 +47,9 @@ def query_terms(query: str) -> list[str]:
     return _stemmer().stemWords(words) if words else []
 
 
-#: unseen terms shorter than this are not respelled: "vec0" is one edit from too many words
-SPELLING_MIN_CHARS = 5
+#: unseen terms respelled: plain letters, 5 to 20 of them ("vec0" is one edit from too many
+#: words, and a pasted hash is no typo)
+_SPELLABLE = re.compile(r"[a-z]{5,20}")
 
 
 class BM25Index:
@@ -100,13 +101,15 @@ class BM25Index:
 
     def respelled(self, term: str) -> str | None:
         """The indexed term one edit (a letter added, dropped, changed or two swapped) away from
-        an unseen `term` of 5+ letters, the most frequent if several: "ingset" -> "ingest".
-        None when the term is known, short, or has no such neighbour."""
+        an unseen `term` of 5-20 plain letters, the same first letter kept, the most frequent if
+        several: "vaccum" -> "vacuum". None when the term is known, has digits or other
+        characters (an identifier or a number is never a typo of another one), or has no such
+        neighbour."""
         vocab = getattr(self._model, "vocab_dict", None) or {}
-        if len(term) < SPELLING_MIN_CHARS or term in vocab or not len(self.ids):
+        if term in vocab or not _SPELLABLE.fullmatch(term) or not len(self.ids):
             return None
-        letters = "abcdefghijklmnopqrstuvwxyz0123456789_"
-        splits = [(term[:i], term[i:]) for i in range(len(term) + 1)]
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        splits = [(term[:i], term[i:]) for i in range(1, len(term) + 1)]  # the first letter stays
         edits = {a + b[1:] for a, b in splits if b}
         edits |= {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
         edits |= {a + c + b[1:] for a, b in splits if b for c in letters}
