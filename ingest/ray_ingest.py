@@ -5,8 +5,10 @@ The driver lists and hashes the files as a local ingest does, so unchanged files
 cluster. Each worker is a Ray Data actor that loads the embedder once and runs the pipeline's own
 `load_source`, `chunk_source` and `embed_input` on a batch of files. Results come back in file
 order (`preserve_order`), and the driver commits them through `Ingestor._commit`: the same rows,
-chunk ids, generations, reports and crash safety as a local ingest, and a killed run keeps what it
-had committed.
+chunk ids, reports and crash safety as a local ingest, and a killed run keeps what it had
+committed. Vectors agree within bfloat16 tolerance, not bit for bit: a text's vector moves a
+little with the batch it is embedded in, and a worker's batch of files is not a local ingest's
+batch of chunks.
 
 Boilerplate dropping (KB_DROP_BOILERPLATE) makes a file's chunks depend on the files before it: a
 local ingest judges each file by the line counts of the files read so far. So a first, light pass
@@ -57,7 +59,8 @@ class RayIngestOptions(Spec):
     ray_address: str | None = Field(
         None,
         description="Ray cluster to run on, e.g. 'auto' (the one `ray start` runs here) or "
-        "'ray://HOST:10001'; default: RAY_ADDRESS, else a Ray instance started for this run.",
+        "'ray://HOST:10001'; default: RAY_ADDRESS, else a cluster started here with `ray start`, "
+        "else a Ray instance started for this run.",
     )
     ray_workers: int | None = Field(
         None,
@@ -106,8 +109,8 @@ class RayConnection:
 
 
 def connect(address: str | None) -> RayConnection:
-    """Join the cluster at `address` (RAY_ADDRESS or a new local instance when None), or keep
-    the connection this process already has."""
+    """Join the cluster at `address` (when None: RAY_ADDRESS, a cluster `ray start` began on
+    this host, or a new local instance), or keep the connection this process already has."""
     ray = require_ray()
     if ray.is_initialized():
         return RayConnection(ray, started=False)
