@@ -255,27 +255,14 @@ class RayIngestor(Ingestor):
             batch_format="numpy",
             num_cpus=self.options.ray_cpus,
         )
-        counts = LineCounts(self.boilerplate.files, dict(self.boilerplate.counts))
-        views: dict[int, LineCounts] = {}
-        held: list[tuple[int, list[str]]] = []
         for row in keyed.iter_rows():
             i = int(row["i"])
             if row["status"] != "ok":
                 name = changed[i].display or changed[i].origin
                 self._record_failure(name, str(row["status"]), str(row["message"]), report)
                 continue
-            keys = str(row["keys"]).split()
-            self._keys.append((i, keys))
-            counts.add_keys(keys)
-            if counts.files < BOILERPLATE_WARMUP:
-                held.append((i, keys))
-                continue
-            for waiting, waiting_keys in held + [(i, keys)]:
-                views[waiting] = _verdicts(counts, waiting_keys)
-            held = []
-        for waiting, waiting_keys in held:
-            views[waiting] = _verdicts(counts, waiting_keys)
-        return views
+            self._keys.append((i, str(row["keys"]).split()))
+        return boilerplate_views(self.boilerplate, self._keys)
 
     def _count_keys_through(self, last: int) -> None:
         """Add the line keys of the files up to `last` to the counts the next commit stores,
@@ -285,6 +272,27 @@ class RayIngestor(Ingestor):
         while self._keys_counted < len(self._keys) and self._keys[self._keys_counted][0] <= last:
             self.boilerplate.add_keys(self._keys[self._keys_counted][1])
             self._keys_counted += 1
+
+
+def boilerplate_views(
+    stored: LineCounts, keyed: Iterable[tuple[int, list[str]]]
+) -> dict[int, LineCounts]:
+    """Per file, the counts its chunking reads, replayed as `Ingestor._chunked` counts: `stored`
+    plus each loaded file's line keys in order, the first files held until
+    `BOILERPLATE_WARMUP` are counted. A view holds only that file's boilerplate lines."""
+    counts = LineCounts(stored.files, dict(stored.counts))
+    views: dict[int, LineCounts] = {}
+    held: list[tuple[int, list[str]]] = []
+    for i, keys in keyed:
+        counts.add_keys(keys)
+        held.append((i, keys))
+        if counts.files >= BOILERPLATE_WARMUP:
+            for waiting, waiting_keys in held:
+                views[waiting] = _verdicts(counts, waiting_keys)
+            held = []
+    for waiting, waiting_keys in held:
+        views[waiting] = _verdicts(counts, waiting_keys)
+    return views
 
 
 def _verdicts(counts: LineCounts, keys: list[str]) -> LineCounts:

@@ -256,6 +256,63 @@ def test_two_serve_replicas_answer_search_alike_and_follow_new_commits(
         serve.shutdown()
 
 
+def test_boilerplate_views_chunk_each_file_as_a_local_ingest_does(tmp_path: Path) -> None:
+    """The counts a Ray ingest replays on the driver give every file the chunks that the local
+    pipeline gives it, held-back first files (the warm-up) and counts stored before included."""
+    from ingest.boilerplate import LineCounts, file_keys
+    from ingest.chunking import Chunker
+    from ingest.pipeline import (
+        BOILERPLATE_WARMUP,
+        FILE_ERRORS,
+        Ingestor,
+        IngestReport,
+        chunk_source,
+        folder_sources,
+        load_source,
+    )
+    from ingest.ray_ingest import boilerplate_views
+    from kb.store.collection import Collection
+
+    chunker = Chunker(lambda text: len(text.split()), 64, 8, drop_boilerplate=True)
+    stored = LineCounts()
+    for run, count in enumerate((BOILERPLATE_WARMUP + 10, 12)):
+        folder = tmp_path / f"run-{run}"
+        folder.mkdir()
+        for i in range(count):
+            # the bar on most early files, fewer later: a file's verdict depends on when it is read
+            nav = NAV if (i % 3 != 0 if i < 30 else i % 4 == 0) else ""
+            body = f"# Note {run}-{i}\n\nOnly note {run}-{i} speaks of qz{run}{i:03d}."
+            (folder / f"n{i:03d}.md").write_text(nav + ("\n" + body if i % 17 else "\n"))
+        sources, _ = folder_sources(folder, loader_options={}, fingerprint="t", max_bytes=1 << 20)
+
+        col = Collection.create(tmp_path / f"col-{run}", "c", embedder="minilm", dimension=384)
+        col.commit(meta={"boilerplate": stored.to_json()})
+        local = Ingestor(col, None, chunker)  # chunking alone: its embedder is never asked
+        items = local._chunked(sources, {}, IngestReport("c"))  # held files come out late
+        expected = {p.origin: p.docs for p in items if p is not None}
+
+        keyed = []  # what the Ray key pass returns: the files that load, with their line keys
+        for i, source in enumerate(sources):
+            try:
+                keyed.append((i, sorted(file_keys(load_source(source)))))
+            except FILE_ERRORS:
+                assert source.origin not in expected
+        views = boilerplate_views(stored, keyed)
+        for i, source in enumerate(sources):
+            if i not in views:
+                continue
+            try:
+                chunked = chunk_source(chunker, source, load_source(source), views[i])
+            except FILE_ERRORS as exc:  # the same refusal as the local pipeline's
+                assert source.origin not in expected, (run, i, exc)
+                continue
+            assert expected.get(source.origin) == chunked, (run, i)
+        dropped = sum(1 for view in views.values() if view.counts)
+        assert 0 < dropped < count, "the corpus should have files with and without the bar"
+        for _, keys in keyed:
+            stored.add_keys(keys)
+
+
 def test_ray_without_the_extra_names_it(tmp_path: Path) -> None:
     """With `ray` not importable, both commands stop before any work and name the extra."""
     hidden = tmp_path / "hide"
