@@ -128,3 +128,16 @@ def test_fused_graph_is_checked_against_the_export(model_cache):
     fp32 = int8.with_name("model.float32.onnx")
     assert _same_outputs(fp32, fp32, vocab=30522)
     assert not _same_outputs(fp32, int8, vocab=30522)
+
+
+def test_single_query_path_gives_the_batch_path_vector(model_cache):
+    """query_vector skips the batching path; a one-text batch gives the same vector."""
+    from kb.embedders.onnx import OnnxEmbedder
+
+    emb = OnnxEmbedder(
+        bundled_minilm_path(), cache_dir=model_cache, dtype="int8", threads=1, pad_to_multiple_of=0
+    )
+    for text in TEXTS:
+        vec = emb.query_vector(text)
+        assert vec.dtype == np.float32 and abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
+        assert np.abs(vec - emb.embed([text])[0]).max() < 1e-6, text

@@ -99,6 +99,19 @@ class OnnxEmbedder(Embedder):
         exported = Path(self.onnx_path).stat()
         return f"{self.model_id}|onnx-{self.dtype}|{exported.st_size}:{exported.st_mtime_ns}"
 
+    def query_vector(self, text: str) -> np.ndarray:
+        """One text straight through the session: a search embeds one query per request, and
+        the batching path's sorting, copies and batch encoding are per-request CPU there."""
+        encoding = self._encoder.encode(text)
+        feeds = {
+            "input_ids": np.array([encoding.ids], dtype=np.int64),
+            "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
+            "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
+        }
+        vec = self._session.run(None, {name: feeds[name] for name in self._inputs})[0][0]
+        norm = float(np.sqrt(vec @ vec))
+        return (vec / norm if norm else vec).astype(np.float32, copy=False)
+
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         encodings = self._encoder.encode_batch(list(texts))
         feeds = {
