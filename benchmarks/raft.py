@@ -192,6 +192,24 @@ def train(args, work_settings, folder: Path) -> tuple[str, dict[str, Any]]:
     }
 
 
+def registered_training(work_settings, name: str) -> dict[str, Any]:
+    """What the registry recorded of a model trained earlier (scored with --model)."""
+    from kb.models import ModelRegistry
+
+    record = ModelRegistry(work_settings).get(name)
+    metrics = record.metrics or {}
+    return {
+        "job": record.job_id,
+        "seconds": metrics.get("train_seconds"),
+        "examples": metrics.get("train_examples"),
+        "examples_per_s": metrics.get("examples_per_s"),
+        "train_loss": metrics.get("train_loss"),
+        "eval_loss": metrics.get("eval_loss"),
+        "params": record.params,
+        "data": (record.dataset or {}).get("source"),
+    }
+
+
 def score(args, kb, settings, questions: list, html: Path, model: str):
     """benchmarks/answers.py's answer evaluation of the modes, rag+finetuned by `model`."""
     from kb.eval.answers import AnswerEvalSpec, answerer_fn, run_answer_eval
@@ -244,10 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         prepared = prepare(args, kb, settings, all_questions, folder)
         print(f"prepared {prepared['counts']}", file=sys.stderr, flush=True)
         model, trained = train(args, work_settings, folder)
+    else:
+        trained = registered_training(work_settings, model)
 
     found = answers.retrieval(kb, questions, html)
     record = score(args, kb, settings, questions, html, model)
-    rows = answers.table_rows(record.metrics, found["summary"])
+    rows = answers.table_rows(record, found["summary"])
     report = {
         "benchmark": "raft",
         "dataset": str(args.dataset),
