@@ -212,7 +212,16 @@ class Ingestor:
                 ready, ready_chunks = [], 0
         self._embed(batch, report)
         ready += batch
+        return self._finish(ready, prune_origins, report, started)
 
+    def _finish(
+        self,
+        ready: list[_Pending],
+        prune_origins: Iterable[str],
+        report: IngestReport,
+        started: float,
+    ) -> IngestReport:
+        """The last commit: what is ready, and the documents of files gone from the folder."""
         removed_docs: list[str] = []
         for origin in prune_origins:
             removed_docs += self._doc_ids_of_origin(origin)

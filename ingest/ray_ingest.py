@@ -180,16 +180,8 @@ class RayIngestor(Ingestor):
             if connection is not None:
                 connection.close()
 
-        removed_docs: list[str] = []
-        for origin in prune_origins:
-            removed_docs += self._doc_ids_of_origin(origin)
-            report.removed += 1
-            self.progress.file_done(origin, "removed")
         self._count_keys_through(len(changed))
-        self._commit(ready, removed_docs, report)
-        report.generation = self.collection.generation
-        report.seconds = round(time.perf_counter() - started, 3)
-        return report
+        return self._finish(ready, prune_origins, report, started)
 
     # -- the cluster's work ----------------------------------------------------------------
 

@@ -24,11 +24,13 @@ EXACT_FILTER_MAX = 20_000
 
 @dataclass
 class RetrievalOptions:
-    method: str = "hybrid"
-    fusion: str = "weighted"
-    rrf_k: int = 60
-    dense_weight: float = 0.5
-    candidates: int = 100
+    """How one search runs; its defaults are the settings' (`KnowledgeBase.retrieval_options`)."""
+
+    method: str
+    fusion: str
+    rrf_k: int
+    dense_weight: float
+    candidates: int
 
     def check(self) -> None:
         if self.method not in METHODS:
