@@ -229,7 +229,13 @@ def main() -> None:
                 )
                 for n in threads:
                     setups[f"llama.cpp {kind} {n}t"] = LlamaCppGenerator(
-                        spec, cache, threads=n, weights=kind
+                        spec, cache, threads=n, weights=kind, prompt_threads=n
+                    )
+                # decode on one thread, read the prompt on the most threads tried (the default
+                # on a machine of that many cores)
+                if len(threads) > 1 and min(threads) == 1:
+                    setups[f"llama.cpp {kind} 1t+{max(threads)}p"] = LlamaCppGenerator(
+                        spec, cache, threads=1, weights=kind, prompt_threads=max(threads)
                     )
         else:
             print(f"llama.cpp skipped: {unavailable}")
