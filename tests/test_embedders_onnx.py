@@ -1,4 +1,5 @@
-"""The ONNX Runtime paths: single queries (float32 export) and int8 ingest give torch's vectors."""
+"""The embedders' paths: torch's vectors do not depend on batching; single queries (float32
+ONNX export) and int8 ingest give torch's vectors."""
 
 from __future__ import annotations
 
@@ -141,3 +142,19 @@ def test_single_query_path_gives_the_batch_path_vector(model_cache):
         vec = emb.query_vector(text)
         assert vec.dtype == np.float32 and abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
         assert np.abs(vec - emb.embed([text])[0]).max() < 1e-6, text
+
+
+def test_a_texts_vector_does_not_depend_on_the_batch_it_is_embedded_in():
+    """In bfloat16 a vector moves with its padding; padding to a multiple, by batches of one
+    padded length, makes it the text's own: alone, among longer or shorter texts, in any order."""
+    embedder = SentenceTransformerEmbedder(bundled_minilm_path())  # bfloat16, the default
+    long_text = " ".join(["The heron stands in the shallows and waits for a fish."] * 12)
+    texts = [*TEXTS, long_text, TEXTS[1] + " It still has them."]
+    together = embedder.embed(texts)
+    alone = np.stack([embedder.embed([t])[0] for t in texts])
+    reversed_ = embedder.embed(texts[::-1])[::-1]
+    assert np.array_equal(together, alone)
+    assert np.array_equal(together, reversed_)
+    lengths = embedder.padded_lengths(texts)
+    assert lengths is not None and all(n % 8 == 0 for n in lengths)
+    assert lengths[4] > lengths[1]

