@@ -6,7 +6,9 @@
 
 Data: ../shared/data/sqlite-docs (--dataset): html/ (766 pages of the SQLite 3.40.1 manual),
 qa.jsonl (40 questions with gold pages and gold strings) and unanswerable.jsonl (5 questions
-the manual does not answer).
+the manual does not answer): the held-out test set. --questions data/sqlite-dev reads the
+development set (40 + 10 other questions over the same manual) that extract's scoring is tuned
+on.
 
 Ingest: html/ goes into a data dir of its own under --cache (benchmarks/.cache/answers/<key>),
 where the key hashes the pages (paths, sizes, times), the ingest code (ingest/**.py) and the
@@ -62,6 +64,13 @@ INGEST_SETTINGS = ("chunk_size", "chunk_overlap", "drop_boilerplate", "embedder"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", type=Path, default=DATASET, help="sqlite-docs folder")
+    p.add_argument(
+        "--questions",
+        type=Path,
+        default=None,
+        help="folder with qa.jsonl and unanswerable.jsonl over the same manual (default: "
+        "--dataset's test set; data/sqlite-dev is the development set to tune on)",
+    )
     p.add_argument("--cache", type=Path, default=CACHE, help="where ingested data dirs are kept")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     p.add_argument("--modes", default=",".join(ALL_MODES), help="comma-separated answering modes")
@@ -99,16 +108,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- data --------------------------------------------------------------------------------
 
 
-def load_dataset(folder: Path, limit: int | None) -> tuple[Path, list]:
+def load_dataset(
+    folder: Path, limit: int | None, questions_from: Path | None = None
+) -> tuple[Path, list]:
     """The html/ folder and the questions (answerable first, then unanswerable)."""
     from kb.eval.answers import load_questions
 
     html = folder / "html"
-    files = [folder / "qa.jsonl", folder / "unanswerable.jsonl"]
+    source = questions_from or folder
+    files = [source / "qa.jsonl", source / "unanswerable.jsonl"]
     missing = [str(f) for f in [html, *files] if not f.exists()]
     if missing:
         raise SystemExit(
-            f"--dataset {folder} lacks {', '.join(missing)}: pass a sqlite-docs folder"
+            f"{', '.join(missing)} missing: pass a sqlite-docs folder as --dataset and a "
+            "folder holding qa.jsonl and unanswerable.jsonl as --questions"
         )
     questions = []
     for file in files:
@@ -280,14 +293,10 @@ def table_rows(record, retrieval_figures: dict[str, Any]) -> list[dict]:
             for row in record.rows
             if "error" not in row["modes"][mode]
         )
-        rows.append(
-            {
-                "mode": mode,
-                **(retrieval_figures if grounded else {}),
-                **metrics,
-                "support_actions": dict(sorted(actions.items())),
-            }
-        )
+        row = {"mode": mode, **(retrieval_figures if grounded else {}), **metrics}
+        if not grounded:  # given no passages, its "[0]" is code, not a citation
+            row["stray_citation_rate"] = None
+        rows.append({**row, "support_actions": dict(sorted(actions.items()))})
     return rows
 
 
@@ -325,7 +334,7 @@ def print_table(rows: list[dict], retrieval_figures: dict[str, Any], errors: dic
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    html, questions = load_dataset(args.dataset, args.limit)
+    html, questions = load_dataset(args.dataset, args.limit, args.questions)
     key = cache_key(html, settings_for(args))
     settings = settings_for(args, (args.cache / key).resolve())
     print(f"ingesting {html} into {settings.data_dir}", file=sys.stderr, flush=True)
@@ -344,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "answers",
         "dataset": str(args.dataset),
+        "questions_from": str(args.questions or args.dataset),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "duration_s": round(time.perf_counter() - started, 1),
         "questions": {

@@ -359,16 +359,17 @@ class Answerer:
                 EmbeddingScorer(embedder),
                 rerank=rerank.score_pairs if rerank is not None else None,
                 min_score=self.settings.extract_min_score,
+                ordinary=lambda word: embedder.count_tokens(word) <= 1,
             )
             passage_terms: set[str] | None = None
 
             def respell(term: str, word: str) -> str | None:
-                """The term a misspelt word meant: only a word the embedder's tokenizer must
-                piece together ("vaccum"; "replica" is a word), and only a term that the
+                """The term a misspelt word meant ("vaccum": the extractor asks only for words
+                the embedder's tokenizer must piece together), and only a term that the
                 passages found for this question use."""
                 nonlocal passage_terms
                 fixed = bm25.respelled(term)
-                if fixed is None or embedder.count_tokens(word) <= 1:
+                if fixed is None:
                     return None
                 if passage_terms is None:
                     passage_terms = set().union(*(terms(p.text) for p in ctx.relevant))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import needs_shared_data
+from tests.conftest import data_dir_with_cache, needs_shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,19 +198,25 @@ SQLITE_PAGES = (
 )  # fmt: skip
 
 
-@needs_shared_data("sqlite-docs")
-def test_answers_benchmark_tiny(tmp_path):
+def sqlite_subset(folder: Path, questions: int = 3) -> Path:
     """A handful of the manual's pages, the questions whose gold pages they hold, and one
-    unanswerable question: every mode's row, unavailable modes named, the ingest cached."""
-    dataset = tmp_path / "sqlite-docs"
+    unanswerable question, laid out as the shared set is."""
+    dataset = folder / "sqlite-docs"
     for page in SQLITE_PAGES:
         (dataset / "html" / page).parent.mkdir(parents=True, exist_ok=True)
         (dataset / "html" / page).write_bytes((SQLITE_DOCS / "html" / page).read_bytes())
     lines = (SQLITE_DOCS / "qa.jsonl").read_text().splitlines()
     held = [line for line in lines if set(json.loads(line)["gold_pages"]) <= set(SQLITE_PAGES)]
-    (dataset / "qa.jsonl").write_text("\n".join(held[:3]) + "\n")
+    (dataset / "qa.jsonl").write_text("\n".join(held[:questions]) + "\n")
     unanswerable = (SQLITE_DOCS / "unanswerable.jsonl").read_text().splitlines()[:1]
     (dataset / "unanswerable.jsonl").write_text(unanswerable[0] + "\n")
+    return dataset
+
+
+@needs_shared_data("sqlite-docs")
+def test_answers_benchmark_tiny(tmp_path):
+    """Every mode's row, unavailable modes named, the ingest cached, questions from elsewhere."""
+    dataset = sqlite_subset(tmp_path)
     generators = [{"name": "smollm2", "backend": "local", "model": "smollm2", "max_new_tokens": 8}]
     common = ["--dataset", str(dataset), "--cache", str(tmp_path / "cache"), "-k", "3"]
     env = {"KB_GENERATORS": json.dumps(generators), "KB_DATA_DIR": str(tmp_path / "empty")}
@@ -244,3 +250,49 @@ def test_answers_benchmark_tiny(tmp_path):
         again["ingest"]["cached"] and again["ingest"]["cache_key"] == report["ingest"]["cache_key"]
     )
     assert again["retrieval"]["summary"] == retrieval["summary"] and again["modes"] == []
+
+    # development questions over the same manual: the ingest is shared, the questions are not
+    questions = tmp_path / "dev"
+    questions.mkdir()
+    first = (dataset / "qa.jsonl").read_text().splitlines()[0]
+    (questions / "qa.jsonl").write_text(first + "\n")
+    (questions / "unanswerable.jsonl").write_text("")
+    dev = run_benchmark(
+        "answers.py", *common, "--retrieval-only", "--questions", str(questions),
+        out=tmp_path / "c.json", env=env,
+    )  # fmt: skip
+    assert dev["ingest"]["cached"] and dev["questions"] == {"answerable": 1, "unanswerable": 0}
+    assert dev["questions_from"] == str(questions)
+
+
+@needs_shared_data("sqlite-docs")
+def test_raft_benchmark_tiny(tmp_path, model_cache):
+    """RAFT data prepared from the collection, a LoRA trained through the job code, rag,
+    rag+finetuned and extract scored in one table; scoring the registered model again trains
+    nothing and reports the training the registry recorded."""
+    dataset = sqlite_subset(tmp_path, questions=2)
+    common = [
+        "--dataset", str(dataset), "--cache", str(tmp_path / "cache"), "--work",
+        str(tmp_path / "work"), "-k", "3", "--modes", "rag,rag+finetuned,extract",
+        "--support-policy", "fallback", "--no-hold-out-gold-pages", "--max-examples", "8",
+        "--max-train-examples", "6", "--max-seq-len", "512", "--lora-layers", "1", "--r", "4",
+    ]  # fmt: skip
+    generators = [{"name": "smollm2", "backend": "local", "model": "smollm2", "max_new_tokens": 8}]
+    env = {"KB_GENERATORS": json.dumps(generators)}
+    data_dir_with_cache(tmp_path / "work", model_cache)  # the converted model, once a session
+
+    report = run_benchmark("raft.py", *common, out=tmp_path / "r.json", env=env)
+    assert report["prepare"]["counts"]["train"] > 0
+    assert 0 < report["training"]["examples"] <= 6 and report["training"]["seconds"] > 0
+    rows = {row["mode"]: row for row in report["modes"]}
+    assert set(rows) == {"rag", "rag+finetuned", "extract"}, report["unavailable"]
+    for row in rows.values():
+        assert row["answered"] == 3 and 0.0 <= row["gold_answer_rate"] <= 1.0
+    assert report["context"]["models_by_mode"]["rag+finetuned"][0].startswith(report["model"])
+
+    again = run_benchmark(
+        "raft.py", *common, "--model", report["model"], "--modes", "extract",
+        out=tmp_path / "s.json", env=env,
+    )  # fmt: skip
+    assert again["prepare"] is None and again["model"] == report["model"]
+    assert again["training"]["examples"] == report["training"]["examples"]

@@ -210,6 +210,13 @@ def test_a_term_a_big_collection_never_uses_means_not_covered() -> None:
     assert big.unknown == ["vec0"] and big.covered is False
     small = extractor.answer(question, passages, doc_freq(75))  # small: its vocabulary is thin
     assert small.unknown == [] and small.covered is True
+    # a word of ordinary language the collection never uses is a paraphrase, not a subject
+    reads = Extractor(WordOverlap(), min_score=0.0, ordinary=str.isalpha)
+    paraphrase = "Which metric do virtual tables use by default?"
+    assert extractor.answer(paraphrase, passages, doc_freq(12_000)).unknown == ["metric"]
+    ordinary = reads.answer(paraphrase, passages, doc_freq(12_000))
+    assert ordinary.unknown == [] and ordinary.covered is True
+    assert reads.answer(question, passages, doc_freq(12_000)).unknown == ["vec0"]
 
 
 def test_a_misspelt_word_reads_as_the_word_it_meant() -> None:

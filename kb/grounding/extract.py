@@ -152,10 +152,15 @@ class Extractor:
         *,
         rerank: Callable[[list[tuple[str, str]]], Sequence[float]] | None = None,
         min_score: float = 0.3,
+        ordinary: Callable[[str], bool] | None = None,
     ):
         self.scorer = scorer
         self.rerank = rerank
         self.min_score = min_score
+        #: whether a word is ordinary language (the embedder's vocabulary holds it whole):
+        #: such a word is neither a typo to correct nor, when the collection lacks it, a
+        #: subject the documents miss ("occupy" is a paraphrase; "cloudflare" is a product)
+        self.ordinary = ordinary or (lambda word: False)
 
     def rank(
         self,
@@ -169,9 +174,12 @@ class Extractor:
         ("vaccum" -> "vacuum"), so a typo neither reads as a subject the documents do not
         cover nor loses its match."""
         q_terms = sorted(terms(question) - QUESTION_WORDS)
+        words = {w: terms(w) for w in set(_WORD.findall(question.lower()))}
+        plain = {w for w in words if self.ordinary(w)}
         if respell is not None:
-            q_terms = _respelled(question, q_terms, respell)
+            q_terms = _respelled(words, plain, q_terms, respell)
         weights, unknown = _idf(q_terms, doc_freq)
+        unknown = [t for t in unknown if any(t in ts for w, ts in words.items() if w not in plain)]
         total = sum(weights.values()) or 1.0
         candidates = self._candidates(passages)
         if not candidates or not q_terms:
@@ -264,11 +272,16 @@ def _compose(ranked: list[_Candidate]) -> list[_Candidate]:
 
 
 def _respelled(
-    question: str, q_terms: list[str], respell: Callable[[str, str], str | None]
+    words: dict[str, set[str]],
+    plain: set[str],
+    q_terms: list[str],
+    respell: Callable[[str, str], str | None],
 ) -> list[str]:
     out = set(q_terms)
-    for word in set(_WORD.findall(question.lower())):
-        for term in terms(word) & out:
+    for word, word_terms in words.items():
+        if word in plain:
+            continue
+        for term in word_terms & out:
             if (fixed := respell(term, word)) is not None:
                 out.discard(term)
                 out.add(fixed)
