@@ -256,12 +256,12 @@ def test_answers_benchmark_tiny(tmp_path):
     questions.mkdir()
     first = (dataset / "qa.jsonl").read_text().splitlines()[0]
     (questions / "qa.jsonl").write_text(first + "\n")
-    (questions / "unanswerable.jsonl").write_text("")
+    (questions / "unanswerable.jsonl").write_text((dataset / "unanswerable.jsonl").read_text())
     dev = run_benchmark(
         "answers.py", *common, "--retrieval-only", "--questions", str(questions),
         out=tmp_path / "c.json", env=env,
     )  # fmt: skip
-    assert dev["ingest"]["cached"] and dev["questions"] == {"answerable": 1, "unanswerable": 0}
+    assert dev["ingest"]["cached"] and dev["questions"] == {"answerable": 1, "unanswerable": 1}
     assert dev["questions_from"] == str(questions)
 
 
@@ -274,7 +274,7 @@ def test_raft_benchmark_tiny(tmp_path, model_cache):
     common = [
         "--dataset", str(dataset), "--cache", str(tmp_path / "cache"), "--work",
         str(tmp_path / "work"), "-k", "3", "--modes", "rag,rag+finetuned,extract",
-        "--support-policy", "fallback", "--no-hold-out-gold-pages", "--max-examples", "8",
+        "--support-policy", "fallback", "--no-hold-out-gold-pages", "--max-examples", "32", "--val-fraction", "0.1",
         "--max-train-examples", "6", "--max-seq-len", "512", "--lora-layers", "1", "--r", "4",
     ]  # fmt: skip
     generators = [{"name": "smollm2", "backend": "local", "model": "smollm2", "max_new_tokens": 8}]
