@@ -8,6 +8,7 @@ normalisation come from the test set's verify.py, so both sets are checked alike
 Usage: python3 verify.py [HTML_DIR]   (default: the shared manual)
 Exit status 0 when every check passes, 1 otherwise.
 """
+
 import argparse
 import importlib.util
 import json
@@ -49,12 +50,16 @@ def check_answerable(rows, pages, tv):
             n = sum(na in text for text in pages.values())
             counts.append(f"{a!r}:{n}" + ("(GENERIC)" if n > tv.GENERIC else ""))
         failures += bool(problems)
-        print(f"{'FAIL' if problems else 'ok  '} {r['id']} [{r['kind']}] "
-              f"gold={','.join(r['gold_pages'])} pages-containing: {' '.join(counts)}")
+        print(
+            f"{'FAIL' if problems else 'ok  '} {r['id']} [{r['kind']}] "
+            f"gold={','.join(r['gold_pages'])} pages-containing: {' '.join(counts)}"
+        )
         for p in problems:
             print(f"     - {p}")
-    print(f"questions: {len(rows)}; failed: {failures}; kinds: "
-          + ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
+    print(
+        f"questions: {len(rows)}; failed: {failures}; kinds: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(kinds.items()))
+    )
     return failures
 
 
@@ -77,14 +82,21 @@ def check_unanswerable(rows, pages, tv):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("html_dir", nargs="?", type=Path, default=SHARED / "html",
-                        help="folder of the manual's HTML pages (default: %(default)s)")
+    parser.add_argument(
+        "html_dir",
+        nargs="?",
+        type=Path,
+        default=SHARED / "html",
+        help="folder of the manual's HTML pages (default: %(default)s)",
+    )
     html_dir = parser.parse_args().html_dir
     if not html_dir.is_dir():
         sys.exit(f"no manual at {html_dir}: pass the sqlite-docs html/ folder")
     tv = load_test_checker()
-    pages = {p.relative_to(html_dir).as_posix(): tv.visible_text(p)
-             for p in sorted(html_dir.rglob("*.html"))}
+    pages = {
+        p.relative_to(html_dir).as_posix(): tv.visible_text(p)
+        for p in sorted(html_dir.rglob("*.html"))
+    }
     print(f"manual: {len(pages)} pages under {html_dir}")
 
     rows = read_jsonl(HERE / "qa.jsonl")
@@ -92,7 +104,9 @@ def main():
     test_rows = read_jsonl(SHARED / "qa.jsonl")
     gold = {g for r in rows for g in r["gold_pages"]}
     test_gold = {g for r in test_rows for g in r["gold_pages"]}
-    print(f"distinct gold pages: {len(gold)}, of which also gold in the test set: {len(gold & test_gold)}")
+    print(
+        f"distinct gold pages: {len(gold)}, of which also gold in the test set: {len(gold & test_gold)}"
+    )
     test_answers = {tv.norm(a) for r in test_rows for a in r["answers"]}
     shared = sorted({a for r in rows for a in r["answers"] if tv.norm(a) in test_answers})
     print(f"answer strings also in the test set: {', '.join(shared) or 'none'}")
