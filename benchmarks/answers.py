@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "answers",
         "dataset": str(args.dataset),
-        "questions_from": str(args.questions or args.dataset),
+        "questions_from": str((args.questions or args.dataset).resolve()),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "duration_s": round(time.perf_counter() - started, 1),
         "questions": {

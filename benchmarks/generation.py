@@ -179,6 +179,7 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",")]
 
     from kb.generators.llamacpp import (
+        LLAMACPP_PROMPT_THREADS,
         LLAMACPP_THREADS,
         LLAMACPP_WEIGHTS,
         LlamaCppGenerator,
@@ -198,6 +199,7 @@ def main() -> None:
             "transformers": {"dtype": INFERENCE_DTYPE, "threads": GENERATION_THREADS},
             "llamacpp": {
                 "threads": LLAMACPP_THREADS,
+                "prompt_threads": LLAMACPP_PROMPT_THREADS or "every usable core",
                 "weights": LLAMACPP_WEIGHTS,
                 "unavailable": unavailable,
             },

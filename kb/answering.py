@@ -359,7 +359,13 @@ class Answerer:
                 EmbeddingScorer(embedder),
                 rerank=rerank.score_pairs if rerank is not None else None,
                 min_score=self.settings.extract_min_score,
-                ordinary=lambda word: embedder.count_tokens(word) <= 1,
+                # only a real tokenizer knows ordinary words: a remote embedder's word count
+                # says 1 for every word, which would turn the unknown-term veto off
+                ordinary=(
+                    (lambda word: embedder.count_tokens(word) <= 1)
+                    if getattr(embedder, "tokenizer", None) is not None
+                    else None
+                ),
             )
             passage_terms: set[str] | None = None
 

@@ -237,6 +237,8 @@ def test_a_misspelt_word_reads_as_the_word_it_meant() -> None:
     assert index.respelled("vec0") is None  # too short to guess
     assert index.respelled("replication") is None  # nothing one edit away
     assert index.respelled("hvacuum") is None  # the first letter is never the typo
+    formats = BM25Index.build(np.arange(1), ["json text read by the json functions"])
+    assert formats.respelled("jsonb") is None  # a name one letter past a short word, no typo
     numbers = BM25Index.build(np.arange(2), ["bug 15423 was fixed", "page size 4096 bytes"])
     assert numbers.respelled("15424") is None  # another number, not a typo of one
     assert numbers.respelled("40960") is None

@@ -109,6 +109,8 @@ class SentenceTransformerEmbedder(Embedder):
     def padded_lengths(self, texts: Sequence[str]) -> list[int] | None:
         if not self._pads_alone or self._counter_rust is None:
             return None
+        if getattr(self._model, "default_prompt_name", None):
+            return None  # encode() prefixes a prompt this count would miss
         encodings = self._counter_rust.encode_batch(list(texts))  # special tokens included
         return [
             -(-min(len(e.ids), self.max_seq_length) // PAD_MULTIPLE) * PAD_MULTIPLE

@@ -41,9 +41,10 @@ from kb.settings import GeneratorSpec
 
 #: llama.cpp threads for one generation; benchmarks/generation.py measures 1 against 2
 LLAMACPP_THREADS = 1
-#: threads that read the prompt; None: every core. Reading is one batched pass over ~1,000
-#: tokens where each core pays (first token 1.8 s against 3.1 s on one thread, 2 cores), while
-#: decoding one token at a time only waits on a second thread (23 against 41 tokens/s)
+#: threads that read the prompt; None: every core this process may use. Reading is one batched
+#: pass over ~1,000 tokens where each core pays (first token 1.7 s against 3.2 s on one thread,
+#: 2 cores), while decoding one token at a time only waits on a second thread (26 against 43
+#: tokens/s)
 LLAMACPP_PROMPT_THREADS: int | None = None
 #: prompt tokens evaluated per llama.cpp batch
 BATCH_TOKENS = 512
@@ -103,7 +104,7 @@ class LlamaCppGenerator(Generator):
                 f"generator {spec.name!r} cannot run on llama.cpp: {reason}; or set its "
                 "runtime to 'auto' or 'transformers'"
             )
-        prompt_threads = prompt_threads or os.cpu_count() or threads
+        prompt_threads = prompt_threads or _usable_cores() or threads
         if min(threads, prompt_threads) < 1:
             raise InvalidInput(f"threads={threads}, prompt_threads={prompt_threads}: use 1 or more")
         if weights not in WEIGHTS:
@@ -297,6 +298,14 @@ class LlamaCppGenerator(Generator):
                 size = -n  # the piece needs this many bytes
             piece = self._pieces[token] = buffer.raw[:n]
         return piece
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def bf16_copy(source: Path, cache_dir: Path) -> Path:

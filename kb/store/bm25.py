@@ -104,7 +104,7 @@ class BM25Index:
         an unseen `term` of 5-20 plain letters, the same first letter kept, the most frequent if
         several: "vaccum" -> "vacuum". None when the term is known, has digits or other
         characters (an identifier or a number is never a typo of another one), or has no such
-        neighbour."""
+        neighbour of 5-20 letters itself ("jsonb" names a format, not a typo of "json")."""
         vocab = getattr(self._model, "vocab_dict", None) or {}
         if term in vocab or not _SPELLABLE.fullmatch(term) or not len(self.ids):
             return None
@@ -114,7 +114,7 @@ class BM25Index:
         edits |= {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
         edits |= {a + c + b[1:] for a, b in splits if b for c in letters}
         edits |= {a + c + b for a, b in splits for c in letters}
-        known = [t for t in edits if t in vocab]
+        known = [t for t in edits if t in vocab and _SPELLABLE.fullmatch(t)]
         if not known:
             return None
         freq = self.document_frequencies(known)
