@@ -17,7 +17,8 @@ every test query by hybrid and dense search.
 Commit rate: the chunks and vectors of the local collection committed again into fresh
 collections through `Collection.commit`, the writer alone (no parsing or embedding), in commits
 of `--commit-chunks` chunks, on top of `--commit-base` chunks already stored (copies of the same
-rows), since each commit rebuilds BM25 over the whole collection.
+rows): once with the chunks' BM25 terms made beforehand, as the loader thread or the Ray
+workers make them, once with the writer tokenising them itself.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -49,6 +51,7 @@ from kb.embedders import Embedder  # noqa: E402
 from kb.eval.beir import load_beir  # noqa: E402
 from kb.service import KnowledgeBase  # noqa: E402
 from kb.settings import Settings  # noqa: E402
+from kb.store.bm25 import chunk_terms  # noqa: E402
 from kb.store.collection import Collection, NewDocument  # noqa: E402
 from kb.types import Chunk  # noqa: E402
 
@@ -202,7 +205,9 @@ def compare(a: KnowledgeBase, b: KnowledgeBase, queries: dict[str, str]) -> dict
 def commit_rates(source: Collection, work: Path, args) -> list[dict]:
     """Seconds and chunks/s of `Collection.commit` alone, with the stored chunks and vectors:
     the documents in commits of `--commit-chunks`, on top of each `--commit-base` chunks
-    (copies of the same rows, stored in one commit beforehand)."""
+    (copies of the same rows, stored in one commit beforehand). Each base is measured twice:
+    the chunks carrying their BM25 terms, as an ingest's loader thread or Ray workers hand them
+    over (tokenised before the clock starts), then without, the writer tokenising them."""
     docs = stored_documents(source)
     total = sum(len(d.chunks) for d in docs)
     results = []
@@ -217,31 +222,46 @@ def commit_rates(source: Collection, work: Path, args) -> list[dict]:
         if copies:
             col.commit(add=[d for n in range(copies) for d in renamed(docs, f"base{n}")])
         stored = copies * total
-        lo = 0
-        while lo < len(docs):
-            part, chunks = [], 0
-            while lo < len(docs) and (
-                not part or chunks + len(docs[lo].chunks) <= args.commit_chunks
-            ):
-                part.append(docs[lo])
-                chunks += len(docs[lo].chunks)
-                lo += 1
-            t, cpu = time.perf_counter(), time.process_time()
-            col.commit(add=renamed(part, "new"))
-            seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
-            results.append(
-                {
-                    "stored_before": stored,
-                    "chunks": chunks,
-                    "seconds": round(seconds, 3),
-                    "cpu_seconds": round(cpu, 3),
-                    "chunks_per_s": round(chunks / seconds, 1),
-                    "chunks_per_cpu_s": round(chunks / cpu, 1),
-                    "load_average": os.getloadavg()[0],
-                }
-            )
-            print(f"commit of {chunks} on {stored} chunks: {seconds:.2f} s", flush=True)
-            stored += chunks
+        for tokenised_by in ("workers", "writer"):
+            lo = 0
+            while lo < len(docs):
+                part, chunks = [], 0
+                while lo < len(docs) and (
+                    not part or chunks + len(docs[lo].chunks) <= args.commit_chunks
+                ):
+                    part.append(docs[lo])
+                    chunks += len(docs[lo].chunks)
+                    lo += 1
+                part = renamed(part, f"new-{tokenised_by}")
+                for doc in part:
+                    for chunk in doc.chunks:
+                        chunk.terms = (
+                            chunk_terms(chunk.text, doc.title)
+                            if tokenised_by == "workers"
+                            else None
+                        )
+                t, cpu = time.perf_counter(), time.process_time()
+                col.commit(add=part)
+                seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+                results.append(
+                    {
+                        "stored_before": stored,
+                        "chunks": chunks,
+                        "tokenised_by": tokenised_by,
+                        "seconds": round(seconds, 3),
+                        "cpu_seconds": round(cpu, 3),
+                        "chunks_per_s": round(chunks / seconds, 1),
+                        "chunks_per_cpu_s": round(chunks / cpu, 1),
+                        "bm25_segments": col.snapshot().bm25.segment_count,
+                        "load_average": os.getloadavg()[0],
+                    }
+                )
+                print(
+                    f"commit of {chunks} on {stored} chunks, tokenised by the {tokenised_by}: "
+                    f"{seconds:.2f} s",
+                    flush=True,
+                )
+                stored += chunks
     return results
 
 
@@ -347,7 +367,12 @@ def stored_documents(col: Collection) -> list[NewDocument]:
 def renamed(docs: list[NewDocument], prefix: str) -> list[NewDocument]:
     return [
         NewDocument(
-            **{**d.__dict__, "source": f"{prefix}/{d.source}", "origin": f"{prefix}/{d.origin}"}
+            **{
+                **d.__dict__,
+                "source": f"{prefix}/{d.source}",
+                "origin": f"{prefix}/{d.origin}",
+                "chunks": [replace(c) for c in d.chunks],
+            }
         )
         for d in docs
     ]

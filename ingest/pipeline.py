@@ -27,6 +27,7 @@ from ingest.boilerplate import META_KEY, LineCounts
 from ingest.chunking import Chunker
 from kb.embedders import Embedder
 from kb.errors import KBError, LoaderError, UnsupportedFile
+from kb.store.bm25 import chunk_terms
 from kb.store.collection import Collection, NewDocument
 from kb.types import Chunk, Document
 
@@ -131,6 +132,9 @@ def chunk_source(
         )
     if not chunked:
         raise LoaderError(f"{name}: no text left after parsing; check that the file has text")
+    for doc, chunks in chunked:  # tokenised here, off the writer: on the loader or a Ray worker
+        for chunk in chunks:
+            chunk.terms = chunk_terms(chunk.text, doc.title)
     return chunked
 
 

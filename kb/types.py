@@ -40,6 +40,9 @@ class Chunk:
     page: int | None = None
     heading: str | None = None
     title: str | None = None
+    #: BM25 terms (kb.store.bm25.chunk_terms), made where the chunk is; the commit makes them
+    #: when this is None
+    terms: list[str] | None = field(default=None, repr=False)
 
 
 @dataclass

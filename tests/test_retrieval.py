@@ -12,7 +12,6 @@ from kb.errors import InvalidInput
 from kb.retrieval import FairLimiter, rrf, weighted
 from kb.service import KnowledgeBase
 from kb.settings import Settings
-from kb.store.bm25 import BM25Index, query_terms, tokenize
 
 DOCS = {
     "volcano.txt": "Magma chambers under the Krastel volcano refill every eleven years.",
@@ -54,42 +53,6 @@ def test_rrf_and_weighted_fusion_by_hand():
     # a BM25 list shorter than the pool is every match: the rest score 0, so its floor is 0
     floored = dict(weighted([dense, lexical], [0.5, 0.5], [None, 0.0]))
     assert floored[1] == pytest.approx(0.5 * 1.0 + 0.5 * 4.0 / 12.0)
-
-
-QUERIES = [
-    "What do the keepers of the lighthouse trim at dusk?",
-    "RUNNING runners ran; the runner's run-ups (and re-runs) — naïve café déjà vu",
-    "a an the of I x 7 42 3.14 e-mail e_mail",
-    "refill refills refilling REFILLED refill",
-    "Ärzte über Straße ΑΒΓ δέλτα 東京 tokyo",
-    "",
-    "   \t\n",
-]
-
-
-@pytest.mark.parametrize("query", QUERIES)
-def test_query_terms_match_the_index_tokenizer(query):
-    """A search's terms come from kb's own query tokenizer; an index is built by bm25s's."""
-    assert query_terms(query) == tokenize([query], return_ids=False)[0]
-
-
-def test_bm25_top_k_by_score_then_row():
-    words = ["alpha", "beta", "gamma", "delta"]
-    # row i holds alpha once and beta i % 3 times: many rows tie on the same score
-    texts = [" ".join(["alpha"] + ["beta"] * (i % 3) + [words[2 + i % 2]]) for i in range(30)]
-    index = BM25Index.build([1000 + i for i in range(30)], texts)
-    terms = index._model.get_tokens_ids(["alpha", "beta", "beta"])
-    scores = index._model.get_scores_from_ids(terms)
-    expected = sorted(range(30), key=lambda r: (-scores[r], r))
-    for k in (1, 4, 10, 11, 29, 30, 50):
-        hits = index.search("alpha beta beta", k)
-        assert [cid - 1000 for cid, _ in hits] == expected[:k], k
-        assert [s for _, s in hits] == pytest.approx([float(scores[r]) for r in expected[:k]])
-    allowed = [1000 + i for i in range(0, 30, 2)]
-    assert [cid for cid, _ in index.search("alpha beta beta", 5, allowed)] == [
-        1000 + r for r in expected if r % 2 == 0
-    ][:5]
-    assert index.search("zeta", 5) == [] and index.search("the of", 5) == []
 
 
 @pytest.mark.parametrize("method", ["dense", "bm25", "hybrid"])

@@ -37,7 +37,7 @@ from kb.errors import (
     EmbeddingMismatch,
     InvalidInput,
 )
-from kb.store.bm25 import BM25Index
+from kb.store.bm25 import BM25Index, chunk_terms
 from kb.store.index import VectorIndex, build_index, check_kind, rebuild, resolve_kind
 from kb.types import Chunk
 
@@ -183,6 +183,7 @@ class Collection:
         self.mmap_bytes = mmap_bytes
         self._local = threading.local()
         self._snapshot: Snapshot | None = None
+        self._bm25_written: tuple[int, BM25Index] | None = None  # (generation, index) last saved
         self._snapshot_lock = threading.Lock()
         self._schema_checked = False
 
@@ -434,7 +435,7 @@ class Collection:
             try:
                 if gen == 0:
                     dense = build_index(int(meta["dimension"]), 0, "flat")
-                    bm25 = BM25Index.build(np.zeros(0, dtype=np.int64), [])
+                    bm25 = BM25Index([])
                 else:
                     dense = VectorIndex.load(folder / "dense.faiss")
                     bm25 = BM25Index.load(folder / "bm25")
@@ -454,20 +455,35 @@ class Collection:
         bm25 = self._bm25_from_rows()
         return Snapshot(gen, meta["embedder"], dense, bm25)
 
-    def _bm25_from_rows(self, skip: set[int] | None = None, extra=()) -> BM25Index:
+    def _bm25_from_rows(self) -> BM25Index:
+        """BM25 over every stored chunk, tokenised again (index files missing, damaged or of an
+        older kb's format)."""
         ids: list[int] = []
         texts: list[str] = []
-        for row in self._db().execute(
+        titles: list[str | None] = []
+        for cid, text, title in self._db().execute(
             "SELECT c.id, c.text, d.title FROM chunks c JOIN documents d ON d.id=c.doc_id ORDER BY c.id"
         ):
-            if skip and row[0] in skip:
-                continue
-            ids.append(row[0])
-            texts.append(_bm25_text(row[1], row[2]))
-        for cid, text, title in extra:
             ids.append(cid)
-            texts.append(_bm25_text(text, title))
-        return BM25Index.build(np.asarray(ids, dtype=np.int64), texts)
+            texts.append(text)
+            titles.append(title)
+        return BM25Index.build(np.asarray(ids, dtype=np.int64), texts, titles)
+
+    def _bm25_of(self, gen: int) -> BM25Index:
+        """Generation `gen`'s BM25, for the next commit to extend: the one this writer saved
+        last, the loaded snapshot's, the files, or (failing those) rebuilt from the rows."""
+        written = self._bm25_written
+        if written is not None and written[0] == gen:
+            return written[1]
+        snap = self._snapshot
+        if snap is not None and snap.generation == gen:
+            return snap.bm25
+        if gen == 0:
+            return BM25Index([])
+        try:
+            return BM25Index.load(self.root / "gen" / str(gen) / "bm25")
+        except (FileNotFoundError, ValueError, OSError):
+            return self._bm25_from_rows()
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -547,12 +563,13 @@ class Collection:
         else:
             dense = self._next_dense(gen, current, removed_chunks, add_ids, add_vecs)
         dense.save(folder / "dense.faiss")
-        extra = [
-            (cid, chunk.text, doc.title)
-            for doc, ids in new_rows
-            for cid, chunk in zip(ids, doc.chunks, strict=True)
+        terms = [
+            chunk.terms if chunk.terms is not None else chunk_terms(chunk.text, doc.title)
+            for doc, _ in new_rows
+            for chunk in doc.chunks
         ]
-        self._bm25_from_rows(skip=set(removed_chunks.tolist()), extra=extra).save(folder / "bm25")
+        bm25 = self._bm25_of(gen).updated(f"g{new_gen}", removed_chunks, add_ids, terms)
+        bm25.save(folder / "bm25")
         _fsync_dir(folder)
         _fsync_dir(folder.parent)
 
@@ -617,6 +634,7 @@ class Collection:
             db.execute("UPDATE meta SET value=? WHERE key='next_chunk_id'", (str(next_id),))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('updated_at', ?)", (str(now),))
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", (meta or {}).items())
+        self._bm25_written = (new_gen, bm25)
         self._remove_orphan_generations(keep=new_gen, also_keep=gen)
         return new_gen
 
@@ -722,10 +740,6 @@ def _add_display_sources(db: sqlite3.Connection, uploads: Path) -> None:
 
 def _kind_family(kind: str) -> str:
     return re.match(r"[a-z]+", kind).group(0) if kind else ""
-
-
-def _bm25_text(text: str, title: str | None) -> str:
-    return f"{title}\n{text}" if title else text
 
 
 def _remove_dead_creations(root: Path) -> None:
