@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ndcg_tolerance": NDCG_TOLERANCE,
         "levers": levers,
         "machine": {
+            "cpu": cpu_model(),
             "cpus": os.cpu_count(),
             "load_average": os.getloadavg(),
             "python": platform.python_version(),
@@ -251,6 +252,21 @@ def leg_settings(leg: str, data_dir: Path) -> Settings:
     (data_dir / "cache").symlink_to(shared, target_is_directory=True)
     extra = {"embed_batch_size": int(batch)} if batch else {}
     return Settings(data_dir=data_dir, embed_dtype=dtype, **extra)
+
+
+def cpu_model() -> dict:
+    """The CPU's model name and whether it has AMX: bfloat16 and int8 speeds turn on it."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor(), "amx": None}
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), ""
+    )
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
+    )
+    return {"model": model, "amx": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags}
 
 
 def select_documents(data, limit: int | None) -> list[Document]:

@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.ingest import select_documents  # noqa: E402
+from benchmarks.ingest import cpu_model, select_documents  # noqa: E402
 from ingest.pipeline import IngestProgress  # noqa: E402
 from ingest.ray_ingest import RayIngestOptions  # noqa: E402
 from kb.embedders import Embedder  # noqa: E402
@@ -158,7 +158,11 @@ def main(argv: list[str] | None = None) -> dict:
         "index_memory": index,
         "embedding_one_thread": embedding,
         "store_bytes_per_chunk": round(sum(p.stat().st_size for p in store_bytes) / chunks),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": cpu_model(),
+            "python": platform.python_version(),
+        },
         "command": "python benchmarks/ray_ingest.py " + " ".join(argv or sys.argv[1:]),
     }
     out = Path(args.out)

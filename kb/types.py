@@ -42,7 +42,7 @@ class Chunk:
     title: str | None = None
     #: BM25 terms (kb.store.bm25.chunk_terms), made where the chunk is; the commit makes them
     #: when this is None
-    terms: list[str] | None = field(default=None, repr=False)
+    terms: list[str] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

@@ -151,9 +151,14 @@ def test_commits_add_segments_and_link_the_old_ones(tmp_path):
         assert _same(reader.snapshot().bm25.search(query, 10), whole.search(query, 10))
 
     folder = col.root / "gen" / str(col.generation) / "bm25"
-    (folder / "segments.json").unlink()  # as an older kb left it: no segment manifest
+    (folder / "segments.json").unlink()  # as an older kb left it: one bm25s index and its ids
+    np.save(folder / "ids.npy", reader.snapshot().bm25.ids)
     stale = Collection.open(tmp_path / "c", "c")
     assert _same(stale.snapshot().bm25.search("lighthouse", 10), whole.search("lighthouse", 10))
+    assert (folder / "segments.json").exists()  # saved beside the old files by the first reader
+    upgraded = Collection.open(tmp_path / "c", "c")
+    upgraded._bm25_from_rows = None  # the next reader loads the saved segments, builds nothing
+    assert _same(upgraded.snapshot().bm25.search("lighthouse", 10), whole.search("lighthouse", 10))
     with stale.write_lock():
         stale.commit(add=[_doc("c.txt", ["a keeper trims the wick"])])
     assert Collection.open(tmp_path / "c", "c").snapshot().bm25.search("wick", 1)[0][1] > 0

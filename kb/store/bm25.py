@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
@@ -35,6 +36,8 @@ FORMAT = "kb-bm25-segments/1"
 _STEMMER = None
 _STOPWORDS: frozenset[str] | None = None
 _STEMS: dict[str, str] = {}  # word -> stem, shared by every tokenising call of the process
+#: words the stem cache holds before it starts again (~150 bytes each)
+STEM_CACHE = 200_000
 #: bm25s's token pattern (scikit-learn's): runs of two or more word characters
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 
@@ -64,13 +67,12 @@ def query_terms(query: str) -> list[str]:
     words = [w for w in _TOKEN.findall(query.lower()) if w not in stop]
     if not words:
         return []
-    stems = _STEMS
+    global _STEMS
+    stems = _STEMS  # this call's own reference: another thread may start a new cache meanwhile
     new = [w for w in set(words) if w not in stems]
     if new:
-        if (
-            len(stems) > 2_000_000
-        ):  # a stream of unique tokens (hashes, ids) must not grow it forever
-            stems.clear()
+        if len(stems) > STEM_CACHE:  # a stream of unique tokens (ids, hashes) must not grow it
+            stems = _STEMS = {}
         stems.update(zip(new, _stemmer().stemWords(new), strict=True))
     return [stems[w] for w in words]
 
@@ -97,7 +99,8 @@ class _Segment:
     indptr: np.ndarray  # int64, len(terms) + 1
     rows: np.ndarray  # int32
     tfs: np.ndarray  # uint16
-    path: Path | None = None
+    #: folders holding its files, newest last (links are made from the newest that still exists)
+    paths: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.vocab = {t: c for c, t in enumerate(self.terms)}
@@ -141,10 +144,10 @@ class _Segment:
         offset = 0
         for seg, live in parts:
             keep = np.arange(len(seg.ids)) if live is None else np.flatnonzero(live)
-            new_row = np.full(len(seg.ids), -1, dtype=np.int64)
+            new_row = np.full(len(seg.ids), -1, dtype=np.int32)
             new_row[keep] = np.arange(len(keep)) + offset
             colmap = np.fromiter(
-                (put(t, len(vocab)) for t in seg.terms), dtype=np.int64, count=len(seg.terms)
+                (put(t, len(vocab)) for t in seg.terms), dtype=np.int32, count=len(seg.terms)
             )
             posting_col = np.repeat(colmap, np.diff(seg.indptr))
             posting_row = new_row[seg.rows]
@@ -156,7 +159,9 @@ class _Segment:
             lengths.append(seg.lengths[keep])
             offset += len(keep)
         col, row, tf = np.concatenate(cols), np.concatenate(rows), np.concatenate(tfs)
-        order = np.lexsort((row, col))
+        # each part lists a column's rows ascending and the parts follow each other in row
+        # order, so a stable sort by column alone leaves every column's rows ascending
+        order = np.argsort(col, kind="stable")
         col, row, tf = col[order], row[order], tf[order]
         used = np.bincount(col, minlength=len(vocab)) > 0
         terms = [t for t, u in zip(vocab, used.tolist(), strict=True) if u]
@@ -167,17 +172,17 @@ class _Segment:
 
     def save(self, folder: Path) -> None:
         """The segment's files in `folder`: hard links to a saved copy where there is one."""
-        if self.path is not None and self.path != folder and _linked(self.path, folder):
-            self.path = folder
-            return
-        folder.mkdir(parents=True, exist_ok=True)
-        for key in self.FILES:
-            np.save(folder / f"{key}.npy", getattr(self, key))
-        (folder / "terms.txt").write_text("\n".join(self.terms), encoding="utf-8")
-        for path in folder.iterdir():
-            _fsync(path)
+        if not any(p != folder and _linked(p, folder) for p in reversed(self.paths)):
+            folder.mkdir(parents=True, exist_ok=True)
+            for key in self.FILES:
+                np.save(folder / f"{key}.npy", getattr(self, key))
+            (folder / "terms.txt").write_text("\n".join(self.terms), encoding="utf-8")
+            for path in folder.iterdir():
+                _fsync(path)
         _fsync(folder)
-        self.path = folder
+        # the older folders stay listed: a commit that fails after this save leaves its folder
+        # to be removed, and the next one links from the generation that stayed current
+        self.paths = [*[p for p in self.paths if p != folder][-2:], folder]
 
     @classmethod
     def load(cls, folder: Path) -> _Segment:
@@ -186,7 +191,7 @@ class _Segment:
         terms = text.split("\n") if text else []
         if len(arrays["indptr"]) != len(terms) + 1 or len(arrays["ids"]) != len(arrays["lengths"]):
             raise ValueError(f"BM25 segment {folder} is inconsistent")
-        return cls(folder.name, terms=terms, path=folder, **arrays)
+        return cls(folder.name, terms=terms, paths=[folder], **arrays)
 
 
 def _linked(source: Path, folder: Path) -> bool:
@@ -197,9 +202,14 @@ def _linked(source: Path, folder: Path) -> bool:
             os.link(source / name, folder / name)
         return True
     except OSError:  # no hard links on this filesystem, or the source was removed
-        for path in folder.iterdir():
-            path.unlink()
+        if folder.is_dir():
+            for path in folder.iterdir():
+                path.unlink()
         return False
+
+
+class OlderFormat(ValueError):
+    """A generation's BM25 files were written by an older kb (one bm25s index)."""
 
 
 class BM25Index:
@@ -221,7 +231,7 @@ class BM25Index:
             int(s.lengths.sum() if live is None else s.lengths[live].sum())
             for s, live in zip(segments, self._live, strict=True)
         )
-        self._avgdl = total / len(self.ids) if len(self.ids) else 1.0
+        self._avgdl = total / len(self.ids) if total else 1.0  # no terms at all: any will do
         self._tfc: list[np.ndarray] | None = None  # made by the first search, not by commits
 
     @classmethod
@@ -268,14 +278,35 @@ class BM25Index:
         for seg in self._segments:
             seg.save(folder / seg.name)
         np.save(folder / "deleted.npy", self._deleted)
-        (folder / "segments.json").write_text(
-            json.dumps({"format": FORMAT, "segments": [s.name for s in self._segments]})
-        )
+        (folder / "segments.json").write_text(self._manifest())
         for name in ("deleted.npy", "segments.json"):
             _fsync(folder / name)
         (folder / "done.json").write_text(json.dumps({"n": self.size}))
         _fsync(folder / "done.json")
         _fsync(folder)
+
+    def add_to(self, folder: Path) -> None:
+        """Save into the folder of a committed generation that holds BM25 in an older format:
+        segments under names of this process's own, then the manifest by an atomic rename, so
+        a reader sees the old files or the new ones, each complete."""
+        tag = f"p{os.getpid()}-{threading.get_ident()}"
+        for n, seg in enumerate(self._segments):
+            seg.name = f"{tag}-{n}"
+            seg.save(folder / seg.name)
+        for name, write in (
+            ("deleted.npy", lambda f: np.save(f, self._deleted)),
+            ("segments.json", lambda f: f.write(self._manifest().encode())),
+        ):
+            tmp = folder / f".{name}.{tag}"
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, folder / name)
+        _fsync(folder)
+
+    def _manifest(self) -> str:
+        return json.dumps({"format": FORMAT, "segments": [s.name for s in self._segments]})
 
     @classmethod
     def load(cls, folder: Path) -> BM25Index:
@@ -286,7 +317,9 @@ class BM25Index:
         try:
             manifest = json.loads((folder / "segments.json").read_text())
         except FileNotFoundError:
-            raise ValueError(f"{folder}: BM25 files of an older format") from None
+            if (folder / "ids.npy").exists():  # bm25s's files and kb's row -> chunk id map
+                raise OlderFormat(f"{folder}: BM25 files of an older format") from None
+            raise
         if manifest.get("format") != FORMAT:
             raise ValueError(f"{folder}: BM25 format {manifest.get('format')!r} is not {FORMAT}")
         segments = [_Segment.load(folder / name) for name in manifest["segments"]]

@@ -37,11 +37,14 @@ from kb.errors import (
     EmbeddingMismatch,
     InvalidInput,
 )
-from kb.store.bm25 import BM25Index, chunk_terms
+from kb.store.bm25 import BM25Index, OlderFormat, chunk_terms
 from kb.store.index import VectorIndex, build_index, check_kind, rebuild, resolve_kind
 from kb.types import Chunk
 
 log = logging.getLogger("kb.store")
+
+#: what reading a generation's index files raises when they are missing, cut short or damaged
+_DAMAGED = (FileNotFoundError, RuntimeError, ValueError, OSError, EOFError)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -438,13 +441,32 @@ class Collection:
                     bm25 = BM25Index([])
                 else:
                     dense = VectorIndex.load(folder / "dense.faiss")
-                    bm25 = BM25Index.load(folder / "bm25")
+                    bm25 = self._bm25_for_snapshot(gen, folder / "bm25")
                 return Snapshot(gen, meta["embedder"], dense, bm25)
-            except (FileNotFoundError, RuntimeError, ValueError, OSError):
+            except _DAMAGED:
                 if self.generation != gen:
                     continue  # a writer moved on while we read; read the new one
                 return self._rebuilt_snapshot(gen, meta)
         raise RuntimeError(f"collection {self.name!r} kept changing while being opened")
+
+    def _bm25_for_snapshot(self, gen: int, folder: Path) -> BM25Index:
+        """Generation `gen`'s BM25: the index this process saved for it (not a second copy), its
+        files, or for a generation of an older kb's format (a bm25s index) one built from the
+        rows and saved beside it, so that only the first reader pays for it."""
+        written = self._bm25_written
+        if written is not None and written[0] == gen:
+            return written[1]
+        try:
+            return BM25Index.load(folder)
+        except OlderFormat:
+            bm25 = self._bm25_from_rows()
+            if self.generation != gen:
+                raise RuntimeError("the rows moved on while BM25 was rebuilt") from None
+            try:
+                bm25.add_to(folder)
+            except OSError as exc:  # a read-only data folder: every reader rebuilds it
+                log.warning("could not save BM25 for %s in the current format: %s", self.name, exc)
+            return bm25
 
     def _rebuilt_snapshot(self, gen: int, meta: dict[str, str]) -> Snapshot:
         """Index files of the current generation are missing or damaged: derive them from SQLite."""
@@ -482,7 +504,7 @@ class Collection:
             return BM25Index([])
         try:
             return BM25Index.load(self.root / "gen" / str(gen) / "bm25")
-        except (FileNotFoundError, ValueError, OSError):
+        except _DAMAGED:
             return self._bm25_from_rows()
 
     # -- writing ---------------------------------------------------------------------------
