@@ -6,10 +6,12 @@ cluster. Each worker is a Ray Data actor that loads the embedder once and runs t
 `load_source`, `chunk_source` and `embed_input` on a batch of files. Results come back in file
 order (`preserve_order`), and the driver commits them through `Ingestor._commit`: the same rows,
 chunk ids, reports and crash safety as a local ingest, and a killed run keeps what it had
-committed. With the default torch embedder on CPU, vectors agree bit for bit although a
-worker's batch of files is not a local ingest's batch of chunks: the embedder batches only texts
-of one padded length (`Embedder._batches`), so nothing but the text decides its vector. int8
-(ONNX Runtime scales activations per batch) and GPU workers agree within bfloat16 tolerance.
+committed. A worker's batch of files is not a local ingest's batch of chunks, so the embedder
+batches only texts of one padded length (`Embedder._batches`): with the default torch embedder
+on a CPU whose bfloat16 kernels ignore the batch mates and the thread count (AVX512-BF16 without
+AMX) nothing but the text decides its vector, bit for bit. On AMX, whose kernels split sums by
+thread, and for int8 (ONNX Runtime scales activations per batch) and GPU workers, vectors agree
+within bfloat16 tolerance.
 
 Boilerplate dropping (KB_DROP_BOILERPLATE) makes a file's chunks depend on the files before it: a
 local ingest judges each file by the line counts of the files read so far. So a first, light pass
