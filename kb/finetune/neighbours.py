@@ -2,7 +2,7 @@
 
 With `--neighbours K`, each prompt made from a labelled folder also shows the K labelled
 examples most like its text, each as its label and its opening words. They are found the way a
-collection search finds chunks: BM25 (bm25s, stemmed) and the configured embedder, fused by
+collection search finds chunks: BM25 (kb.store.bm25, stemmed) and the configured embedder, fused by
 reciprocal rank, each searching with the whole text. The model then learns to weigh what the
 nearest labelled messages say against its own reading, the way a nearest-neighbour classifier
 keys on rare shared words (a thread's subject, a product name) that a small model does not pick

@@ -225,8 +225,7 @@ class BM25Index:
         ]
         self._row_ids = present
         self._offsets = np.cumsum([0] + [len(s.ids) for s in segments])
-        self._alive = None if not len(self._deleted) else np.concatenate(self._live)
-        self.ids = present if self._alive is None else present[self._alive]
+        self.ids = present[np.concatenate(self._live)] if len(self._deleted) else present
         total = sum(
             int(s.lengths.sum() if live is None else s.lengths[live].sum())
             for s, live in zip(segments, self._live, strict=True)
