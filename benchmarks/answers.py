@@ -11,9 +11,9 @@ development set (40 + 10 other questions over the same manual) that extract's sc
 on.
 
 Ingest: html/ goes into a data dir of its own under --cache (benchmarks/.cache/answers/<key>),
-where the key hashes the pages (paths, sizes, times), the ingest code (ingest/**.py) and the
-settings that shape chunks (chunk size and overlap, boilerplate, embedder); a later run with
-the same key finds the collection there and embeds nothing.
+where the key hashes the pages (paths, sizes, times), the ingest and embedder code (ingest/**.py,
+kb/embedders/**.py) and the settings that shape chunks (chunk size and overlap, boilerplate,
+embedder); a later run with the same key finds the collection there and embeds nothing.
 
 Retrieval, once per question: the question searched with the configured method for 50
 passages, folded into distinct pages in rank order; gold page first, a gold page in the top 5,
@@ -151,7 +151,8 @@ def cache_key(html: Path, settings) -> str:
         if path.is_file():
             stat = path.stat()
             h.update(f"{path.relative_to(html)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    for path in sorted((ROOT / "ingest").rglob("*.py")):
+    code = [*(ROOT / "ingest").rglob("*.py"), *(ROOT / "kb" / "embedders").rglob("*.py")]
+    for path in sorted(code):
         h.update(path.read_bytes())
     for name in INGEST_SETTINGS:
         h.update(f"{name}={getattr(settings, name, None)}\n".encode())

@@ -387,7 +387,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=SCIFACT, help="BEIR folder (SciFact).")
     p.add_argument("--limit", type=int, default=2000, help="Documents to ingest.")
     p.add_argument("--workers", type=int, default=2, help="Ray workers (and the instance's CPUs).")
-    p.add_argument("--batch-files", type=int, default=32, help="Files per Ray Data batch.")
+    p.add_argument("--batch-files", type=int, default=128, help="Files per Ray Data batch.")
     p.add_argument("--reps", type=int, default=1, help="Local/Ray pairs, alternating order.")
     p.add_argument(
         "--commit-chunks",

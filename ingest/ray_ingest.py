@@ -7,11 +7,11 @@ cluster. Each worker is a Ray Data actor that loads the embedder once and runs t
 order (`preserve_order`), and the driver commits them through `Ingestor._commit`: the same rows,
 chunk ids, reports and crash safety as a local ingest, and a killed run keeps what it had
 committed. A worker's batch of files is not a local ingest's batch of chunks, so the embedder
-batches only texts of one padded length (`Embedder._batches`): with the default torch embedder
-on a CPU whose bfloat16 kernels ignore the batch mates and the thread count (AVX512-BF16 without
-AMX) nothing but the text decides its vector, bit for bit. On AMX, whose kernels split sums by
-thread, and for int8 (ONNX Runtime scales activations per batch) and GPU workers, vectors agree
-within bfloat16 tolerance.
+batches only texts of one padded length (`Embedder._batches`), on one thread per batch and at
+least 384 tokens to a batch (`SentenceTransformerEmbedder._embed_batches`): with the default
+torch embedder on a CPU nothing but the text decides its vector, bit for bit, whatever the
+worker's batch of files or the machine's core count. For int8 (ONNX Runtime scales activations
+per batch) and GPU workers, vectors agree within bfloat16 tolerance.
 
 Boilerplate dropping (KB_DROP_BOILERPLATE) makes a file's chunks depend on the files before it: a
 local ingest judges each file by the line counts of the files read so far. So a first, light pass
@@ -72,7 +72,7 @@ class RayIngestOptions(Spec):
         "once; default: the cluster's CPUs / --ray-cpus (its GPUs / --ray-gpus with GPUs).",
     )
     ray_batch_files: int = Field(
-        32, ge=1, description="Files a worker parses, chunks and embeds in one batch."
+        128, ge=1, description="Files a worker parses, chunks and embeds in one batch."
     )
     ray_cpus: float = Field(
         1.0, gt=0, description="CPUs each worker reserves (and its torch threads)."

@@ -1,5 +1,5 @@
-"""The embedders' paths: torch's vectors do not depend on batching; single queries (float32
-ONNX export) and int8 ingest give torch's vectors."""
+"""The embedders' paths: torch's vectors do not depend on batching or the thread count; single
+queries (float32 ONNX export) and int8 ingest give torch's vectors."""
 
 from __future__ import annotations
 
@@ -158,3 +158,30 @@ def test_a_texts_vector_does_not_depend_on_the_batch_it_is_embedded_in():
     lengths = embedder.padded_lengths(texts)
     assert lengths is not None and all(n % 8 == 0 for n in lengths)
     assert lengths[4] > lengths[1]
+
+
+def test_a_texts_vector_does_not_depend_on_the_thread_count_or_the_batch_size():
+    """Batches run on single-threaded lanes and hold 384 tokens or more: embedded with one
+    torch thread or two, all at once or a few at a time, every text gets the same bits (on AMX,
+    two threads and small batches split the sums differently: ~1% of such vectors moved by 1e-3
+    before), and the process's thread count is as it was afterwards."""
+    import random
+
+    import torch
+
+    embedder = SentenceTransformerEmbedder(bundled_minilm_path())  # bfloat16, the default
+    rng = random.Random(7)
+    words = " ".join(TEXTS[:3]).split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(20, 180))) for _ in range(96)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = embedder.embed(texts)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        one = embedder.embed(texts)
+        few = np.concatenate([embedder.embed(texts[i : i + 3]) for i in range(0, len(texts), 3)])
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(one, two)
+    assert np.array_equal(one, few)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import groupby
 
 import numpy as np
@@ -43,12 +43,19 @@ class Embedder(ABC):
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        for idx in self._batches(texts):
-            vecs = np.asarray(self.embed_batch([texts[i] for i in idx]), dtype=np.float32)
-            out[idx] = vecs
+        batches = self._batches(texts)
+        for idx, vecs in self._embed_batches(texts, batches):
+            out[idx] = np.asarray(vecs, dtype=np.float32)
             if progress:
                 progress(len(idx))
         return normalize(out)
+
+    def _embed_batches(
+        self, texts: Sequence[str], batches: list[list[int]]
+    ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Each batch's indexes and vectors, in any order; one after another here."""
+        for idx in batches:
+            yield idx, self.embed_batch([texts[i] for i in idx])
 
     def padded_lengths(self, texts: Sequence[str]) -> list[int] | None:
         """The length each text is padded to in a batch, where that depends on the text alone
@@ -58,9 +65,10 @@ class Embedder(ABC):
     def _batches(self, texts: Sequence[str]) -> list[list[int]]:
         """Indexes of `texts` per batch, longest first to keep padding low. Where padded
         lengths are known, a batch holds one padded length only: in bfloat16 a text's vector
-        moves with its padding (up to 1e-3), and with nothing else (not its batch mates, the
-        batch size, the thread count), so a text then has the same vector however a collection
-        is batched, locally or on a cluster's workers."""
+        moves with its padding (up to 1e-3), and not with its batch mates, so a text then has
+        the same vector however a collection is batched, locally or on a cluster's workers
+        (the torch embedder also fixes the thread count and a least batch size, which move it
+        on some CPUs)."""
         lengths = self.padded_lengths(texts)
         if lengths is None:
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)

@@ -6,7 +6,10 @@ import copy
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,17 @@ log = logging.getLogger(__name__)
 
 #: batches pad to a multiple of this many tokens (the ONNX path pads the same way)
 PAD_MULTIPLE = 8
+#: a CPU batch holds at least this many tokens (texts x padded length), short batches filled
+#: with copies of their own texts: at 256 and below, oneDNN picks other kernels for the matrix
+#: products, whose bfloat16 sums differ in the last bit; from 384 to 4,096 every batch gave a
+#: text the same bits (measured on an AMX Xeon, one thread, padded lengths 8 to 256)
+MIN_BATCH_TOKENS = 384
+
+# embedding lanes (see SentenceTransformerEmbedder._embed_batches) set torch's process-wide
+# thread count to 1 while they run; the last one to finish puts the count back
+_LANES_LOCK = threading.Lock()
+_lanes_running = 0
+_threads_before = 0
 
 
 def bundled_minilm_path() -> str:
@@ -117,6 +131,54 @@ class SentenceTransformerEmbedder(Embedder):
             for e in encodings
         ]
 
+    def _embed_batches(
+        self, texts: Sequence[str], batches: list[list[int]]
+    ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """On a CPU every batch has the same shape class: one thread (batches run side by side
+        on single-threaded lanes, one per torch thread) and MIN_BATCH_TOKENS tokens or more. A
+        bfloat16 vector then depends on its text alone: with AMX, oneDNN splits a matrix
+        product's sums differently for one thread and for two (1% of SciFact vectors moved, by
+        up to 1.1e-3) and for small batches and large ones (2e-3), while past those limits any
+        batch gives a text the same bits. So a collection gets the same vectors on a 2-core
+        laptop, a 64-core server and a Ray cluster's single-CPU workers, and two lanes of one
+        thread embed faster than one lane of two (docs/benchmarks.md)."""
+        cpu = self._model.device.type == "cpu"
+        lengths = self.padded_lengths(texts) if cpu else None
+        if lengths is None:  # a GPU, or padding that depends on the batch: nothing to align
+            yield from super()._embed_batches(texts, batches)
+            return
+
+        def run(idx: list[int]) -> np.ndarray:
+            batch = [texts[i] for i in idx]
+            wanted = -(-MIN_BATCH_TOKENS // lengths[idx[0]])
+            if len(batch) < wanted:
+                batch = (batch * -(-wanted // len(batch)))[:wanted]
+            return self.embed_batch(batch)[: len(idx)]
+
+        with _lanes() as (lanes, count):
+            if lanes is None:
+                for idx in batches:
+                    yield idx, run(idx)
+                return
+            batches = _spread(batches, count, lambda idx: -(-MIN_BATCH_TOKENS // lengths[idx[0]]))
+            futures = [lanes.submit(run, idx) for idx in batches]
+            for idx, future in zip(batches, futures, strict=True):
+                yield idx, future.result()
+
+    def _batches(self, texts: Sequence[str]) -> list[list[int]]:
+        """Batches of one padded length, each at least MIN_BATCH_TOKENS long where the texts
+        are there: short texts go in bigger batches (see `_embed_batches`)."""
+        lengths = self.padded_lengths(texts)
+        if lengths is None:
+            return super()._batches(texts)
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        out = []
+        for length, run in groupby(order, key=lengths.__getitem__):
+            run = list(run)
+            size = max(self.batch_size, -(-MIN_BATCH_TOKENS // length))
+            out += [run[lo : lo + size] for lo in range(0, len(run), size)]
+        return out
+
     def query_vector(self, text: str) -> np.ndarray:
         if self._query_onnx_cache is None:
             return super().query_vector(text)
@@ -178,3 +240,49 @@ class SentenceTransformerEmbedder(Embedder):
                 show_progress_bar=False,
             )
         return vecs.float().cpu().numpy()
+
+
+@contextmanager
+def _lanes() -> Iterator[tuple[ThreadPoolExecutor | None, int]]:
+    """A pool of single-threaded embedding lanes, one per torch thread the process had, and
+    their count (no pool where that is one: the caller's thread does the work)."""
+    import torch
+
+    global _lanes_running, _threads_before
+    with _LANES_LOCK:
+        threads = _threads_before if _lanes_running else torch.get_num_threads()
+        if threads <= 1:
+            threads = 0
+        else:
+            if not _lanes_running:
+                _threads_before = threads
+            _lanes_running += 1
+    if not threads:
+        yield None, 1
+        return
+    try:
+        with ThreadPoolExecutor(
+            threads, thread_name_prefix="kb-embed", initializer=torch.set_num_threads, initargs=(1,)
+        ) as pool:
+            yield pool, threads
+    finally:
+        with _LANES_LOCK:
+            _lanes_running -= 1
+            if not _lanes_running:
+                torch.set_num_threads(_threads_before)
+
+
+def _spread(
+    batches: list[list[int]], lanes: int, smallest: Callable[[list[int]], int]
+) -> list[list[int]]:
+    """At least one batch per lane where there are texts enough: the biggest batches halved,
+    never below `smallest(batch)` texts (from MIN_BATCH_TOKENS up a batch's size does not move
+    its vectors)."""
+    out = list(batches)
+    while len(out) < lanes:
+        i = max(range(len(out)), key=lambda j: len(out[j]))
+        half = (len(out[i]) + 1) // 2
+        if len(out[i]) - half < max(2, smallest(out[i])):
+            break
+        out[i : i + 1] = [out[i][:half], out[i][half:]]
+    return out
