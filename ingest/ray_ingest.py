@@ -9,8 +9,8 @@ chunk ids, reports and crash safety as a local ingest, and a killed run keeps wh
 committed. A worker's batch of files is not a local ingest's batch of chunks, so the embedder
 batches only texts of one padded length (`Embedder._batches`), on one thread per batch and at
 least 384 tokens to a batch (`SentenceTransformerEmbedder._embed_batches`): with the default
-torch embedder on a CPU nothing but the text decides its vector, bit for bit, whatever the
-worker's batch of files or the machine's core count. For int8 (ONNX Runtime scales activations
+torch embedder on CPUs of one model nothing but the text decides its vector, bit for bit,
+whatever the worker's batch of files or the machine's core count. For int8 (ONNX Runtime scales activations
 per batch) and GPU workers, vectors agree within bfloat16 tolerance.
 
 Boilerplate dropping (KB_DROP_BOILERPLATE) makes a file's chunks depend on the files before it: a

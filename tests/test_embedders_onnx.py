@@ -160,28 +160,133 @@ def test_a_texts_vector_does_not_depend_on_the_batch_it_is_embedded_in():
     assert lengths[4] > lengths[1]
 
 
-def test_a_texts_vector_does_not_depend_on_the_thread_count_or_the_batch_size():
+def _varied_texts(n: int, seed: int = 7) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    words = " ".join(TEXTS[:3]).split()
+    return [" ".join(rng.choices(words, k=rng.randint(3, 180))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def torch_bf16():
+    return SentenceTransformerEmbedder(bundled_minilm_path())  # bfloat16, the default
+
+
+@pytest.fixture
+def two_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_texts_vector_does_not_depend_on_the_thread_count_or_the_batch_size(
+    torch_bf16, two_threads
+):
     """Batches run on single-threaded lanes and hold 384 tokens or more: embedded with one
     torch thread or two, all at once or a few at a time, every text gets the same bits (on AMX,
     two threads and small batches split the sums differently: ~1% of such vectors moved by 1e-3
-    before), and the process's thread count is as it was afterwards."""
-    import random
+    before); a thread started afterwards still gets the process's thread count."""
+    import threading
 
     import torch
 
-    embedder = SentenceTransformerEmbedder(bundled_minilm_path())  # bfloat16, the default
-    rng = random.Random(7)
-    words = " ".join(TEXTS[:3]).split()
-    texts = [" ".join(rng.choices(words, k=rng.randint(20, 180))) for _ in range(96)]
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        two = embedder.embed(texts)
-        assert torch.get_num_threads() == 2
-        torch.set_num_threads(1)
-        one = embedder.embed(texts)
-        few = np.concatenate([embedder.embed(texts[i : i + 3]) for i in range(0, len(texts), 3)])
-    finally:
-        torch.set_num_threads(before)
+    texts = _varied_texts(96)
+    two = torch_bf16.embed(texts)
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [2] and torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    one = torch_bf16.embed(texts)
+    few = np.concatenate([torch_bf16.embed(texts[i : i + 3]) for i in range(0, len(texts), 3)])
     assert np.array_equal(one, two)
     assert np.array_equal(one, few)
+
+
+def test_every_batch_runs_on_one_thread_and_holds_384_tokens(torch_bf16, two_threads, monkeypatch):
+    """What makes the bits the text's own, checked on any CPU: each model call runs on one torch
+    thread, holds one padded length and at least 384 tokens, and every text is embedded once."""
+    import threading
+
+    import torch
+
+    from kb.embedders import sentence_transformers as st
+
+    texts = _varied_texts(70, seed=3)
+    lengths = dict(zip(texts, torch_bf16.padded_lengths(texts), strict=True))
+    calls: list[tuple[int, int, int, str]] = []
+    real = st.SentenceTransformerEmbedder.embed_batch
+
+    def recording(self, batch):
+        sizes = {lengths.get(t) for t in batch}
+        assert len(sizes) == 1, "a batch mixed padded lengths"
+        calls.append(
+            (torch.get_num_threads(), len(batch), sizes.pop(), threading.current_thread().name)
+        )
+        return real(self, batch)
+
+    monkeypatch.setattr(st.SentenceTransformerEmbedder, "embed_batch", recording)
+    vectors = torch_bf16.embed(texts)
+    assert vectors.shape == (70, 384)
+    assert all(threads == 1 for threads, *_ in calls)
+    assert all(n * length >= 384 for _, n, length, _ in calls)
+    assert {name.split("_")[0] for *_, name in calls} == {"kb-embed"}  # on the lanes
+    assert sum(n for _, n, length, _ in calls) >= 70
+
+
+def test_batches_cover_every_text_once_in_one_padded_length(torch_bf16):
+    from kb.embedders.sentence_transformers import MIN_BATCH_TOKENS, _spread
+
+    texts = _varied_texts(200, seed=5)
+    lengths = torch_bf16.padded_lengths(texts)
+    batches = torch_bf16._batches(texts, lengths)
+
+    def least(idx):
+        return -(-MIN_BATCH_TOKENS // lengths[idx[0]])
+
+    for spread in (batches, _spread(batches, 64, least)):
+        assert sorted(i for b in spread for i in b) == list(range(200))
+        assert all(len({lengths[i] for i in b}) == 1 for b in spread)
+    assert len(_spread(batches, 64, least)) > len(batches)
+    spread = _spread(batches, 64, least)
+    # a halved batch keeps two texts and its 384 tokens; an unsplit one is as it was
+    assert all(b in batches or len(b) >= max(2, least(b)) for b in spread)
+
+
+def test_a_cancelled_embed_stops_without_embedding_the_rest(torch_bf16, two_threads, monkeypatch):
+    """An ingest is cancelled through its progress callback: the batches not started are
+    dropped, not embedded before the error comes out or after it."""
+    import threading
+
+    from kb.embedders import sentence_transformers as st
+
+    texts = _varied_texts(400, seed=11)
+    calls = []
+    real = st.SentenceTransformerEmbedder.embed_batch
+
+    def counting(self, batch):
+        calls.append(len(batch))
+        return real(self, batch)
+
+    monkeypatch.setattr(st.SentenceTransformerEmbedder, "embed_batch", counting)
+    total = len(torch_bf16._batches(texts, torch_bf16.padded_lengths(texts)))
+
+    class Cancelled(Exception):
+        pass
+
+    def progress(n):
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        torch_bf16.embed(texts, progress=progress)
+    # the lanes are idle once each holds one of these at the same time (the queue is FIFO)
+    pool, lanes = st._lane_pool(2)
+    together = threading.Barrier(lanes)
+    for done in [pool.submit(together.wait, 60) for _ in range(lanes)]:
+        done.result()
+    assert total > 8 and len(calls) < total / 2

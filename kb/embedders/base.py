@@ -43,18 +43,17 @@ class Embedder(ABC):
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        batches = self._batches(texts)
-        for idx, vecs in self._embed_batches(texts, batches):
+        for idx, vecs in self._embed_batches(texts, self.padded_lengths(texts)):
             out[idx] = np.asarray(vecs, dtype=np.float32)
             if progress:
                 progress(len(idx))
         return normalize(out)
 
     def _embed_batches(
-        self, texts: Sequence[str], batches: list[list[int]]
+        self, texts: Sequence[str], lengths: list[int] | None
     ) -> Iterator[tuple[list[int], np.ndarray]]:
         """Each batch's indexes and vectors, in any order; one after another here."""
-        for idx in batches:
+        for idx in self._batches(texts, lengths):
             yield idx, self.embed_batch([texts[i] for i in idx])
 
     def padded_lengths(self, texts: Sequence[str]) -> list[int] | None:
@@ -62,14 +61,13 @@ class Embedder(ABC):
         (a tokenizer that pads to a multiple); None where it depends on the batch."""
         return None
 
-    def _batches(self, texts: Sequence[str]) -> list[list[int]]:
+    def _batches(self, texts: Sequence[str], lengths: list[int] | None) -> list[list[int]]:
         """Indexes of `texts` per batch, longest first to keep padding low. Where padded
-        lengths are known, a batch holds one padded length only: in bfloat16 a text's vector
+        `lengths` are known, a batch holds one padded length only: in bfloat16 a text's vector
         moves with its padding (up to 1e-3), and not with its batch mates, so a text then has
         the same vector however a collection is batched, locally or on a cluster's workers
         (the torch embedder also fixes the thread count and a least batch size, which move it
         on some CPUs)."""
-        lengths = self.padded_lengths(texts)
         if lengths is None:
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
             runs = [order]

@@ -8,7 +8,6 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from itertools import groupby
 from pathlib import Path
 
@@ -23,15 +22,15 @@ log = logging.getLogger(__name__)
 PAD_MULTIPLE = 8
 #: a CPU batch holds at least this many tokens (texts x padded length), short batches filled
 #: with copies of their own texts: at 256 and below, oneDNN picks other kernels for the matrix
-#: products, whose bfloat16 sums differ in the last bit; from 384 to 4,096 every batch gave a
+#: products, whose bfloat16 sums differ in the last bit; from 384 to 16,384 every batch gave a
 #: text the same bits (measured on an AMX Xeon, one thread, padded lengths 8 to 256)
 MIN_BATCH_TOKENS = 384
 
-# embedding lanes (see SentenceTransformerEmbedder._embed_batches) set torch's process-wide
-# thread count to 1 while they run; the last one to finish puts the count back
-_LANES_LOCK = threading.Lock()
-_lanes_running = 0
-_threads_before = 0
+# the process's embedding lanes (`_lane_pool`): made once, by the first embed that has torch
+# threads to spare
+_POOL_LOCK = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 
 
 def bundled_minilm_path() -> str:
@@ -79,6 +78,9 @@ class SentenceTransformerEmbedder(Embedder):
         if self._pads_alone:
             text = {**kwargs.get("text", {}), "pad_to_multiple_of": PAD_MULTIPLE}
             module.processing_kwargs = {**kwargs, "text": text}
+        # a fast tokenizer sets its padding and truncation on the first call: done here, before
+        # any lanes share it (later calls find them set and change nothing)
+        self._model.preprocess(["kb"])
         self.dimension = int(self._model.get_embedding_dimension())
         self.max_seq_length = int(self._model.max_seq_length)
         self.model_id = model_id or f"st:{Path(model).name}"
@@ -132,45 +134,54 @@ class SentenceTransformerEmbedder(Embedder):
         ]
 
     def _embed_batches(
-        self, texts: Sequence[str], batches: list[list[int]]
+        self, texts: Sequence[str], lengths: list[int] | None
     ) -> Iterator[tuple[list[int], np.ndarray]]:
         """On a CPU every batch has the same shape class: one thread (batches run side by side
-        on single-threaded lanes, one per torch thread) and MIN_BATCH_TOKENS tokens or more. A
-        bfloat16 vector then depends on its text alone: with AMX, oneDNN splits a matrix
-        product's sums differently for one thread and for two (1% of SciFact vectors moved, by
-        up to 1.1e-3) and for small batches and large ones (2e-3), while past those limits any
-        batch gives a text the same bits. So a collection gets the same vectors on a 2-core
-        laptop, a 64-core server and a Ray cluster's single-CPU workers, and two lanes of one
-        thread embed faster than one lane of two (docs/benchmarks.md)."""
-        cpu = self._model.device.type == "cpu"
-        lengths = self.padded_lengths(texts) if cpu else None
-        if lengths is None:  # a GPU, or padding that depends on the batch: nothing to align
-            yield from super()._embed_batches(texts, batches)
+        on the process's single-threaded lanes, as many as the caller has torch threads) and
+        MIN_BATCH_TOKENS tokens or more. A bfloat16 vector then depends on its text alone, on
+        machines of one CPU model: with AMX, oneDNN splits a matrix product's sums differently
+        for one thread and for two (1% of SciFact vectors moved, by up to 1.1e-3) and for small
+        batches and large ones (2e-3), while past those limits any batch gives a text the same
+        bits. So a local ingest on any core count and a Ray cluster's single-CPU workers store
+        the same vectors, and two lanes of one thread embed faster than one lane of two
+        (docs/benchmarks.md). Other CPU families (AVX512-BF16 without AMX, AVX2) run other
+        kernels, with their own last bits."""
+        if lengths is None or self._model.device.type != "cpu":
+            yield from super()._embed_batches(texts, lengths)  # a GPU, or nothing to align
             return
+        batches = self._batches(texts, lengths)
+
+        def least(idx: list[int]) -> int:
+            return -(-MIN_BATCH_TOKENS // lengths[idx[0]])
 
         def run(idx: list[int]) -> np.ndarray:
             batch = [texts[i] for i in idx]
-            wanted = -(-MIN_BATCH_TOKENS // lengths[idx[0]])
-            if len(batch) < wanted:
-                batch = (batch * -(-wanted // len(batch)))[:wanted]
+            if len(batch) < least(idx):
+                batch = (batch * -(-least(idx) // len(batch)))[: least(idx)]
             return self.embed_batch(batch)[: len(idx)]
 
-        with _lanes() as (lanes, count):
-            if lanes is None:
-                for idx in batches:
-                    yield idx, run(idx)
-                return
-            batches = _spread(batches, count, lambda idx: -(-MIN_BATCH_TOKENS // lengths[idx[0]]))
-            futures = [lanes.submit(run, idx) for idx in batches]
+        import torch
+
+        threads = torch.get_num_threads()
+        if threads <= 1:
+            for idx in batches:
+                yield idx, run(idx)
+            return
+        pool, lanes = _lane_pool(threads)
+        batches = _spread(batches, min(lanes, threads), least)
+        futures = [pool.submit(run, idx) for idx in batches]
+        try:
             for idx, future in zip(batches, futures, strict=True):
                 yield idx, future.result()
+        finally:  # a cancelled ingest (its progress callback raised) or a failed batch
+            for future in futures:
+                future.cancel()
 
-    def _batches(self, texts: Sequence[str]) -> list[list[int]]:
+    def _batches(self, texts: Sequence[str], lengths: list[int] | None) -> list[list[int]]:
         """Batches of one padded length, each at least MIN_BATCH_TOKENS long where the texts
         are there: short texts go in bigger batches (see `_embed_batches`)."""
-        lengths = self.padded_lengths(texts)
         if lengths is None:
-            return super()._batches(texts)
+            return super()._batches(texts, lengths)
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])
         out = []
         for length, run in groupby(order, key=lengths.__getitem__):
@@ -180,15 +191,16 @@ class SentenceTransformerEmbedder(Embedder):
         return out
 
     def query_vector(self, text: str) -> np.ndarray:
-        if self._query_onnx_cache is None:
-            return super().query_vector(text)
-        if self._query_onnx is None:
+        if self._query_onnx_cache is not None and self._query_onnx is None:
             with self._query_onnx_lock:
                 if self._query_onnx is None and self._query_onnx_cache is not None:
                     self._query_onnx = self._load_query_onnx(self._query_onnx_cache)
-        if self._query_onnx is None:  # the model cannot be exported: torch serves queries
-            return super().query_vector(text)
-        return self._query_onnx.query_vector(text)
+        if self._query_onnx is not None:
+            return self._query_onnx.query_vector(text)
+        # torch serves queries (KB_EMBED_QUERY_RUNTIME=torch, or no ONNX export): one text as
+        # it is, in the caller's thread; a query's vector is never stored, so it needs neither
+        # the lanes nor a filled batch
+        return normalize(np.asarray(self.embed_batch([text]), dtype=np.float32))[0]
 
     def embed_short(self, texts: Sequence[str]) -> np.ndarray:
         """One padded ONNX batch on the query encoder: a dozen sentences in one call cost
@@ -242,47 +254,46 @@ class SentenceTransformerEmbedder(Embedder):
         return vecs.float().cpu().numpy()
 
 
-@contextmanager
-def _lanes() -> Iterator[tuple[ThreadPoolExecutor | None, int]]:
-    """A pool of single-threaded embedding lanes, one per torch thread the process had, and
-    their count (no pool where that is one: the caller's thread does the work)."""
+def _lane_pool(threads: int) -> tuple[ThreadPoolExecutor, int]:
+    """The process's embedding lanes and their count: `threads` worker threads (the first
+    caller's torch thread count), each on one torch thread, made once. Each lane makes its
+    own count 1, which also sets the process default; once all have, the default goes back,
+    so only a thread whose first torch call falls in those milliseconds starts with one."""
+    global _pool, _pool_size
     import torch
 
-    global _lanes_running, _threads_before
-    with _LANES_LOCK:
-        threads = _threads_before if _lanes_running else torch.get_num_threads()
-        if threads <= 1:
-            threads = 0
-        else:
-            if not _lanes_running:
-                _threads_before = threads
-            _lanes_running += 1
-    if not threads:
-        yield None, 1
-        return
-    try:
-        with ThreadPoolExecutor(
-            threads, thread_name_prefix="kb-embed", initializer=torch.set_num_threads, initargs=(1,)
-        ) as pool:
-            yield pool, threads
-    finally:
-        with _LANES_LOCK:
-            _lanes_running -= 1
-            if not _lanes_running:
-                torch.set_num_threads(_threads_before)
+    with _POOL_LOCK:
+        if _pool is None:
+            ready = threading.Barrier(threads + 1)
+
+            def one_thread() -> None:
+                torch.get_num_threads()  # a first torch call: this thread's count is its own
+                torch.set_num_threads(1)
+                ready.wait()
+
+            pool = ThreadPoolExecutor(
+                threads, thread_name_prefix="kb-embed", initializer=one_thread
+            )
+            for _ in range(threads):
+                pool.submit(int)  # every lane starts now, each running the initializer
+            ready.wait()
+            torch.set_num_threads(threads)
+            _pool, _pool_size = pool, threads
+        return _pool, _pool_size
 
 
 def _spread(
-    batches: list[list[int]], lanes: int, smallest: Callable[[list[int]], int]
+    batches: list[list[int]], lanes: int, least: Callable[[list[int]], int]
 ) -> list[list[int]]:
-    """At least one batch per lane where there are texts enough: the biggest batches halved,
-    never below `smallest(batch)` texts (from MIN_BATCH_TOKENS up a batch's size does not move
-    its vectors)."""
+    """At least one batch per lane where there are texts enough: the biggest batch that can
+    be halved is, never below `least(batch)` texts nor below two (from MIN_BATCH_TOKENS up a
+    batch's size does not move its vectors)."""
     out = list(batches)
     while len(out) < lanes:
-        i = max(range(len(out)), key=lambda j: len(out[j]))
-        half = (len(out[i]) + 1) // 2
-        if len(out[i]) - half < max(2, smallest(out[i])):
+        halvable = [i for i, b in enumerate(out) if len(b) // 2 >= max(2, least(b))]
+        if not halvable:
             break
+        i = max(halvable, key=lambda j: len(out[j]))
+        half = (len(out[i]) + 1) // 2
         out[i : i + 1] = [out[i][:half], out[i][half:]]
     return out

@@ -544,6 +544,7 @@ class _Run:
                 return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool)
 
         def target() -> None:
+            torch.get_num_threads()  # a first torch call: from here this thread's count is its own
             torch.set_num_threads(threads)  # an OpenMP setting of this thread
             try:
                 self.output = weights.generate(
