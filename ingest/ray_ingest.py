@@ -10,8 +10,8 @@ committed. A worker's batch of files is not a local ingest's batch of chunks, so
 batches only texts of one padded length (`Embedder._batches`), on one thread per batch and at
 least 384 tokens to a batch (`SentenceTransformerEmbedder._embed_batches`): with the default
 torch embedder on CPUs of one model nothing but the text decides its vector, bit for bit,
-whatever the worker's batch of files or the machine's core count. For int8 (ONNX Runtime scales activations
-per batch) and GPU workers, vectors agree within bfloat16 tolerance.
+whatever the worker's batch of files or the machine's core count. For int8 (ONNX Runtime
+scales activations per batch) and GPU workers, vectors agree within bfloat16 tolerance.
 
 Boilerplate dropping (KB_DROP_BOILERPLATE) makes a file's chunks depend on the files before it: a
 local ingest judges each file by the line counts of the files read so far. So a first, light pass

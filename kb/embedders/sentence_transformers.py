@@ -285,9 +285,9 @@ def _lane_pool(threads: int) -> tuple[ThreadPoolExecutor, int]:
 def _spread(
     batches: list[list[int]], lanes: int, least: Callable[[list[int]], int]
 ) -> list[list[int]]:
-    """At least one batch per lane where there are texts enough: the biggest batch that can
-    be halved is, never below `least(batch)` texts nor below two (from MIN_BATCH_TOKENS up a
-    batch's size does not move its vectors)."""
+    """At least one batch per lane where there are texts enough: the biggest batch whose
+    halves keep `least(batch)` texts, and two, is halved until there are (from MIN_BATCH_TOKENS
+    up, a batch's size does not move its vectors)."""
     out = list(batches)
     while len(out) < lanes:
         halvable = [i for i, b in enumerate(out) if len(b) // 2 >= max(2, least(b))]
