@@ -210,14 +210,17 @@ class RayIngestor(Ingestor):
         if not rows:  # every file failed to load in the first pass, and was reported there
             return
         workers = default_workers(ray, self.options)
-        embedded = _dataset(ray, rows, workers).map_batches(
+        # one batch per block: a batch that needs rows of two blocks waits for both, so its
+        # worker's first results come back a batch later
+        blocks = max(workers * 8, -(-len(rows) // self.options.ray_batch_files))
+        embedded = _dataset(ray, rows, blocks).map_batches(
             ChunkEmbedWorker,
             fn_constructor_kwargs={
                 "settings": self.settings,
                 "embedder": self.collection.embedder,
                 "device": "cuda" if self.options.ray_gpus > 0 else None,
             },
-            batch_size=self.options.ray_batch_files,
+            batch_size=-(-len(rows) // blocks),
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=self.options.ray_cpus,
@@ -244,7 +247,8 @@ class RayIngestor(Ingestor):
         """For each changed file that loads, the counts its chunking reads: the verdicts on its
         own lines at the point where a local ingest chunks it (`Ingestor._chunked`)."""
         rows = [{"i": i, "source": ray.cloudpickle.dumps(s)} for i, s in enumerate(changed)]
-        keyed = _dataset(ray, rows, default_workers(ray, self.options)).map_batches(
+        # blocks of a few batches each, so that every worker has work from the start
+        keyed = _dataset(ray, rows, default_workers(ray, self.options) * 8).map_batches(
             line_keys_batch,
             batch_size=self.options.ray_batch_files,
             batch_format="numpy",
@@ -296,10 +300,10 @@ def _verdicts(counts: LineCounts, keys: list[str]) -> LineCounts:
     return LineCounts(counts.files, {k: counts.counts[k] for k in keys if counts.is_boilerplate(k)})
 
 
-def _dataset(ray, rows: list[dict[str, Any]], workers: int):
-    """The rows as a dataset whose results come back in input order, without progress bars."""
-    # blocks of a few batches each, so that every worker has work from the start
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), workers * 8)))
+def _dataset(ray, rows: list[dict[str, Any]], blocks: int):
+    """The rows as a dataset of `blocks` blocks (fewer for fewer rows) whose results come back
+    in input order, without progress bars."""
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), blocks)))
     # a dataset keeps a copy of the context it was made in, and so do those derived from it
     dataset.context.execution_options.preserve_order = True
     dataset.context.enable_progress_bars = False
