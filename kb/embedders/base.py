@@ -70,12 +70,19 @@ class Embedder(ABC):
         on some CPUs)."""
         if lengths is None:
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-            runs = [order]
+            runs = [(None, order)]
         else:
             order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-            runs = [list(run) for _, run in groupby(order, key=lengths.__getitem__)]
-        size = self.batch_size
-        return [run[lo : lo + size] for run in runs for lo in range(0, len(run), size)]
+            runs = [(n, list(run)) for n, run in groupby(order, key=lengths.__getitem__)]
+        out = []
+        for length, run in runs:
+            size = self._batch_size(length)
+            out += [run[lo : lo + size] for lo in range(0, len(run), size)]
+        return out
+
+    def _batch_size(self, length: int | None) -> int:
+        """Texts per batch for texts of this padded length (None: lengths unknown)."""
+        return self.batch_size
 
     def embed_query(self, text: str) -> np.ndarray:
         """One query's vector (read-only: it may be shared through the query cache)."""

@@ -8,7 +8,6 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -177,18 +176,12 @@ class SentenceTransformerEmbedder(Embedder):
             for future in futures:
                 future.cancel()
 
-    def _batches(self, texts: Sequence[str], lengths: list[int] | None) -> list[list[int]]:
-        """Batches of one padded length, each at least MIN_BATCH_TOKENS long where the texts
-        are there: short texts go in bigger batches (see `_embed_batches`)."""
-        if lengths is None:
-            return super()._batches(texts, lengths)
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
-        out = []
-        for length, run in groupby(order, key=lengths.__getitem__):
-            run = list(run)
-            size = max(self.batch_size, -(-MIN_BATCH_TOKENS // length))
-            out += [run[lo : lo + size] for lo in range(0, len(run), size)]
-        return out
+    def _batch_size(self, length: int | None) -> int:
+        """At least MIN_BATCH_TOKENS to a batch where the texts are there: short texts go in
+        bigger batches (see `_embed_batches`)."""
+        if length is None:
+            return self.batch_size
+        return max(self.batch_size, -(-MIN_BATCH_TOKENS // length))
 
     def query_vector(self, text: str) -> np.ndarray:
         if self._query_onnx_cache is not None and self._query_onnx is None:
