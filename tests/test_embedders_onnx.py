@@ -290,3 +290,63 @@ def test_a_cancelled_embed_stops_without_embedding_the_rest(torch_bf16, two_thre
     for done in [pool.submit(together.wait, 60) for _ in range(lanes)]:
         done.result()
     assert total > 8 and len(calls) < total / 2
+
+
+def _write_st_folder(folder: Path, pooling: dict, st_config: dict, tokenizer: dict) -> Path:
+    import json
+
+    (folder / "1_Pooling").mkdir(parents=True)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    (folder / "sentence_bert_config.json").write_text(json.dumps(st_config))
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer))
+    config = {"hidden_size": 384, "max_position_embeddings": 512, "vocab_size": 30522}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_both_sentence_transformers_folder_formats_read_as_mean_pooling(tmp_path):
+    """A model fine-tuned by kb is saved by sentence-transformers 6 (`pooling_mode: "mean"`, the
+    length in the tokenizer config); it must get the ONNX query encoder like the bundled one."""
+    from kb.embedders.onnx import _st_config
+    from kb.errors import InvalidInput
+
+    old = _write_st_folder(
+        tmp_path / "old",
+        {
+            "word_embedding_dimension": 384,
+            "pooling_mode_mean_tokens": True,
+            "pooling_mode_cls_token": False,
+            "pooling_mode_max_tokens": False,
+        },
+        {"max_seq_length": 256, "do_lower_case": False},
+        {"model_max_length": 512},
+    )
+    new = _write_st_folder(
+        tmp_path / "new",
+        {"embedding_dimension": 384, "pooling_mode": "mean", "include_prompt": True},
+        {"transformer_task": "feature-extraction"},
+        {"model_max_length": 256},
+    )
+    for folder in (old, new):
+        config = _st_config(folder)
+        assert (config["dimension"], config["max_seq_length"]) == (384, 256)
+    for pooling in (
+        {"pooling_mode": "cls"},
+        {"pooling_mode": ["mean", "max"]},
+        {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True},
+    ):
+        folder = _write_st_folder(tmp_path / str(len(list(tmp_path.iterdir()))), pooling, {}, {})
+        with pytest.raises(InvalidInput, match="does not use mean pooling"):
+            _st_config(folder)
+    # the bundled model reads as it always did
+    assert _st_config(Path(bundled_minilm_path()))["max_seq_length"] == 256

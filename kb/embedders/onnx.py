@@ -123,7 +123,9 @@ class OnnxEmbedder(Embedder):
 
 
 def _st_config(folder: Path) -> dict:
-    """Dimension, max length, pad id and pooling of a sentence-transformers folder."""
+    """Dimension, max length, pad id and pooling of a sentence-transformers folder, as written
+    by sentence-transformers before 6 (`pooling_mode_mean_tokens`, `max_seq_length`) or since
+    (`pooling_mode: "mean"`, the length in the tokenizer's `model_max_length`)."""
     modules = _read_json(folder / "modules.json", [])
     pooling = {}
     for module in modules:
@@ -131,23 +133,42 @@ def _st_config(folder: Path) -> dict:
             pooling = _read_json(folder / module["path"] / "config.json", {})
     model_config = _read_json(folder / "config.json", {})
     st_config = _read_json(folder / "sentence_bert_config.json", {})
-    if not pooling.get("pooling_mode_mean_tokens", False) or any(
-        pooling.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens")
-    ):
+    if _pooling_modes(pooling) != {"mean"}:
         raise InvalidInput(
             f"embedding model {str(folder)!r} does not use mean pooling, which is all the ONNX "
             "embedder implements: set KB_EMBED_DTYPE=bfloat16 or float32 for this model"
         )
+    tokenizer_limit = _read_json(folder / "tokenizer_config.json", {}).get("model_max_length")
+    if not isinstance(tokenizer_limit, int) or tokenizer_limit > 100_000:  # "no limit" is 1e30
+        tokenizer_limit = None
+    dimension = pooling.get("embedding_dimension") or pooling.get("word_embedding_dimension")
     return {
-        "dimension": int(pooling.get("word_embedding_dimension") or model_config["hidden_size"]),
+        "dimension": int(dimension or model_config["hidden_size"]),
         "max_seq_length": int(
-            st_config.get("max_seq_length") or model_config.get("max_position_embeddings", 512)
+            st_config.get("max_seq_length")
+            or tokenizer_limit
+            or model_config.get("max_position_embeddings", 512)
         ),
         "pad_id": int(model_config.get("pad_token_id") or 0),
         "vocab_size": int(model_config.get("vocab_size") or 30000),
         # the attention fusion cannot always read these from the graph
         "num_heads": int(model_config.get("num_attention_heads") or 0),
         "hidden_size": int(model_config.get("hidden_size") or 0),
+    }
+
+
+def _pooling_modes(config: dict) -> set[str]:
+    """The pooling modes a Pooling module's config turns on, in either format."""
+    mode = config.get("pooling_mode")
+    if isinstance(mode, str):
+        return {mode}
+    if isinstance(mode, list):
+        return {str(m) for m in mode}
+    prefix = "pooling_mode_"
+    return {
+        key[len(prefix) :].removesuffix("_tokens").removesuffix("_token")
+        for key, on in config.items()
+        if key.startswith(prefix) and on is True
     }
 
 
