@@ -359,7 +359,8 @@ class EmbeddingsOptions(Spec):
         "hybrid", description="Search that mines the hard negatives."
     )
     dtype: Dtype = Field(
-        "bfloat16", description="bfloat16 (autocast, ~1.75x faster on CPU) or float32."
+        "bfloat16",
+        description="bfloat16 (autocast; faster on CPUs with AVX512-BF16 or AMX) or float32.",
     )
     max_pairs: int | None = Field(None, ge=2, description="Train on a sample of this many pairs.")
     out: str | None = Field(
