@@ -171,7 +171,7 @@ def reindex(
         typer.Option(
             "--index",
             help="auto (flat up to KB_EXACT_SEARCH_MAX vectors, then IVF), flat, ivf, "
-            "'ivf:nlist=1024,nprobe=32', 'hnsw32,sq8', ...",
+            "'ivf:nlist=1024,nprobe=32', hnsw, ...",
         ),
     ] = "auto",
     collection: CollectionOpt = None,
