@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,6 +14,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ingest.pipeline import IngestProgress
 
 console = Console(stderr=True)
+
+# options that several commands take, declared once
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
+CollectionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--collection", "-c", help="Collection name (default: KB_DEFAULT_COLLECTION, 'default')."
+    ),
+]
+MethodOpt = Annotated[
+    str | None, typer.Option(help="dense, bm25 or hybrid (default: KB_RETRIEVAL_METHOD).")
+]
+SupportOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="What a grounded answer does with sentences its passages do not support: flag, "
+        "drop, or fallback (to the extractive answer). Default: KB_SUPPORT_POLICY."
+    ),
+]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

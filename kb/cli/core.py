@@ -9,17 +9,16 @@ import typer
 from rich.table import Table
 
 from ingest.ray_ingest import RayIngestOptions
-from kb.cli.common import BarProgress, console, print_json
+from kb.cli.common import (
+    BarProgress,
+    CollectionOpt,
+    JsonOpt,
+    MethodOpt,
+    console,
+    print_json,
+)
 from kb.cli.specs import cli_build, spec_options
 from kb.settings import Settings
-
-CollectionOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--collection", "-c", help="Collection name (default: KB_DEFAULT_COLLECTION, 'default')."
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 
 
 def knowledge_base():
@@ -100,9 +99,7 @@ def search(
     source: Annotated[
         str | None, typer.Option("--source", help="Only sources matching this glob, e.g. '*.pdf'.")
     ] = None,
-    method: Annotated[
-        str | None, typer.Option(help="dense, bm25 or hybrid (default: KB_RETRIEVAL_METHOD).")
-    ] = None,
+    method: MethodOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Search a collection and print the top passages with source, position and score."""

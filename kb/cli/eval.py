@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kb.answering import MODES
-from kb.cli.common import BarProgress, console, print_json
+from kb.cli.common import BarProgress, JsonOpt, SupportOpt, console, print_json
 from kb.settings import Settings
 
 eval_app = typer.Typer(
@@ -19,7 +19,6 @@ eval_app = typer.Typer(
     no_args_is_help=True,
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed, recorded with the result.")]
 NameOpt = Annotated[str | None, typer.Option(help="A label for this run, shown by `kb eval list`.")]
 SourceRootOpt = Annotated[
@@ -165,13 +164,7 @@ def answers(
         str | None, typer.Option(help="Generator name (default: KB_DEFAULT_GENERATOR).")
     ] = None,
     k: Annotated[int, typer.Option("-k", help="Passages given to the RAG modes.")] = 5,
-    support: Annotated[
-        str | None,
-        typer.Option(
-            help="What the grounded modes do with sentences their passages do not support: "
-            "flag, drop or fallback (default: the answering core's)."
-        ),
-    ] = None,
+    support: SupportOpt = None,
     source_root: SourceRootOpt = None,
     seed: SeedOpt = 0,
     name: NameOpt = None,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from kb.cli.common import CountBar, console, fail, print_json
+from kb.cli.common import CountBar, JsonOpt, console, fail, print_json
 from kb.cli.specs import cli_build, spec_options
 from kb.errors import KBError
 from kb.finetune.options import PrepareOptions, ValidateOptions
@@ -19,8 +19,6 @@ finetune_app = typer.Typer(
     help="Fine-tuning: prepare training data from tables, folders or collections; validate it.",
     no_args_is_help=True,
 )
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 
 
 def _lines(lines: list[int]) -> str:

@@ -12,14 +12,12 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kb.cli.common import console, fail, print_json
+from kb.cli.common import JsonOpt, console, fail, print_json
 from kb.cli.specs import cli_build, spec_options
 from kb.errors import KBError
 from kb.finetune.options import EmbeddingsOptions, FineTuneOptions
 from kb.jobs import Cancelled, JobContext, JobRecord
 from kb.settings import Settings
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line.")]
 
 
 class _JobBar:

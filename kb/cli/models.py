@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kb.cli.common import CountBar, console, fail, print_json
+from kb.cli.common import CountBar, JsonOpt, console, fail, print_json
 from kb.errors import InvalidInput, KBError
 from kb.settings import Settings
 
@@ -22,7 +22,7 @@ models_app = typer.Typer(
 
 @models_app.command("list")
 def list_models(
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """List the configured generators and the registered fine-tuned models."""
     from kb.models import ModelRegistry
@@ -74,7 +74,7 @@ def classify_command(
             "model's labels, each file's sub-folder is its true label and accuracy is reported."
         ),
     ],
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Label text files with a fine-tuned classifier, its prompts built as in its training."""
     from kb.finetune.classify import MAX_TEXTS, ClassifierCache

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kb.cli.common import console, print_json
+from kb.cli.common import JsonOpt, MethodOpt, SupportOpt, console, print_json
 from kb.settings import Settings
 
 
@@ -92,13 +92,7 @@ def ask(
             "(all side by side)."
         ),
     ] = "rag",
-    support: Annotated[
-        str | None,
-        typer.Option(
-            help="Unsupported sentences of a grounded answer: flag, drop, or fallback (to the "
-            "extractive answer). Default: KB_SUPPORT_POLICY."
-        ),
-    ] = None,
+    support: SupportOpt = None,
     model: Annotated[
         str | None,
         typer.Option(help="Generator name (default: KB_DEFAULT_GENERATOR / latest fine-tuned)."),
@@ -108,15 +102,11 @@ def ask(
         typer.Option("--collection", "-c", help="Collection (default: KB_DEFAULT_COLLECTION)."),
     ] = None,
     k: Annotated[int, typer.Option("-k", help="Passages to retrieve for the grounded modes.")] = 5,
-    method: Annotated[
-        str | None, typer.Option(help="dense, bm25 or hybrid (default: KB_RETRIEVAL_METHOD).")
-    ] = None,
+    method: MethodOpt = None,
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Most tokens to generate (default: the model's setting).")
     ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object as the last line.")
-    ] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Answer a question: the answer streams to the terminal, then its numbered sources."""
     from kb.answering import Answerer, AnswerRequest
