@@ -54,8 +54,9 @@ class Settings(BaseSettings):
     embed_dtype: Literal["float32", "bfloat16", "int8"] = "bfloat16"
     embed_query_cache: int = 1024  # query vectors kept for repeated searches; 0 disables
     # torch-run models embed single queries through an ONNX Runtime export: "onnx-int8" is
-    # per-channel int8 (about 3 ms less CPU a query than float32, SciFact nDCG@10 within 0.006
-    # of it: docs/benchmarks.md), "onnx" float32 (the same vectors as torch)
+    # per-channel int8 (about 3 ms less CPU a query than float32; SciFact nDCG@10 of hybrid
+    # search within 0.005 of it, of dense search with a fine-tuned model 0.010 lower:
+    # docs/benchmarks.md), "onnx" float32 (the same vectors as torch)
     embed_query_runtime: Literal["torch", "onnx", "onnx-int8"] = "onnx-int8"
     embed_base_url: str | None = None
     embed_api_key: str | None = None
