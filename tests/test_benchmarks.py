@@ -71,6 +71,21 @@ def test_query_benchmark_tiny(tmp_path):
         assert set(cells[("query", clients)]["finish_reasons"]) <= {"skipped", "not_covered"}
 
 
+def test_query_encoder_benchmark_tiny(tmp_path):
+    report = run_benchmark(
+        "query_encoder.py", "--queries", "12", "--rounds", "1", out=tmp_path / "qe.json"
+    )
+    assert report["queries"] == 12 and report["tokens_mean"] > 2
+    assert set(report["cpu_ms_per_query"]) == {"int8", "int8 fused", "float32"}
+    assert all(row["median"] > 0 for row in report["cpu_ms_per_query"].values())
+    for row in report["cosine_to_float32"].values():  # int8 stays close to float32, not equal
+        assert 0.95 < row["min"] <= row["mean"] < 0.99999
+    assert set(report["layer_norm_us_per_call"]) == {
+        "SkipLayerNormalization",
+        "Add + Add + LayerNormalization",
+    }
+
+
 TRAIN_FILES = ("train.jsonl", "validation.jsonl")
 
 

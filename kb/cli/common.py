@@ -24,13 +24,15 @@ CollectionOpt = Annotated[
     ),
 ]
 MethodOpt = Annotated[
-    str | None, typer.Option(help="dense, bm25 or hybrid (default: KB_RETRIEVAL_METHOD).")
+    str | None,
+    typer.Option("--method", help="dense, bm25 or hybrid (default: KB_RETRIEVAL_METHOD)."),
 ]
 SupportOpt = Annotated[
     str | None,
     typer.Option(
+        "--support",
         help="What a grounded answer does with sentences its passages do not support: flag, "
-        "drop, or fallback (to the extractive answer). Default: KB_SUPPORT_POLICY."
+        "drop, or fallback (to the extractive answer). Default: KB_SUPPORT_POLICY.",
     ),
 ]
 

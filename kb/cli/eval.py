@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kb.answering import MODES
-from kb.cli.common import BarProgress, JsonOpt, SupportOpt, console, print_json
+from kb.cli.common import BarProgress, CollectionOpt, JsonOpt, SupportOpt, console, print_json
 from kb.settings import Settings
 
 eval_app = typer.Typer(
@@ -154,12 +154,7 @@ def answers(
     modes: Annotated[
         str, typer.Option(help=f"Comma-separated modes: {', '.join(MODES)}.")
     ] = ",".join(MODES),
-    collection: Annotated[
-        str | None,
-        typer.Option(
-            "--collection", "-c", help="Collection the RAG modes search (default: 'default')."
-        ),
-    ] = None,
+    collection: CollectionOpt = None,
     model: Annotated[
         str | None, typer.Option(help="Generator name (default: KB_DEFAULT_GENERATOR).")
     ] = None,

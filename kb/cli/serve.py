@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kb.cli.common import JsonOpt, MethodOpt, SupportOpt, console, print_json
+from kb.cli.common import CollectionOpt, JsonOpt, MethodOpt, SupportOpt, console, print_json
 from kb.settings import Settings
 
 
@@ -97,10 +97,7 @@ def ask(
         str | None,
         typer.Option(help="Generator name (default: KB_DEFAULT_GENERATOR / latest fine-tuned)."),
     ] = None,
-    collection: Annotated[
-        str | None,
-        typer.Option("--collection", "-c", help="Collection (default: KB_DEFAULT_COLLECTION)."),
-    ] = None,
+    collection: CollectionOpt = None,
     k: Annotated[int, typer.Option("-k", help="Passages to retrieve for the grounded modes.")] = 5,
     method: MethodOpt = None,
     max_new_tokens: Annotated[

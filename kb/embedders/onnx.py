@@ -3,8 +3,9 @@
 The model is exported once from its local folder (torch.onnx, with the mean pooling inside
 the graph) and cached under `<cache_dir>/onnx/`; later loads read the cached file. The export
 runs the attention in its eager form, whose plain graph ONNX Runtime's transformer optimizer
-fuses into one Attention op per layer (with the embeddings, layer norms and GELU); the fused
-graph is kept only when it gives the unfused graph's outputs. Int8 uses dynamic quantization
+fuses into one Attention op per layer (with the embeddings' layer norm and the GELU, not the
+residual layer norms: see UNFUSED); the fused graph is kept only when it gives the unfused
+graph's outputs. Int8 uses dynamic quantization
 with per-channel weight scales, of the matrix products and the fused attention's projections:
 per-tensor scales moved MiniLM's vectors too far (mean cosine 0.946 to float32 against 0.994
 per-channel on SciFact chunks).
@@ -30,8 +31,9 @@ from kb.errors import InvalidInput
 RECIPE = "3"
 #: ONNX Runtime's CPU SkipLayerNormalization kernel takes ~4x a plain Add and LayerNormalization
 #: (42 against 11 us on a [1, 22, 384] tensor): kept unfused, at export and at session load,
-#: the int8 query encoder spends 17% less CPU and a 32-text batch 11% less (docs/benchmarks.md)
-UNFUSED = ["SkipLayerNormFusion"]
+#: the int8 query encoder spends ~17% less CPU (benchmarks/query_encoder.py). ORT ignores an
+#: optimizer name it does not know, so a test checks the graph a session really runs.
+UNFUSED = "SkipLayerNormFusion"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -49,7 +51,6 @@ class OnnxEmbedder(Embedder):
         pad_to_multiple_of: int = 8,
         model_id: str | None = None,
     ):
-        import onnxruntime as ort
 
         if dtype not in ("int8", "float32"):
             raise InvalidInput(f"ONNX embedder dtype {dtype!r}: use 'int8' or 'float32'")
@@ -85,18 +86,7 @@ class OnnxEmbedder(Embedder):
             pad_to_multiple_of=pad_to_multiple_of or None,
         )
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # spinning workers steal the core from the ingest loader thread and other processes
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(
-            str(self.onnx_path),
-            options,
-            providers=["CPUExecutionProvider"],
-            disabled_optimizers=UNFUSED,
-        )
+        self._session = session(self.onnx_path, threads)
         self._inputs = [i.name for i in self._session.get_inputs()]
 
     def count_tokens(self, text: str) -> int:
@@ -129,6 +119,25 @@ class OnnxEmbedder(Embedder):
         return self._session.run(None, {name: feeds[name] for name in self._inputs})[0]
 
 
+def session(path: Path, threads: int | None = None, *, optimized_to: Path | None = None):
+    """An ONNX Runtime CPU session as kb runs every exported model: `threads` intra-op threads
+    (None: ORT's default), no spinning, the graph optimizations less UNFUSED; `optimized_to`
+    saves the graph the session runs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # spinning workers steal the core from the ingest loader thread and other processes
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("optimization.disable_specified_optimizers", UNFUSED)
+    if optimized_to is not None:
+        options.optimized_model_filepath = str(optimized_to)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def _st_config(folder: Path) -> dict:
     """Dimension, max length, pad id and pooling of a sentence-transformers folder, as written
     by sentence-transformers before 6 (`pooling_mode_mean_tokens`, `max_seq_length`) or since
@@ -146,16 +155,15 @@ def _st_config(folder: Path) -> dict:
             "embedder implements: set KB_EMBED_DTYPE=bfloat16 or float32 for this model"
         )
     tokenizer_limit = _read_json(folder / "tokenizer_config.json", {}).get("model_max_length")
-    if not isinstance(tokenizer_limit, int) or tokenizer_limit > 100_000:  # "no limit" is 1e30
+    positions = int(model_config.get("max_position_embeddings", 512))
+    if isinstance(tokenizer_limit, int) and tokenizer_limit <= 100_000:  # "no limit" is 1e30
+        tokenizer_limit = min(tokenizer_limit, positions)  # as sentence-transformers reads it
+    else:
         tokenizer_limit = None
     dimension = pooling.get("embedding_dimension") or pooling.get("word_embedding_dimension")
     return {
         "dimension": int(dimension or model_config["hidden_size"]),
-        "max_seq_length": int(
-            st_config.get("max_seq_length")
-            or tokenizer_limit
-            or model_config.get("max_position_embeddings", 512)
-        ),
+        "max_seq_length": int(st_config.get("max_seq_length") or tokenizer_limit or positions),
         "pad_id": int(model_config.get("pad_token_id") or 0),
         "vocab_size": int(model_config.get("vocab_size") or 30000),
         # the attention fusion cannot always read these from the graph
@@ -304,7 +312,6 @@ def _fusions():
 
 def _same_outputs(a: Path, b: Path, *, vocab: int, tolerance: float = 1e-3) -> bool:
     """Both graphs on a padded batch of random tokens give the same vectors."""
-    import onnxruntime as ort
 
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, min(vocab, 20000), size=(3, 40), dtype=np.int64)
@@ -315,11 +322,9 @@ def _same_outputs(a: Path, b: Path, *, vocab: int, tolerance: float = 1e-3) -> b
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
     outputs = []
     for path in (a, b):
-        session = ort.InferenceSession(
-            str(path), providers=["CPUExecutionProvider"], disabled_optimizers=UNFUSED
-        )
-        names = [i.name for i in session.get_inputs()]
-        outputs.append(session.run(None, {n: feeds[n] for n in names})[0])
+        loaded = session(path)
+        names = [i.name for i in loaded.get_inputs()]
+        outputs.append(loaded.run(None, {n: feeds[n] for n in names})[0])
     return bool(np.abs(outputs[0] - outputs[1]).max() < tolerance)
 
 
@@ -338,7 +343,7 @@ def _quantize(fp32: Path, out: Path) -> None:
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul", "Attention"],
-            # the fused graph's contrib ops (SkipLayerNormalization, ...) defeat shape
+            # the fused graph's contrib ops (Attention, BiasGelu, ...) defeat shape
             # inference, so the quantizer is told that unknown tensors are float32
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
