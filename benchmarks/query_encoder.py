@@ -50,8 +50,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_graphs(work: Path) -> dict[str, Path]:
     """kb's int8 and float32 exports, and an int8 export with SkipLayerNormalization fused."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
     from kb.embedders import onnx as kb_onnx
     from kb.embedders.sentence_transformers import bundled_minilm_path
 
@@ -60,17 +58,10 @@ def build_graphs(work: Path) -> dict[str, Path]:
         "int8": kb_onnx.exported_model(folder, work, "int8"),
         "float32": kb_onnx.exported_model(folder, work, "float32"),
     }
-    config = kb_onnx._st_config(folder)
     exported = work / "exported.onnx"
     kb_onnx._export(folder, exported)
-    fused = optimize_model(
-        str(exported),
-        model_type="bert",
-        num_heads=config["num_heads"],
-        hidden_size=config["hidden_size"],
-        opt_level=0,
-    )
-    fused.save_model_to_file(str(work / "fused.float32.onnx"))
+    config = kb_onnx._st_config(folder)
+    kb_onnx._fuse(exported, work / "fused.float32.onnx", config, skip_layer_norm=True)
     kb_onnx._quantize(work / "fused.float32.onnx", work / "fused.int8.onnx")
     graphs["int8 fused"] = work / "fused.int8.onnx"
     return graphs

@@ -269,7 +269,7 @@ def _export(folder: Path, out: Path) -> None:
         )
 
 
-def _fuse(exported: Path, out: Path, config: dict) -> None:
+def _fuse(exported: Path, out: Path, config: dict, *, skip_layer_norm: bool = False) -> None:
     """ONNX Runtime's BERT fusions (Attention, EmbedLayerNormalization, BiasGelu; not
     SkipLayerNormalization, see UNFUSED), kept only when the fused graph gives the exported
     graph's vectors: a model the patterns do not fit is written unfused."""
@@ -287,7 +287,7 @@ def _fuse(exported: Path, out: Path, config: dict) -> None:
                 num_heads=config["num_heads"],
                 hidden_size=config["hidden_size"],
                 opt_level=0,
-                optimization_options=_fusions(),
+                optimization_options=_fusions(skip_layer_norm),
             )
         finally:
             logging.getLogger().setLevel(quiet)
@@ -302,11 +302,11 @@ def _fuse(exported: Path, out: Path, config: dict) -> None:
     shutil.copyfile(exported, out)
 
 
-def _fusions():
+def _fusions(skip_layer_norm: bool = False):
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     options = FusionOptions("bert")
-    options.enable_skip_layer_norm = False  # see UNFUSED
+    options.enable_skip_layer_norm = skip_layer_norm  # off in kb's graphs: see UNFUSED
     return options
 
 
