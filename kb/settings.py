@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     embed_query_cache: int = 1024  # query vectors kept for repeated searches; 0 disables
     # torch-run models embed single queries through an ONNX Runtime export: "onnx-int8" is
     # per-channel int8 (about 3 ms less CPU a query than float32; SciFact nDCG@10 of hybrid
-    # search within 0.005 of it, of dense search with a fine-tuned model 0.010 lower:
+    # search within 0.004 of it, of dense search with a fine-tuned model 0.010 lower:
     # docs/benchmarks.md), "onnx" float32 (the same vectors as torch)
     embed_query_runtime: Literal["torch", "onnx", "onnx-int8"] = "onnx-int8"
     embed_base_url: str | None = None
