@@ -184,9 +184,10 @@ def main(argv: list[str] | None = None) -> dict:
             for name, loaded in sessions.items():
                 cpu, vectors[name] = encode(loaded, encodings)
                 ms[name].append(cpu)
-        ops = {name: [] for name in layer_norm_models(tokens)}
+        models = layer_norm_models(tokens)
+        ops: dict[str, list[float]] = {name: [] for name in models}
         for _ in range(2):
-            for name, model in layer_norm_models(tokens).items():
+            for name, model in models.items():
                 ops[name].append(op_microseconds(model, tokens))
 
     result = {

@@ -5,10 +5,9 @@ the graph) and cached under `<cache_dir>/onnx/`; later loads read the cached fil
 runs the attention in its eager form, whose plain graph ONNX Runtime's transformer optimizer
 fuses into one Attention op per layer (with the embeddings' layer norm and the GELU, not the
 residual layer norms: see UNFUSED); the fused graph is kept only when it gives the unfused
-graph's outputs. Int8 uses dynamic quantization
-with per-channel weight scales, of the matrix products and the fused attention's projections:
-per-tensor scales moved MiniLM's vectors too far (mean cosine 0.946 to float32 against 0.994
-per-channel on SciFact chunks).
+graph's outputs. Int8 uses dynamic quantization with per-channel weight scales, of the matrix
+products and the fused attention's projections: per-tensor scales moved MiniLM's vectors too
+far (mean cosine 0.946 to float32 against 0.994 per-channel on SciFact chunks).
 """
 
 from __future__ import annotations
@@ -29,9 +28,10 @@ from kb.errors import InvalidInput
 
 #: bumped when the export or quantization recipe changes, so stale cached files are not reused
 RECIPE = "3"
-#: ONNX Runtime's CPU SkipLayerNormalization kernel takes ~4x a plain Add and LayerNormalization
-#: (42 against 11 us on a [1, 22, 384] tensor): kept unfused, at export and at session load,
-#: the int8 query encoder spends ~17% less CPU (benchmarks/query_encoder.py). ORT ignores an
+#: ONNX Runtime's CPU SkipLayerNormalization kernel takes ~4x the Add, Add and LayerNormalization
+#: it replaces (42.7 against 11.5 us on one query's [1, 23, 384] tensor): kept unfused, at export
+#: and at session load, the int8 query encoder spends 17-36% less CPU
+#: (benchmarks/query_encoder.py). ORT ignores an
 #: optimizer name it does not know, so a test checks the graph a session really runs.
 UNFUSED = "SkipLayerNormFusion"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -51,7 +51,6 @@ class OnnxEmbedder(Embedder):
         pad_to_multiple_of: int = 8,
         model_id: str | None = None,
     ):
-
         if dtype not in ("int8", "float32"):
             raise InvalidInput(f"ONNX embedder dtype {dtype!r}: use 'int8' or 'float32'")
         folder = Path(model)
@@ -271,8 +270,9 @@ def _export(folder: Path, out: Path) -> None:
 
 def _fuse(exported: Path, out: Path, config: dict, *, skip_layer_norm: bool = False) -> None:
     """ONNX Runtime's BERT fusions (Attention, EmbedLayerNormalization, BiasGelu; not
-    SkipLayerNormalization, see UNFUSED), kept only when the fused graph gives the exported
-    graph's vectors: a model the patterns do not fit is written unfused."""
+    SkipLayerNormalization unless `skip_layer_norm`, which only the benchmark of UNFUSED asks
+    for), kept only when the fused graph gives the exported graph's vectors: a model the
+    patterns do not fit is written unfused."""
     import logging
 
     try:
@@ -312,7 +312,6 @@ def _fusions(skip_layer_norm: bool = False):
 
 def _same_outputs(a: Path, b: Path, *, vocab: int, tolerance: float = 1e-3) -> bool:
     """Both graphs on a padded batch of random tokens give the same vectors."""
-
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, min(vocab, 20000), size=(3, 40), dtype=np.int64)
     mask = np.ones_like(ids)
