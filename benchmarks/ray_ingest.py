@@ -4,15 +4,20 @@
     .venv/bin/python benchmarks/ray_ingest.py --limit 200 --reps 1 --out /tmp/r.json
 
 The documents are written as one text file each (the judged ones first, so that every test
-query keeps its answers) and ingested with `KnowledgeBase.ingest_path`, the code of `kb ingest`:
-  local  the default pipeline (loader thread + embedder in this process);
-  ray    `--ray` on a Ray instance of `--workers` CPUs started beforehand (as a cluster is
-         there before an ingest), `--workers` Ray Data workers; the timing includes the workers'
-         start and model loading, and the light first pass that boilerplate dropping needs.
-The legs alternate (local, ray, ray, local, ...) in one process with the embedder loaded
-beforehand for the local leg; the ratio is local seconds / ray seconds per pair, the median.
-Then both collections are compared: chunks, vectors (largest difference), and the top 10 of
-every test query by hybrid and dense search.
+query keeps its answers) and ingested with `KnowledgeBase.ingest_path`, the code of `kb ingest`,
+each leg into a collection of its own in one data folder:
+  local     the default pipeline (loader thread + embedder in this process, loaded beforehand,
+            as a running process has it);
+  ray-cold  `--ray` on a Ray instance of `--workers` CPUs started beforehand (as a cluster is
+            there before an ingest), `--workers` workers started for this ingest: the timing
+            includes their start and model loading, and the light first pass that boilerplate
+            dropping needs;
+  ray-warm  `--ray` again, taking the workers the cold leg kept (`--ray-keep-workers`), as a
+            second ingest with the same settings does.
+Each rep runs local, cold, warm (then cold, warm, local) in one process; a leg's ratio is local
+seconds / its seconds per rep, the median. Both Ray collections are compared with the local
+one: chunks, vectors (largest difference), and the top 10 of every test query by hybrid and
+dense search. Then small syncs (`--sync-files` new files) in the three ways, once per rep.
 
 Commit rate: the chunks and vectors of the local collection committed again into fresh
 collections through `Collection.commit`, the writer alone (no parsing or embedding), in commits
@@ -46,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ingest import cpu_model, select_documents  # noqa: E402
 from ingest.pipeline import IngestProgress  # noqa: E402
-from ingest.ray_ingest import RayIngestOptions  # noqa: E402
+from ingest.ray_ingest import RayIngestOptions, stop_kept_workers  # noqa: E402
 from kb.embedders import Embedder  # noqa: E402
 from kb.eval.beir import load_beir  # noqa: E402
 from kb.service import KnowledgeBase  # noqa: E402
@@ -56,7 +61,8 @@ from kb.store.collection import Collection, NewDocument  # noqa: E402
 from kb.types import Chunk  # noqa: E402
 
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
-COLLECTION = "scifact"
+LEGS = ("local", "ray-cold", "ray-warm")
+KEEP_S = 600.0  # --ray-keep-workers of the Ray legs: the warm leg takes the cold leg's workers
 
 
 class FirstEmbedded(IngestProgress):
@@ -86,27 +92,35 @@ def main(argv: list[str] | None = None) -> dict:
     queries = {q: data.queries[q] for q in data.qrels if any(d in doc_ids for d in data.qrels[q])}
 
     embedders: dict[str, Embedder] = {}
-    KnowledgeBase(Settings(data_dir=work / "probe"), embedders=embedders).embedder  # noqa: B018
+    data_dir = work / "data"
+    kb = KnowledgeBase(Settings(data_dir=data_dir), embedders=embedders)
+    kb.embedder  # noqa: B018  (loaded before the local legs, as a running process has it)
     t = time.perf_counter()
     ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="WARNING")
     ray_init_s = time.perf_counter() - t
-    options = RayIngestOptions(ray_workers=args.workers, ray_batch_files=args.batch_files)
+    options = RayIngestOptions(
+        ray_workers=args.workers, ray_batch_files=args.batch_files, ray_keep_workers=KEEP_S
+    )
 
-    runs: dict[str, list[dict]] = {"local": [], "ray": []}
-    order = [
-        leg for rep in range(args.reps) for leg in (("local", "ray"), ("ray", "local"))[rep % 2]
-    ]
+    runs: dict[str, list[dict]] = {leg: [] for leg in LEGS}
+    # a warm leg follows a cold one, whose workers it keeps; the local leg goes first or last
+    swapped = ("ray-cold", "ray-warm", "local")
+    order = [leg for rep in range(args.reps) for leg in (LEGS if rep % 2 == 0 else swapped)]
     for n, leg in enumerate(order):
-        kb = KnowledgeBase(Settings(data_dir=work / f"{leg}-{n}"), embedders=embedders)
+        if leg == "ray-cold":
+            stop_kept_workers(ray)
         progress = FirstEmbedded()
         t = time.perf_counter()
         report = kb.ingest_path(
-            folder, collection=COLLECTION, progress=progress, ray=options if leg == "ray" else None
+            folder,
+            collection=f"{leg}-{n}",
+            progress=progress,
+            ray=None if leg == "local" else options,
         )
         seconds = time.perf_counter() - t
         runs[leg].append(
             {
-                "data_dir": str(work / f"{leg}-{n}"),
+                "collection": f"{leg}-{n}",
                 "seconds": round(seconds, 2),
                 "first_chunks_s": round(progress.first or 0.0, 2),
                 "chunks": report.chunks_embedded,
@@ -116,20 +130,30 @@ def main(argv: list[str] | None = None) -> dict:
             }
         )
         print(f"{leg}: {seconds:.1f} s, {report.chunks_embedded} chunks", flush=True)
+    syncs = small_syncs(kb, ray, docs, work, options, args)
+    stop_kept_workers(ray)
     ray.shutdown()
 
-    pairs = list(zip(runs["local"], runs["ray"], strict=True))
-    ratio = statistics.median(local["seconds"] / r["seconds"] for local, r in pairs)
+    ratios = {
+        leg: round(
+            statistics.median(
+                local["seconds"] / r["seconds"]
+                for local, r in zip(runs["local"], runs[leg], strict=True)
+            ),
+            3,
+        )
+        for leg in ("ray-cold", "ray-warm")
+    }
     chunks = runs["local"][0]["chunks"]
-    local_kb = KnowledgeBase(Settings(data_dir=runs["local"][0]["data_dir"]), embedders=embedders)
-    ray_kb = KnowledgeBase(Settings(data_dir=runs["ray"][0]["data_dir"]), embedders=embedders)
-    equality = compare(local_kb, ray_kb, queries)
-    commit = commit_rates(local_kb.collection(COLLECTION), work, args)
-    index = index_memory(local_kb.collection(COLLECTION), args)
-    embedding = embed_rate(local_kb, args)
-    store_bytes = (Path(runs["local"][0]["data_dir"]) / "collections" / COLLECTION).glob(
-        "store.sqlite*"
-    )
+    local_col = kb.collection(runs["local"][0]["collection"])
+    equality = {
+        leg: compare(kb, runs["local"][0]["collection"], runs[leg][0]["collection"], queries)
+        for leg in ("ray-cold", "ray-warm")
+    }
+    commit = commit_rates(local_col, work, args)
+    index = index_memory(local_col, args)
+    embedding = embed_rate(kb, local_col, args)
+    store_bytes = (data_dir / "collections" / runs["local"][0]["collection"]).glob("store.sqlite*")
 
     result = {
         "benchmark": "ray_ingest",
@@ -142,15 +166,13 @@ def main(argv: list[str] | None = None) -> dict:
         "reps": args.reps,
         "order": order,
         "ray_init_seconds": round(ray_init_s, 2),
-        "local": runs["local"],
-        "ray": runs["ray"],
-        "local_docs_per_s": round(
-            len(docs) / statistics.median(r["seconds"] for r in runs["local"]), 2
-        ),
-        "ray_docs_per_s": round(
-            len(docs) / statistics.median(r["seconds"] for r in runs["ray"]), 2
-        ),
-        "ratio_ray_to_local_throughput": round(ratio, 3),
+        "runs": runs,
+        "docs_per_s": {
+            leg: round(len(docs) / statistics.median(r["seconds"] for r in runs[leg]), 2)
+            for leg in LEGS
+        },
+        "ratio_to_local_throughput": ratios,
+        "small_syncs": syncs,
         "target_ratio": 0.85,
         "equality": equality,
         "commit": commit,
@@ -170,16 +192,43 @@ def main(argv: list[str] | None = None) -> dict:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         json.dumps(
-            {k: result[k] for k in ("ratio_ray_to_local_throughput", "equality", "commit")},
+            {k: result[k] for k in ("ratio_to_local_throughput", "equality", "commit")},
             indent=2,
         )
     )
     return result
 
 
-def compare(a: KnowledgeBase, b: KnowledgeBase, queries: dict[str, str]) -> dict:
+def small_syncs(kb: KnowledgeBase, ray, docs, work: Path, options, args) -> list[dict]:
+    """Seconds of a sync of `--sync-files` new files into a collection, locally, on Ray with
+    workers started for it, and on Ray with the workers an earlier ingest kept."""
+    rows = []
+    for rep in range(args.reps):
+        folder = work / f"sync-{rep}"
+        folder.mkdir()
+        for doc in docs[rep * args.sync_files : (rep + 1) * args.sync_files]:
+            (folder / f"{doc.source}.txt").write_text(doc.text, encoding="utf-8")
+        for leg in LEGS:
+            if leg == "ray-cold":
+                stop_kept_workers(ray)
+            t = time.perf_counter()
+            report = kb.ingest_path(
+                folder, collection=f"sync-{leg}-{rep}", ray=None if leg == "local" else options
+            )
+            rows.append(
+                {
+                    "leg": leg,
+                    "files": report.added,
+                    "seconds": round(time.perf_counter() - t, 2),
+                }
+            )
+            print(f"sync of {report.added} files, {leg}: {rows[-1]['seconds']} s", flush=True)
+    return rows
+
+
+def compare(kb: KnowledgeBase, a: str, b: str, queries: dict[str, str]) -> dict:
     """Chunks, vectors and search results of two collections built from the same files."""
-    ca, cb = a.collection(COLLECTION), b.collection(COLLECTION)
+    ca, cb = kb.collection(a), kb.collection(b)
     rows_a, rows_b = list(ca.iter_chunks()), list(cb.iter_chunks())
     ids_a, vecs_a = ca.vectors()
     ids_b, vecs_b = cb.vectors()
@@ -194,12 +243,10 @@ def compare(a: KnowledgeBase, b: KnowledgeBase, queries: dict[str, str]) -> dict
         same = 0
         for text in queries.values():
             top_a = [
-                (p.source, p.start)
-                for p in a.search(text, collection=COLLECTION, k=10, method=method)
+                (p.source, p.start) for p in kb.search(text, collection=a, k=10, method=method)
             ]
             top_b = [
-                (p.source, p.start)
-                for p in b.search(text, collection=COLLECTION, k=10, method=method)
+                (p.source, p.start) for p in kb.search(text, collection=b, k=10, method=method)
             ]
             same += top_a == top_b
         out[f"identical_top10_{method}"] = same
@@ -269,14 +316,14 @@ def commit_rates(source: Collection, work: Path, args) -> list[dict]:
     return results
 
 
-def embed_rate(kb: KnowledgeBase, args) -> dict:
+def embed_rate(kb: KnowledgeBase, col: Collection, args) -> dict:
     """Chunks per second and per CPU-second of the embedder on one torch thread (a Ray
     worker's share: one CPU), over `--embed-chunks` stored chunks as a local ingest embeds them."""
     import torch
 
     from ingest.pipeline import embed_input
 
-    rows = list(kb.collection(COLLECTION).iter_chunks())[: args.embed_chunks]
+    rows = list(col.iter_chunks())[: args.embed_chunks]
     texts = [
         embed_input(Chunk(r.text, r.ordinal, r.start, r.end, r.page, r.heading, r.title))
         for r in rows
@@ -387,7 +434,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=SCIFACT, help="BEIR folder (SciFact).")
     p.add_argument("--limit", type=int, default=2000, help="Documents to ingest.")
     p.add_argument("--workers", type=int, default=2, help="Ray workers (and the instance's CPUs).")
-    p.add_argument("--batch-files", type=int, default=128, help="Files per Ray Data batch.")
+    p.add_argument("--batch-files", type=int, default=128, help="--ray-batch-files.")
     p.add_argument("--reps", type=int, default=1, help="Local/Ray pairs, alternating order.")
     p.add_argument(
         "--commit-chunks",
@@ -401,6 +448,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[0, 50_000],
         help="Chunks already stored before the measured commits, comma-separated.",
     )
+    p.add_argument("--sync-files", type=int, default=20, help="Files of the small syncs.")
     p.add_argument("--embed-chunks", type=int, default=512, help="Chunks for the embedding rate.")
     p.add_argument("--index-vectors", type=int, default=200_000, help="Vectors for index memory.")
     p.add_argument(

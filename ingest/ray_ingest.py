@@ -1,21 +1,31 @@
-"""Ingest on a Ray cluster (`kb ingest PATH --ray`): Ray Data workers parse, chunk and embed the
-new and changed files; the driver, the collection's one writer, commits what they return.
+"""Ingest on a Ray cluster (`kb ingest PATH --ray`): Ray actors parse, chunk and embed the new
+and changed files; the driver, the collection's one writer, commits what they return.
 
 The driver lists and hashes the files as a local ingest does, so unchanged files never reach the
-cluster. Each worker is a Ray Data actor that loads the embedder once and runs the pipeline's own
-`load_source`, `chunk_source` and `embed_input` on a batch of files. Results come back in file
-order (`preserve_order`), and the driver commits them through `Ingestor._commit`: the same rows,
-chunk ids, reports and crash safety as a local ingest, and a killed run keeps what it had
-committed. A worker's batch of files is not a local ingest's batch of chunks, so the embedder
-batches only texts of one padded length (`Embedder._batches`), on one thread per batch and at
-least 384 tokens to a batch (`SentenceTransformerEmbedder._embed_batches`): with the default
-torch embedder on CPUs of one model nothing but the text decides its vector, bit for bit,
-whatever the worker's batch of files or the machine's core count. For int8 (ONNX Runtime
-scales activations per batch) and GPU workers, vectors agree within bfloat16 tolerance.
+cluster. Each worker is an actor (`ChunkEmbedWorker`) that loads the embedder once and runs the
+pipeline's own `load_source`, `chunk_source` and `embed_input` on a batch of files; the driver
+hands out batches as workers free up (`WorkerPool.map`, two in hand per worker) and takes the
+results back in file order, committing them through `Ingestor._commit`: the same rows, chunk
+ids, reports and crash safety as a local ingest, and a killed run keeps what it had committed.
+A worker that dies is restarted by Ray and its batch run again.
+
+Plain actors, not Ray Data: a Ray Data actor pool lives and dies with one dataset, and starting
+workers (torch and sentence-transformers imported, the model loaded) is most of what Ray adds to
+an ingest of a few thousand files on few CPUs (docs/benchmarks.md). Actors can outlive an ingest
+(`--ray-keep-workers`: named, detached, stopping themselves when idle), so that the next one with
+the same settings, from any process, starts embedding at once; and they load the model in a
+thread of their own while the driver's first pass (below) runs on them.
+
+A worker's batch of files is not a local ingest's batch of chunks, so the embedder batches only
+texts of one padded length (`Embedder._batches`), on one thread per batch and at least 384
+tokens to a batch (`SentenceTransformerEmbedder._embed_batches`): with the default torch
+embedder on CPUs of one model nothing but the text decides its vector, bit for bit, whatever
+the worker's batch of files or the machine's core count. For int8 (ONNX Runtime scales
+activations per batch) and GPU workers, vectors agree within bfloat16 tolerance.
 
 Boilerplate dropping (KB_DROP_BOILERPLATE) makes a file's chunks depend on the files before it: a
 local ingest judges each file by the line counts of the files read so far. So a first, light pass
-on the cluster reads each changed file for its line keys only; the driver replays the counts in
+on the workers (while their embedders load) reads each changed file for its line keys only; the driver replays the counts in
 file order exactly as `Ingestor._chunked` does and gives each file the verdicts on its own lines,
 which is all its chunking reads. The files are parsed twice for it; KB_DROP_BOILERPLATE=false
 skips the pass.
@@ -25,10 +35,12 @@ skips the pass.
 
 from __future__ import annotations
 
-import os
-import pickle
+import hashlib
+import json
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,11 +80,14 @@ class RayIngestOptions(Spec):
     ray_workers: int | None = Field(
         None,
         ge=1,
-        description="Ray Data workers that parse, chunk and embed, each loading the embedder "
+        description="Ray workers that parse, chunk and embed, each loading the embedder "
         "once; default: the cluster's CPUs / --ray-cpus (its GPUs / --ray-gpus with GPUs).",
     )
     ray_batch_files: int = Field(
-        128, ge=1, description="Files a worker parses, chunks and embeds in one batch."
+        128,
+        ge=1,
+        description="Most files a worker parses, chunks and embeds in one batch (fewer towards "
+        "the end of an ingest, so that the workers finish together).",
     )
     ray_cpus: float = Field(
         1.0, gt=0, description="CPUs each worker reserves (and its torch threads)."
@@ -82,15 +97,19 @@ class RayIngestOptions(Spec):
         ge=0,
         description="GPUs each worker reserves; above 0 the embedder runs on the GPU.",
     )
+    ray_keep_workers: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds the workers stay on the cluster after an ingest, embedder loaded "
+        "and their CPUs held, for the next `--ray` ingest with the same settings (from any "
+        "process) to start at once; 0 stops them when the ingest ends.",
+    )
 
 
 def require_ray():
-    """The `ray` module with Ray Data, or ExtraMissing naming the extra to install."""
-    # Ray Data logs every operator's progress at INFO; the CLI draws its own bar
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    """The `ray` module, or ExtraMissing naming the extra to install."""
     try:
         import ray
-        import ray.data  # noqa: F401
     except ImportError as exc:
         raise ExtraMissing(
             f"--ray needs the optional 'ray' extra, which is not installed ({exc}); "
@@ -117,8 +136,8 @@ def connect(address: str | None) -> RayConnection:
     ray = require_ray()
     if ray.is_initialized():
         return RayConnection(ray, started=False)
-    # the workers' logs stay in the cluster's log folder: Ray Data prints a line per operator
-    # and block otherwise, and a worker's failure still reaches the driver as an exception
+    # the workers' logs stay in the cluster's log folder (a restarted worker's warnings among
+    # them); a worker's failure still reaches the driver as an exception
     ray.init(address=address, logging_level="WARNING", log_to_driver=False, include_dashboard=False)
     return RayConnection(ray, started=True)
 
@@ -169,8 +188,13 @@ class RayIngestor(Ingestor):
         ready: list[_Pending] = []
         ready_chunks = 0
         connection = connect(self.options.ray_address) if changed else None
+        pool: WorkerPool | None = None
         try:
-            for index, pending in self._results(changed, stored, report):
+            if connection is not None:
+                pool = worker_pool(
+                    connection.ray, self.settings, self.collection.embedder, self.options
+                )
+            for index, pending in self._results(pool, changed, stored, report):
                 if pending is None:
                     continue
                 ready.append(pending)
@@ -180,6 +204,8 @@ class RayIngestor(Ingestor):
                     self._commit(ready, [], report)
                     ready, ready_chunks = [], 0
         finally:
+            if pool is not None:
+                pool.close()
             if connection is not None:
                 connection.close()
 
@@ -189,78 +215,51 @@ class RayIngestor(Ingestor):
     # -- the cluster's work ----------------------------------------------------------------
 
     def _results(
-        self, changed: list[Source], stored: dict[str, str], report: IngestReport
+        self,
+        pool: WorkerPool | None,
+        changed: list[Source],
+        stored: dict[str, str],
+        report: IngestReport,
     ) -> Iterator[tuple[int, _Pending | None]]:
         """(index in `changed`, its loaded, chunked and embedded file or None) in file order."""
-        if not changed:
+        if pool is None:
             return
-        ray = require_ray()
         views = (
-            self._boilerplate_views(ray, changed, report) if self.boilerplate is not None else None
+            self._boilerplate_views(pool, changed, report) if self.boilerplate is not None else None
         )
-        rows = [
-            {
-                "i": i,
-                "source": ray.cloudpickle.dumps(source),
-                "view": views[i].to_json() if views is not None else "",
-            }
-            for i, source in enumerate(changed)
-            if views is None or i in views
+        todo = [i for i in range(len(changed)) if views is None or i in views]
+        batches = [
+            [(i, changed[i], views[i] if views is not None else None) for i in part]
+            for part in guided_batches(todo, len(pool.actors), self.options.ray_batch_files)
         ]
-        if not rows:  # every file failed to load in the first pass, and was reported there
-            return
-        workers = default_workers(ray, self.options)
-        # one batch per block: a batch that needs rows of two blocks waits for both, so its
-        # worker's first results come back a batch later
-        blocks = max(workers * 8, -(-len(rows) // self.options.ray_batch_files))
-        embedded = _dataset(ray, rows, blocks).map_batches(
-            ChunkEmbedWorker,
-            fn_constructor_kwargs={
-                "settings": self.settings,
-                "embedder": self.collection.embedder,
-                "device": "cuda" if self.options.ray_gpus > 0 else None,
-            },
-            batch_size=-(-len(rows) // blocks),
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=self.options.ray_cpus,
-            num_gpus=self.options.ray_gpus or None,
-        )
-        for row in embedded.iter_rows():
-            i = int(row["i"])
-            source = changed[i]
-            name = source.display or source.origin
-            if row["status"] != "ok":
-                self._record_failure(name, str(row["status"]), str(row["message"]), report)
-                yield i, None
-                continue
-            docs = pickle.loads(row["payload"])
-            n = sum(len(c) for _, c, _ in docs)
-            report.chunks_embedded += n
-            self.progress.chunks_embedded(n)
-            status = "updated" if source.origin in stored else "added"
-            yield i, _Pending(source.origin, source.content_hash, status, docs, name)
+        for batch, results in zip(batches, pool.map("chunk_embed", batches), strict=True):
+            for (i, source, _), (status, message, docs) in zip(batch, results, strict=True):
+                name = source.display or source.origin
+                if status != "ok":
+                    self._record_failure(name, status, message, report)
+                    yield i, None
+                    continue
+                n = sum(len(c) for _, c, _ in docs)
+                report.chunks_embedded += n
+                self.progress.chunks_embedded(n)
+                status = "updated" if source.origin in stored else "added"
+                yield i, _Pending(source.origin, source.content_hash, status, docs, name)
 
     def _boilerplate_views(
-        self, ray, changed: list[Source], report: IngestReport
+        self, pool: WorkerPool, changed: list[Source], report: IngestReport
     ) -> dict[int, LineCounts]:
         """For each changed file that loads, the counts its chunking reads: the verdicts on its
-        own lines at the point where a local ingest chunks it (`Ingestor._chunked`)."""
-        rows = [{"i": i, "source": ray.cloudpickle.dumps(s)} for i, s in enumerate(changed)]
-        # blocks of a few batches each, so that every worker has work from the start
-        keyed = _dataset(ray, rows, default_workers(ray, self.options) * 8).map_batches(
-            line_keys_batch,
-            batch_size=self.options.ray_batch_files,
-            batch_format="numpy",
-            num_cpus=self.options.ray_cpus,
-        )
-        for row in keyed.iter_rows():
-            i = int(row["i"])
-            if row["status"] != "ok":
-                name = changed[i].display or changed[i].origin
-                self._record_failure(name, str(row["status"]), str(row["message"]), report)
-                continue
-            self._keys.append((i, str(row["keys"]).split()))
+        own lines at the point where a local ingest chunks it (`Ingestor._chunked`). The workers
+        read the files while their embedders load."""
+        indexed = list(enumerate(changed))
+        batches = guided_batches(indexed, len(pool.actors), self.options.ray_batch_files)
+        for batch, results in zip(batches, pool.map("line_keys", batches), strict=True):
+            for (i, source), (status, message, keys) in zip(batch, results, strict=True):
+                if status != "ok":
+                    name = source.display or source.origin
+                    self._record_failure(name, status, message, report)
+                    continue
+                self._keys.append((i, keys))
         return boilerplate_views(self.boilerplate, self._keys)
 
     def _count_keys_through(self, last: int) -> None:
@@ -300,75 +299,207 @@ def _verdicts(counts: LineCounts, keys: list[str]) -> LineCounts:
     return LineCounts(counts.files, {k: counts.counts[k] for k in keys if counts.is_boilerplate(k)})
 
 
-def _dataset(ray, rows: list[dict[str, Any]], blocks: int):
-    """The rows as a dataset of `blocks` blocks (fewer for fewer rows) whose results come back
-    in input order, without progress bars."""
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), blocks)))
-    # a dataset keeps a copy of the context it was made in, and so do those derived from it
-    dataset.context.execution_options.preserve_order = True
-    dataset.context.enable_progress_bars = False
-    dataset.context.print_on_execution_start = False
-    return dataset
-
-
-def line_keys_batch(batch: dict[str, Any]) -> dict[str, list]:
-    """Ray Data task: each source's distinct line keys (boilerplate counting), or its error."""
-    out: dict[str, list] = {"i": [], "status": [], "message": [], "keys": []}
-    for i, blob in zip(batch["i"], batch["source"], strict=True):
-        source: Source = pickle.loads(blob)
-        try:
-            keys, status, message = " ".join(sorted(file_keys(load_source(source)))), "ok", ""
-        except FILE_ERRORS as exc:
-            keys, (status, message) = "", failure(exc)
-        out["i"].append(int(i))
-        out["status"].append(status)
-        out["message"].append(message)
-        out["keys"].append(keys)
+def guided_batches(items: list, workers: int, most: int) -> list[list]:
+    """`items` in order, cut into batches of `most` while there is work for every worker to
+    get several, then smaller ones (a quarter of each worker's share left, 16 at least), so
+    that the workers finish together rather than one waiting on another's last batch."""
+    out, lo = [], 0
+    while lo < len(items):
+        size = min(most, max(16, -(-(len(items) - lo) // (4 * workers))))
+        out.append(items[lo : lo + size])
+        lo += size
     return out
 
 
+class WorkerPool:
+    """An ingest's `ChunkEmbedWorker` actors, and an ordered map over them."""
+
+    def __init__(self, ray, actors: list, kept: bool) -> None:
+        self.ray, self.actors, self.kept = ray, actors, kept
+
+    def map(self, method: str, batches: list[list]) -> Iterator[list]:
+        """Each batch's results from `method`, in batch order. Every worker holds two batches
+        (one running, the next queued), the next going to whichever worker finishes first."""
+        ray = self.ray
+        running: dict[Any, Any] = {}  # object ref -> (batch index, actor)
+        done: dict[int, list] = {}
+        queued = iter(enumerate(batches))
+        following = 0
+
+        def submit(actor) -> None:
+            item = next(queued, None)
+            if item is not None:
+                running[getattr(actor, method).remote(item[1])] = (item[0], actor)
+
+        for actor in self.actors * 2:
+            submit(actor)
+        while running:
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            index, actor = running.pop(ref)
+            done[index] = ray.get(ref)
+            submit(actor)
+            while following in done:
+                yield done.pop(following)
+                following += 1
+
+    def close(self) -> None:
+        """Stop the workers, unless they are kept for later ingests (they stop themselves)."""
+        if not self.kept:
+            for actor in self.actors:
+                self.ray.kill(actor, no_restart=True)
+
+
+NAMESPACE = "kb"  # the Ray namespace of kept workers
+RESTARTS = 3  # times Ray restarts a dead worker (and retries its batch) before the ingest fails
+
+
+def worker_pool(ray, settings: Settings, embedder: str, options: RayIngestOptions) -> WorkerPool:
+    """The workers of an ingest with `settings` and `embedder`. With `ray_keep_workers`, they
+    are named by what they were built from and outlive the ingest: a later one with the same
+    settings and workers takes them as they are. A worker that dies is restarted by Ray and
+    its batch run again."""
+    workers = default_workers(ray, options)
+    device = "cuda" if options.ray_gpus > 0 else None
+    remote = ray.remote(
+        num_cpus=options.ray_cpus,
+        num_gpus=options.ray_gpus or None,
+        max_restarts=RESTARTS,
+        max_task_retries=RESTARTS,
+    )(ChunkEmbedWorker)
+    keep = options.ray_keep_workers
+    if not keep:
+        actors = [remote.remote(settings, embedder, device, 0.0) for _ in range(workers)]
+        return WorkerPool(ray, actors, kept=False)
+    built_from = [settings.model_dump_json(), embedder, device, options.ray_cpus, workers]
+    digest = hashlib.sha256(json.dumps(built_from).encode()).hexdigest()[:16]
+    actors = [
+        remote.options(
+            name=f"{KEPT_PREFIX}{digest}-{i}",
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+        ).remote(settings, embedder, device, keep)
+        for i in range(workers)
+    ]
+    ray.get([actor.keep.remote(keep) for actor in actors])  # kept ones take this ingest's time
+    return WorkerPool(ray, actors, kept=True)
+
+
+KEPT_PREFIX = "kb-ingest-"
+
+
+def stop_kept_workers(ray) -> int:
+    """Stop every worker that ingests kept on the cluster (`ray_keep_workers`); how many."""
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == NAMESPACE and a["name"].startswith(KEPT_PREFIX)
+    ]
+    for name in names:
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+    return len(names)
+
+
 class ChunkEmbedWorker:
-    """Ray Data actor: loads the embedder once, then loads, chunks and embeds batches of files
-    with the pipeline's own functions; returns per file its documents, chunks and vectors."""
+    """Ray actor: loads the embedder once, in a thread of its own so that it reads the files'
+    line keys meanwhile; then loads, chunks and embeds batches of files with the pipeline's own
+    functions, returning per file its documents, chunks and vectors."""
 
-    def __init__(self, settings: Settings, embedder: str, device: str | None = None):
-        from kb.service import KnowledgeBase
+    def __init__(
+        self, settings: Settings, embedder: str, device: str | None = None, keep: float = 0.0
+    ):
+        self._failed: BaseException | None = None
+        self._loading = threading.Thread(
+            target=self._load, args=(settings, embedder, device), daemon=True
+        )
+        self._loading.start()
+        self._used = time.monotonic()
+        self._running = 0  # batches in hand: a worker stops only between them
+        self._keep = keep
+        if keep:
+            threading.Thread(target=self._stop_when_idle, daemon=True).start()
 
-        kb = KnowledgeBase(settings)
-        self.embedder = kb.embedder_for(embedder)
-        if device is not None:
-            to_device = getattr(self.embedder, "to_device", None)
-            if to_device is None:
-                raise InvalidInput(
-                    f"embedder {embedder!r} cannot run on a GPU: use a local model "
-                    "('minilm' or 'st:PATH') or leave --ray-gpus at 0"
-                )
-            to_device(device)
-        self.chunker = kb.chunker_for(self.embedder)
+    def keep(self, seconds: float) -> None:
+        """Stay `seconds` after the last batch (a kept worker that a new ingest takes)."""
+        self._keep = seconds
+        self._used = time.monotonic()
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        out: dict[str, list] = {"i": [], "status": [], "message": [], "payload": []}
+    def _stop_when_idle(self) -> None:
+        import ray
+
+        while True:
+            time.sleep(1.0)
+            if not self._running and time.monotonic() - self._used > self._keep:
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
+
+    def _load(self, settings: Settings, embedder: str, device: str | None) -> None:
+        try:
+            from kb.service import KnowledgeBase
+
+            kb = KnowledgeBase(settings)
+            self.embedder = kb.embedder_for(embedder)
+            if device is not None:
+                to_device = getattr(self.embedder, "to_device", None)
+                if to_device is None:
+                    raise InvalidInput(
+                        f"embedder {embedder!r} cannot run on a GPU: use a local model "
+                        "('minilm' or 'st:PATH') or leave --ray-gpus at 0"
+                    )
+                to_device(device)
+            self.chunker = kb.chunker_for(self.embedder)
+        except BaseException as exc:  # raised again by the first batch that needs them
+            self._failed = exc
+
+    def line_keys(self, batch: list[tuple[int, Source]]) -> list[tuple[str, str, list[str]]]:
+        """Per source: ("ok", "", its distinct line keys), or its error's status and message."""
+        with self._in_use():
+            out = []
+            for _, source in batch:
+                try:
+                    out.append(("ok", "", sorted(file_keys(load_source(source)))))
+                except FILE_ERRORS as exc:
+                    out.append((*failure(exc), []))
+            return out
+
+    @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        self._running += 1
+        try:
+            yield
+        finally:
+            self._running -= 1
+            self._used = time.monotonic()
+
+    def chunk_embed(
+        self, batch: list[tuple[int, Source, LineCounts | None]]
+    ) -> list[tuple[str, str, list]]:
+        """Per source: ("ok", "", its (document, chunks, vectors) triples), or its error."""
+        with self._in_use():
+            return self._chunk_embed(batch)
+
+    def _chunk_embed(
+        self, batch: list[tuple[int, Source, LineCounts | None]]
+    ) -> list[tuple[str, str, list]]:
+        self._loading.join()
+        if self._failed is not None:
+            raise self._failed
+        out: list[tuple[str, str, list]] = []
         loaded: list[list] = []  # per file that chunked: its (document, chunks) pairs
-        for i, blob, view in zip(batch["i"], batch["source"], batch["view"], strict=True):
-            source: Source = pickle.loads(blob)
-            counts = LineCounts.from_json(str(view)) if view else None
+        for _, source, counts in batch:
             try:
                 chunked = chunk_source(self.chunker, source, load_source(source), counts)
-                status, message = "ok", ""
+                out.append(("ok", "", []))
             except FILE_ERRORS as exc:
-                chunked, (status, message) = [], failure(exc)
-            out["i"].append(int(i))
-            out["status"].append(status)
-            out["message"].append(message)
+                chunked = []
+                out.append((*failure(exc), []))
             loaded.append(chunked)
         # one embed call for the whole batch, sorted by length inside as a local ingest does
         texts = [embed_input(c) for chunked in loaded for _, chunks in chunked for c in chunks]
         vectors = self.embedder.embed(texts)
         pos = 0
-        for chunked in loaded:
-            with_vectors = []
+        for n, chunked in enumerate(loaded):
             for doc, chunks in chunked:
-                with_vectors.append((doc, chunks, vectors[pos : pos + len(chunks)]))
+                out[n][2].append((doc, chunks, vectors[pos : pos + len(chunks)]))
                 pos += len(chunks)
-            out["payload"].append(pickle.dumps(with_vectors) if chunked else b"")
         return out

@@ -126,6 +126,38 @@ def test_ray_ingest_builds_what_a_local_ingest_builds_and_syncs_the_same(
     assert not on_ray.search("tok0001", collection=COLLECTION, k=3, method="bm25")
 
 
+@pytest.mark.slow
+def test_kept_workers_take_the_next_ingest_then_stop_by_themselves(
+    tmp_path: Path, model_cache: Path, embedders: dict, ray_cluster
+) -> None:
+    """`ray_keep_workers`: a second ingest with the same settings runs on the first one's
+    worker processes and builds the same collection; idle past their time, they stop."""
+    from ingest.ray_ingest import NAMESPACE
+
+    def kept() -> list[str]:
+        actors = ray_cluster.util.list_named_actors(all_namespaces=True)
+        return [a["name"] for a in actors if a["namespace"] == NAMESPACE]
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus)
+    on_ray = knowledge_base(tmp_path / "ray", model_cache, embedders)
+    options = ray_options(ray_keep_workers=8)
+    on_ray.ingest_path(corpus, collection="first", ray=options)
+    names, pids = kept(), ray_worker_pids()
+    assert len(names) == len(pids) == 2, (names, pids)
+    second = on_ray.ingest_path(corpus, collection="second", ray=options)
+    assert second.added == 2 * FILES
+    assert (kept(), ray_worker_pids()) == (names, pids), "the kept workers were not taken"
+    first, again = on_ray.collection("first"), on_ray.collection("second")
+    assert list(first.iter_chunks()) == list(again.iter_chunks())
+    assert np.array_equal(first.vectors()[1], again.vectors()[1])
+
+    deadline = time.monotonic() + 60
+    while (kept() or ray_worker_pids()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not kept() and not ray_worker_pids(), "idle kept workers should have stopped"
+
+
 def committed_generation(store: Path) -> int:
     try:
         db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1)
@@ -138,7 +170,7 @@ def committed_generation(store: Path) -> int:
 
 
 def ray_worker_pids() -> list[int]:
-    """The processes of the Ray Data actors that chunk and embed (Ray names them by class)."""
+    """The processes of the Ray actors that chunk and embed (Ray names them by class)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -311,6 +343,18 @@ def test_boilerplate_views_chunk_each_file_as_a_local_ingest_does(tmp_path: Path
         assert 0 < dropped < count, "the corpus should have files with and without the bar"
         for _, keys in keyed:
             stored.add_keys(keys)
+
+
+def test_batches_keep_file_order_and_shrink_towards_the_end() -> None:
+    from ingest.ray_ingest import guided_batches
+
+    batches = guided_batches(list(range(2000)), 2, 128)
+    assert [i for b in batches for i in b] == list(range(2000))
+    sizes = [len(b) for b in batches]
+    assert sizes[0] == 128 and max(sizes) == 128
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[-2] == 16, sizes  # the last batches are small, so no worker waits long
+    assert [len(b) for b in guided_batches(list(range(10)), 4, 2)] == [2] * 5
 
 
 def test_ray_without_the_extra_names_it(tmp_path: Path) -> None:
