@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     commit = commit_rates(local_col, work, args)
     index = index_memory(local_col, args)
     embedding = embed_rate(kb, local_col, args)
-    store_bytes = (data_dir / "collections" / runs["local"][0]["collection"]).glob("store.sqlite*")
+    store_bytes = sqlite_bytes(data_dir / "collections" / runs["local"][0]["collection"])
 
     result = {
         "benchmark": "ray_ingest",
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         "target_commit_chunks_per_s": 5000,
         "index_memory": index,
         "embedding_one_thread": embedding,
-        "store_bytes_per_chunk": round(sum(p.stat().st_size for p in store_bytes) / chunks),
+        "store_bytes_per_chunk": round(store_bytes / chunks),
         "machine": {
             "cpus": os.cpu_count(),
             "cpu": cpu_model(),
@@ -224,6 +225,17 @@ def small_syncs(kb: KnowledgeBase, ray, docs, work: Path, options, args) -> list
             )
             print(f"sync of {report.added} files, {leg}: {rows[-1]['seconds']} s", flush=True)
     return rows
+
+
+def sqlite_bytes(folder: Path) -> int:
+    """The size of a collection's SQLite store as committed (pages in use, the write-ahead
+    log's included, which the file's size alone would miss or count twice)."""
+    db = sqlite3.connect(f"file:{folder / 'store.sqlite'}?mode=ro", uri=True)
+    try:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        return int(pages * db.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        db.close()
 
 
 def compare(kb: KnowledgeBase, a: str, b: str, queries: dict[str, str]) -> dict:
@@ -435,7 +447,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=2000, help="Documents to ingest.")
     p.add_argument("--workers", type=int, default=2, help="Ray workers (and the instance's CPUs).")
     p.add_argument("--batch-files", type=int, default=128, help="--ray-batch-files.")
-    p.add_argument("--reps", type=int, default=1, help="Local/Ray pairs, alternating order.")
+    p.add_argument("--reps", type=int, default=1, help="Reps of the three legs, alternating order.")
     p.add_argument(
         "--commit-chunks",
         type=int,

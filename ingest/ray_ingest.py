@@ -23,18 +23,19 @@ embedder on CPUs of one model nothing but the text decides its vector, bit for b
 the worker's batch of files or the machine's core count. For int8 (ONNX Runtime scales
 activations per batch) and GPU workers, vectors agree within bfloat16 tolerance.
 
-Boilerplate dropping (KB_DROP_BOILERPLATE) makes a file's chunks depend on the files before it: a
-local ingest judges each file by the line counts of the files read so far. So a first, light pass
-on the workers (while their embedders load) reads each changed file for its line keys only; the driver replays the counts in
-file order exactly as `Ingestor._chunked` does and gives each file the verdicts on its own lines,
-which is all its chunking reads. The files are parsed twice for it; KB_DROP_BOILERPLATE=false
-skips the pass.
+Boilerplate dropping (KB_DROP_BOILERPLATE) makes a file's chunks depend on the files before it:
+a local ingest judges each file by the line counts of the files read so far. So a first, light
+pass on the workers (while their embedders load) reads each changed file for its line keys only;
+the driver replays the counts in file order exactly as `Ingestor._chunked` does and gives each
+file the verdicts on its own lines, which is all its chunking reads. The files are parsed twice
+for it; KB_DROP_BOILERPLATE=false skips the pass.
 
 `ray` is imported only when an ingest runs; without the extra, `--ray` raises ExtraMissing.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -42,6 +43,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
@@ -63,9 +65,16 @@ from kb.errors import ExtraMissing, InvalidInput
 from kb.finetune.options import Spec
 
 if TYPE_CHECKING:
+    from kb.embedders import Embedder
     from kb.settings import Settings
 
 INSTALL_HINT = 'pip install -e ".[ray]"'
+NAMESPACE = "kb"  # the Ray namespace of kept workers
+KEPT_PREFIX = "kb-ingest-"  # their names: this, what they were built from, their number
+#: times Ray restarts a dead worker and runs its batch again (over a kept worker's whole life)
+RESTARTS = 3
+TAKE_TRIES = 5  # attempts to take or start a kept worker that is stopping as it is found
+HELD_IDLE_S = 900.0  # a held worker idle this long has lost its ingest: it stops
 
 
 class RayIngestOptions(Spec):
@@ -100,9 +109,10 @@ class RayIngestOptions(Spec):
     ray_keep_workers: float = Field(
         0.0,
         ge=0,
-        description="Seconds the workers stay on the cluster after an ingest, embedder loaded "
-        "and their CPUs held, for the next `--ray` ingest with the same settings (from any "
-        "process) to start at once; 0 stops them when the ingest ends.",
+        description="Seconds the workers stay on the cluster after this ingest, embedder "
+        "loaded and their CPUs (GPUs, memory) held, for the next `--ray` ingest with the same "
+        "settings, from any process, to take at once; needs a cluster started with `ray start`. "
+        "0: stopped when the ingest ends (workers kept earlier are still taken).",
     )
 
 
@@ -191,8 +201,18 @@ class RayIngestor(Ingestor):
         pool: WorkerPool | None = None
         try:
             if connection is not None:
+                if connection.started and self.options.ray_keep_workers:
+                    raise InvalidInput(
+                        "--ray-keep-workers keeps workers on a Ray cluster that outlives this "
+                        "command, and there is none: start one with `ray start --head` and "
+                        "pass --ray-address auto (or set RAY_ADDRESS)"
+                    )
                 pool = worker_pool(
-                    connection.ray, self.settings, self.collection.embedder, self.options
+                    connection.ray,
+                    self.settings,
+                    self.embedder,
+                    self.collection.embedder,
+                    self.options,
                 )
             for index, pending in self._results(pool, changed, stored, report):
                 if pending is None:
@@ -319,47 +339,89 @@ class WorkerPool:
 
     def map(self, method: str, batches: list[list]) -> Iterator[list]:
         """Each batch's results from `method`, in batch order. Every worker holds two batches
-        (one running, the next queued), the next going to whichever worker finishes first."""
+        (one running, the next queued), the next going to whichever worker finishes first;
+        while an early batch is slow, at most two per worker wait done behind it."""
         ray = self.ray
         running: dict[Any, Any] = {}  # object ref -> (batch index, actor)
         done: dict[int, list] = {}
+        free = self.actors * 2  # a worker per batch it can take now
         queued = iter(enumerate(batches))
         following = 0
-
-        def submit(actor) -> None:
-            item = next(queued, None)
-            if item is not None:
+        while True:
+            while (
+                free
+                and len(running) + len(done) < 4 * len(self.actors)
+                and (item := next(queued, None)) is not None
+            ):
+                actor = free.pop(0)
                 running[getattr(actor, method).remote(item[1])] = (item[0], actor)
-
-        for actor in self.actors * 2:
-            submit(actor)
-        while running:
+            if not running:
+                return
             (ref,), _ = ray.wait(list(running), num_returns=1)
             index, actor = running.pop(ref)
             done[index] = ray.get(ref)
-            submit(actor)
+            free.append(actor)
             while following in done:
                 yield done.pop(following)
                 following += 1
 
     def close(self) -> None:
-        """Stop the workers, unless they are kept for later ingests (they stop themselves)."""
-        if not self.kept:
-            for actor in self.actors:
+        """Kept workers are let go (their idle time starts now); others are stopped."""
+        for actor in self.actors:
+            if self.kept:
+                actor.release.remote()
+            else:
                 self.ray.kill(actor, no_restart=True)
 
 
-NAMESPACE = "kb"  # the Ray namespace of kept workers
-RESTARTS = 3  # times Ray restarts a dead worker (and retries its batch) before the ingest fails
+@functools.cache
+def _code_version() -> str:
+    """A digest of the code a worker runs to load, chunk and embed (kept workers run the code
+    they started with)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("ingest/**/*.py"), *root.glob("kb/embedders/*.py")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
-def worker_pool(ray, settings: Settings, embedder: str, options: RayIngestOptions) -> WorkerPool:
-    """The workers of an ingest with `settings` and `embedder`. With `ray_keep_workers`, they
-    are named by what they were built from and outlive the ingest: a later one with the same
-    settings and workers takes them as they are. A worker that dies is restarted by Ray and
-    its batch run again."""
+def kept_name(settings: Settings, fingerprint: str, options: RayIngestOptions, workers: int) -> str:
+    """The name prefix of kept workers: what they were built from."""
+    built_from = [
+        settings.model_dump_json(),
+        fingerprint,
+        options.ray_cpus,
+        options.ray_gpus,
+        workers,
+        _code_version(),
+    ]
+    return KEPT_PREFIX + hashlib.sha256(json.dumps(built_from).encode()).hexdigest()[:16]
+
+
+def worker_pool(
+    ray, settings: Settings, embedder: Embedder, name: str, options: RayIngestOptions
+) -> WorkerPool:
+    """The workers of an ingest with `settings` and the collection's embedder (`name`, loaded
+    here as `embedder`). Workers kept by an earlier ingest built from the same are taken as
+    they are; with `ray_keep_workers` new ones are named and detached, to outlive the ingest.
+    Idle workers kept with other settings are stopped first, so that their CPUs are free. A
+    worker that dies mid-batch is restarted by Ray and the batch run again."""
     workers = default_workers(ray, options)
     device = "cuda" if options.ray_gpus > 0 else None
+    if device is not None and not hasattr(embedder, "to_device"):
+        raise InvalidInput(
+            f"embedder {name!r} ({type(embedder).__name__}) cannot run on a GPU: use the torch "
+            "embedder (a local model with KB_EMBED_DTYPE bfloat16 or float32) or leave "
+            "--ray-gpus at 0"
+        )
+    if device is not None and not ray.cluster_resources().get("GPU"):
+        raise InvalidInput("--ray-gpus: the cluster has no GPUs; leave it at 0 to embed on CPUs")
+    prefix = kept_name(settings, embedder.fingerprint(), options, workers)
+    names = [f"{prefix}-{i}" for i in range(workers)]
+    kept = _take_existing(ray, names)
+    if kept is not None:
+        return WorkerPool(ray, kept, kept=True)
+    stop_kept_workers(ray, but=set(names), wait=False)
     remote = ray.remote(
         num_cpus=options.ray_cpus,
         num_gpus=options.ray_gpus or None,
@@ -368,70 +430,140 @@ def worker_pool(ray, settings: Settings, embedder: str, options: RayIngestOption
     )(ChunkEmbedWorker)
     keep = options.ray_keep_workers
     if not keep:
-        actors = [remote.remote(settings, embedder, device, 0.0) for _ in range(workers)]
+        actors = [remote.remote(settings, name, device) for _ in range(workers)]
         return WorkerPool(ray, actors, kept=False)
-    built_from = [settings.model_dump_json(), embedder, device, options.ray_cpus, workers]
-    digest = hashlib.sha256(json.dumps(built_from).encode()).hexdigest()[:16]
-    actors = [
-        remote.options(
-            name=f"{KEPT_PREFIX}{digest}-{i}",
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-        ).remote(settings, embedder, device, keep)
-        for i in range(workers)
-    ]
-    ray.get([actor.keep.remote(keep) for actor in actors])  # kept ones take this ingest's time
+    actors = []
+    for worker in names:
+        for _ in range(TAKE_TRIES):
+            actor = remote.options(
+                name=worker, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+            ).remote(settings, name, device, kept=True)
+            if _take(ray, actor, keep):
+                actors.append(actor)
+                break
+            time.sleep(0.5)  # a worker stopping as it was found: its name is free once it is gone
+        else:
+            raise RuntimeError(f"could not start or take the Ray worker {worker!r}")
     return WorkerPool(ray, actors, kept=True)
 
 
-KEPT_PREFIX = "kb-ingest-"
+def _take(ray, actor, keep: float | None) -> bool:
+    """Hold `actor` for this ingest; False when it is stopping or gone."""
+    try:
+        return bool(ray.get(actor.take.remote(keep)))
+    except ray.exceptions.RayActorError:
+        return False
 
 
-def stop_kept_workers(ray) -> int:
-    """Stop every worker that ingests kept on the cluster (`ray_keep_workers`); how many."""
-    names = [
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == NAMESPACE and a["name"].startswith(KEPT_PREFIX)
-    ]
+def _take_existing(ray, names: list[str]) -> list | None:
+    """The kept workers of these names, all held for this ingest, or None (none held)."""
+    taken = []
     for name in names:
-        ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-    return len(names)
+        try:
+            actor = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:  # no such worker
+            break
+        if not _take(ray, actor, None):
+            break
+        taken.append(actor)
+    if len(taken) == len(names):
+        return taken
+    for actor in taken:
+        actor.release.remote()
+    return None
+
+
+def stop_kept_workers(ray, *, but: set[str] = frozenset(), wait: bool = True) -> int:
+    """Stop the workers that ingests kept on the cluster (`ray_keep_workers`), those an
+    ingest holds now excepted, and any named in `but`; how many. With `wait`, returns once
+    they are gone (their CPUs free). Needs a connection: `ray.init(address="auto")`."""
+    stopping = []
+    for found in ray.util.list_named_actors(all_namespaces=True):
+        name = found["name"]
+        if found["namespace"] != NAMESPACE or not name.startswith(KEPT_PREFIX) or name in but:
+            continue
+        try:
+            actor = ray.get_actor(name, namespace=NAMESPACE)
+            if ray.get(actor.stop_if_idle.remote()):
+                stopping.append(name)
+        except (ValueError, ray.exceptions.RayActorError):  # stopped meanwhile
+            continue
+    deadline = time.monotonic() + 60
+    while wait and stopping and time.monotonic() < deadline:
+        alive = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+        stopping = [name for name in stopping if name in alive]
+        time.sleep(0.2)
+    return len(stopping)
 
 
 class ChunkEmbedWorker:
     """Ray actor: loads the embedder once, in a thread of its own so that it reads the files'
     line keys meanwhile; then loads, chunks and embeds batches of files with the pipeline's own
-    functions, returning per file its documents, chunks and vectors."""
+    functions, returning per file its documents, chunks and vectors.
+
+    A kept worker (`kept`, named and detached) is held by each ingest that takes it (`take`,
+    `release`) and stops itself once no ingest holds it and it has been idle for the `keep`
+    seconds of the last one to take it; a held worker idle for HELD_IDLE_S (its ingest's
+    driver died) stops too. After a restart it keeps `keep` until an ingest takes it."""
 
     def __init__(
-        self, settings: Settings, embedder: str, device: str | None = None, keep: float = 0.0
+        self, settings: Settings, embedder: str, device: str | None = None, kept: bool = False
     ):
         self._failed: BaseException | None = None
         self._loading = threading.Thread(
             target=self._load, args=(settings, embedder, device), daemon=True
         )
         self._loading.start()
-        self._used = time.monotonic()
+        self._lock = threading.Lock()
+        self._holders = 0  # ingests holding this worker
         self._running = 0  # batches in hand: a worker stops only between them
-        self._keep = keep
-        if keep:
+        self._used = time.monotonic()
+        self._keep = HELD_IDLE_S
+        self._stopping = False
+        if kept:
             threading.Thread(target=self._stop_when_idle, daemon=True).start()
 
-    def keep(self, seconds: float) -> None:
-        """Stay `seconds` after the last batch (a kept worker that a new ingest takes)."""
-        self._keep = seconds
-        self._used = time.monotonic()
+    def take(self, keep: float | None) -> bool:
+        """Hold this worker for an ingest that keeps workers `keep` seconds (None: as they
+        are); False when it is stopping."""
+        with self._lock:
+            if self._stopping:
+                return False
+            self._holders += 1
+            self._used = time.monotonic()
+            if keep is not None:
+                self._keep = keep
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._holders = max(0, self._holders - 1)
+            self._used = time.monotonic()
+
+    def stop_if_idle(self) -> bool:
+        """Stop within a second unless an ingest holds this worker; whether it will."""
+        with self._lock:
+            if self._holders:
+                return False
+            self._stopping = True
+            return True
 
     def _stop_when_idle(self) -> None:
         import ray
 
         while True:
             time.sleep(1.0)
-            if not self._running and time.monotonic() - self._used > self._keep:
+            with self._lock:
+                idle = time.monotonic() - self._used
+                limit = max(self._keep, HELD_IDLE_S) if self._holders else self._keep
+                if self._running or not (self._stopping or idle > limit):
+                    continue
+                self._stopping = True
+            try:
                 ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
                 return
+            except Exception:  # the cluster's control store unreachable: try again
+                time.sleep(5.0)
 
     def _load(self, settings: Settings, embedder: str, device: str | None) -> None:
         try:
@@ -442,14 +574,22 @@ class ChunkEmbedWorker:
             if device is not None:
                 to_device = getattr(self.embedder, "to_device", None)
                 if to_device is None:
-                    raise InvalidInput(
-                        f"embedder {embedder!r} cannot run on a GPU: use a local model "
-                        "('minilm' or 'st:PATH') or leave --ray-gpus at 0"
-                    )
+                    raise InvalidInput(f"embedder {embedder!r} cannot run on a GPU")
                 to_device(device)
             self.chunker = kb.chunker_for(self.embedder)
         except BaseException as exc:  # raised again by the first batch that needs them
             self._failed = exc
+
+    @contextmanager
+    def _in_use(self) -> Iterator[None]:
+        with self._lock:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._used = time.monotonic()
 
     def line_keys(self, batch: list[tuple[int, Source]]) -> list[tuple[str, str, list[str]]]:
         """Per source: ("ok", "", its distinct line keys), or its error's status and message."""
@@ -461,15 +601,6 @@ class ChunkEmbedWorker:
                 except FILE_ERRORS as exc:
                     out.append((*failure(exc), []))
             return out
-
-    @contextmanager
-    def _in_use(self) -> Iterator[None]:
-        self._running += 1
-        try:
-            yield
-        finally:
-            self._running -= 1
-            self._used = time.monotonic()
 
     def chunk_embed(
         self, batch: list[tuple[int, Source, LineCounts | None]]
@@ -483,6 +614,8 @@ class ChunkEmbedWorker:
     ) -> list[tuple[str, str, list]]:
         self._loading.join()
         if self._failed is not None:
+            with self._lock:  # a kept worker that cannot load is of no use to a later ingest
+                self._stopping = True
             raise self._failed
         out: list[tuple[str, str, list]] = []
         loaded: list[list] = []  # per file that chunked: its (document, chunks) pairs

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from ingest.pipeline import IngestProgress
 from kb.service import KnowledgeBase
 from kb.settings import Settings
 from tests.conftest import data_dir_with_cache, free_port
@@ -126,36 +127,58 @@ def test_ray_ingest_builds_what_a_local_ingest_builds_and_syncs_the_same(
     assert not on_ray.search("tok0001", collection=COLLECTION, k=3, method="bm25")
 
 
+class Pause(IngestProgress):
+    """Holds the driver once, past the workers' keep time, as a long commit would."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.paused = seconds, False
+
+    def chunks_embedded(self, n: int) -> None:
+        if not self.paused:
+            self.paused = True
+            time.sleep(self.seconds)
+
+
 @pytest.mark.slow
-def test_kept_workers_take_the_next_ingest_then_stop_by_themselves(
+def test_kept_workers_take_the_next_ingests_then_stop_by_themselves(
     tmp_path: Path, model_cache: Path, embedders: dict, ray_cluster
 ) -> None:
-    """`ray_keep_workers`: a second ingest with the same settings runs on the first one's
-    worker processes and builds the same collection; idle past their time, they stop."""
-    from ingest.ray_ingest import NAMESPACE
+    """`ray_keep_workers`: the workers stay through a driver's pause longer than their keep
+    time; later ingests with the same settings, keeping or not, run on the same processes and
+    build the same collection; one with other settings stops them (their CPUs are needed);
+    idle past their time, kept workers stop by themselves."""
+    from ingest.ray_ingest import NAMESPACE, stop_kept_workers
 
     def kept() -> list[str]:
         actors = ray_cluster.util.list_named_actors(all_namespaces=True)
-        return [a["name"] for a in actors if a["namespace"] == NAMESPACE]
+        return sorted(a["name"] for a in actors if a["namespace"] == NAMESPACE)
 
     corpus = tmp_path / "corpus"
     write_corpus(corpus)
     on_ray = knowledge_base(tmp_path / "ray", model_cache, embedders)
-    options = ray_options(ray_keep_workers=8)
-    on_ray.ingest_path(corpus, collection="first", ray=options)
-    names, pids = kept(), ray_worker_pids()
-    assert len(names) == len(pids) == 2, (names, pids)
-    second = on_ray.ingest_path(corpus, collection="second", ray=options)
-    assert second.added == 2 * FILES
-    assert (kept(), ray_worker_pids()) == (names, pids), "the kept workers were not taken"
-    first, again = on_ray.collection("first"), on_ray.collection("second")
-    assert list(first.iter_chunks()) == list(again.iter_chunks())
-    assert np.array_equal(first.vectors()[1], again.vectors()[1])
+    try:
+        keep = ray_options(ray_keep_workers=4)
+        on_ray.ingest_path(corpus, collection="first", ray=keep, progress=Pause(6.0))
+        names, pids = kept(), sorted(ray_worker_pids())
+        assert len(names) == len(pids) == 2, (names, pids)
+        for collection, options in (("second", keep), ("third", ray_options())):
+            report = on_ray.ingest_path(corpus, collection=collection, ray=options)
+            assert report.added == 2 * FILES
+            assert (kept(), sorted(ray_worker_pids())) == (names, pids), collection
+        first, third = on_ray.collection("first"), on_ray.collection("third")
+        assert list(first.iter_chunks()) == list(third.iter_chunks())
+        assert np.array_equal(first.vectors()[1], third.vectors()[1])
 
-    deadline = time.monotonic() + 60
-    while (kept() or ray_worker_pids()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not kept() and not ray_worker_pids(), "idle kept workers should have stopped"
+        other = knowledge_base(tmp_path / "other", model_cache, embedders)
+        assert other.ingest_path(corpus, collection="c", ray=keep).added == 2 * FILES
+        assert kept() and kept() != names, "the first workers should have made way"
+
+        deadline = time.monotonic() + 60
+        while (kept() or ray_worker_pids()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not kept() and not ray_worker_pids(), "idle kept workers should have stopped"
+    finally:
+        stop_kept_workers(ray_cluster)
 
 
 def committed_generation(store: Path) -> int:
