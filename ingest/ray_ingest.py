@@ -432,18 +432,23 @@ def worker_pool(
     if not keep:
         actors = [remote.remote(settings, name, device) for _ in range(workers)]
         return WorkerPool(ray, actors, kept=False)
-    actors = []
-    for worker in names:
-        for _ in range(TAKE_TRIES):
-            actor = remote.options(
+    taken: dict[str, Any] = {}
+    waiting = names
+    for _ in range(TAKE_TRIES):
+        found = {
+            worker: remote.options(
                 name=worker, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
             ).remote(settings, name, device, kept=True)
-            if _take(ray, actor, keep):
-                actors.append(actor)
-                break
-            time.sleep(0.5)  # a worker stopping as it was found: its name is free once it is gone
-        else:
-            raise RuntimeError(f"could not start or take the Ray worker {worker!r}")
+            for worker in waiting
+        }  # all started before any is waited for: their processes start side by side
+        taken |= {w: a for w, a in found.items() if _take(ray, a, keep)}
+        waiting = [w for w in waiting if w not in taken]
+        if not waiting:
+            break
+        time.sleep(0.5)  # a worker stopping as it was found: its name is free once it is gone
+    else:
+        raise RuntimeError(f"could not start or take the Ray workers {waiting}")
+    actors = [taken[w] for w in names]
     return WorkerPool(ray, actors, kept=True)
 
 
