@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -130,13 +131,15 @@ def require_ray():
 
 @dataclass
 class RayConnection:
-    """A connection to a Ray cluster; `close` shuts down only an instance this run started."""
+    """This process's connection to a Ray cluster. `connected`: made here, so `close` ends it
+    (a Ray instance of this run's own, `own_instance`, stops with it)."""
 
     ray: Any
-    started: bool
+    connected: bool
+    own_instance: bool = False
 
     def close(self) -> None:
-        if self.started:
+        if self.connected:
             self.ray.shutdown()
 
 
@@ -145,11 +148,19 @@ def connect(address: str | None) -> RayConnection:
     this host, or a new local instance), or keep the connection this process already has."""
     ray = require_ray()
     if ray.is_initialized():
-        return RayConnection(ray, started=False)
+        return RayConnection(ray, connected=False)
     # the workers' logs stay in the cluster's log folder (a restarted worker's warnings among
     # them); a worker's failure still reaches the driver as an exception
-    ray.init(address=address, logging_level="WARNING", log_to_driver=False, include_dashboard=False)
-    return RayConnection(ray, started=True)
+    options = {"logging_level": "WARNING", "log_to_driver": False, "include_dashboard": False}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        try:
+            ray.init(address="auto", **options)  # a cluster `ray start` runs on this host
+        except ConnectionError:
+            ray.init(**options)
+            return RayConnection(ray, connected=True, own_instance=True)
+    else:
+        ray.init(address=address, **options)
+    return RayConnection(ray, connected=True)
 
 
 def default_workers(ray, options: RayIngestOptions) -> int:
@@ -201,7 +212,7 @@ class RayIngestor(Ingestor):
         pool: WorkerPool | None = None
         try:
             if connection is not None:
-                if connection.started and self.options.ray_keep_workers:
+                if connection.own_instance and self.options.ray_keep_workers:
                     raise InvalidInput(
                         "--ray-keep-workers keeps workers on a Ray cluster that outlives this "
                         "command, and there is none: start one with `ray start --head` and "

@@ -181,6 +181,32 @@ def test_kept_workers_take_the_next_ingests_then_stop_by_themselves(
         stop_kept_workers(ray_cluster)
 
 
+@pytest.mark.slow
+def test_kept_workers_serve_the_next_command(
+    tmp_path: Path, model_cache: Path, embedders: dict, ray_cluster
+) -> None:
+    """`kb ingest --ray --ray-keep-workers`: the workers outlive the command that started them
+    and the next command, another process, runs on them."""
+    from ingest.ray_ingest import stop_kept_workers
+
+    corpus = tmp_path / "corpus"
+    write_distinct_corpus(corpus, 6)
+    data = data_dir_with_cache(tmp_path / "data", model_cache)
+    address = ray_cluster.get_runtime_context().gcs_address
+    flags = ("--ray", "--ray-address", address, "--ray-workers", "2", "--ray-keep-workers", "60")
+    try:
+        pids = []
+        for collection in ("first", "second"):
+            args = ("ingest", str(corpus), "-c", collection, *flags, "--json")
+            finished = run_kb(data, *args, log=tmp_path / f"{collection}.log", timeout=300)
+            assert finished.returncode == 0, finished.output[-3000:]
+            assert finished.result["added"] == 6
+            pids.append(sorted(ray_worker_pids()))
+        assert len(pids[0]) == 2 and pids[1] == pids[0], pids
+    finally:
+        stop_kept_workers(ray_cluster)
+
+
 def committed_generation(store: Path) -> int:
     try:
         db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1)
