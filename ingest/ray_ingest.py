@@ -38,9 +38,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -151,16 +151,11 @@ def connect(address: str | None) -> RayConnection:
         return RayConnection(ray, connected=False)
     # the workers' logs stay in the cluster's log folder (a restarted worker's warnings among
     # them); a worker's failure still reaches the driver as an exception
-    options = {"logging_level": "WARNING", "log_to_driver": False, "include_dashboard": False}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        try:
-            ray.init(address="auto", **options)  # a cluster `ray start` runs on this host
-        except ConnectionError:
-            ray.init(**options)
-            return RayConnection(ray, connected=True, own_instance=True)
-    else:
-        ray.init(address=address, **options)
-    return RayConnection(ray, connected=True)
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False, include_dashboard=False)
+    # whether that started a Ray instance of this process's own (no cluster to join), which
+    # ends with it; Ray says so only on its node object
+    node = getattr(ray._private.worker, "_global_node", None)
+    return RayConnection(ray, connected=True, own_instance=bool(getattr(node, "head", False)))
 
 
 def default_workers(ray, options: RayIngestOptions) -> int:
@@ -235,10 +230,12 @@ class RayIngestor(Ingestor):
                     self._commit(ready, [], report)
                     ready, ready_chunks = [], 0
         finally:
-            if pool is not None:
-                pool.close()
-            if connection is not None:
-                connection.close()
+            try:
+                if pool is not None:
+                    pool.close()
+            finally:
+                if connection is not None:
+                    connection.close()
 
         self._count_keys_through(len(changed))
         return self._finish(ready, prune_origins, report, started)
@@ -343,10 +340,11 @@ def guided_batches(items: list, workers: int, most: int) -> list[list]:
 
 
 class WorkerPool:
-    """An ingest's `ChunkEmbedWorker` actors, and an ordered map over them."""
+    """An ingest's `ChunkEmbedWorker` actors, and an ordered map over them. `hold`: this
+    ingest's hold on kept workers (None: workers of its own, stopped when it ends)."""
 
-    def __init__(self, ray, actors: list, kept: bool) -> None:
-        self.ray, self.actors, self.kept = ray, actors, kept
+    def __init__(self, ray, actors: list, hold: str | None) -> None:
+        self.ray, self.actors, self.hold = ray, actors, hold
 
     def map(self, method: str, batches: list[list]) -> Iterator[list]:
         """Each batch's results from `method`, in batch order. Every worker holds two batches
@@ -365,7 +363,7 @@ class WorkerPool:
                 and (item := next(queued, None)) is not None
             ):
                 actor = free.pop(0)
-                running[getattr(actor, method).remote(item[1])] = (item[0], actor)
+                running[getattr(actor, method).remote(item[1], self.hold)] = (item[0], actor)
             if not running:
                 return
             (ref,), _ = ray.wait(list(running), num_returns=1)
@@ -379,8 +377,8 @@ class WorkerPool:
     def close(self) -> None:
         """Kept workers are let go (their idle time starts now); others are stopped."""
         for actor in self.actors:
-            if self.kept:
-                actor.release.remote()
+            if self.hold is not None:
+                _control(actor.release).remote(self.hold)
             else:
                 self.ray.kill(actor, no_restart=True)
 
@@ -429,63 +427,77 @@ def worker_pool(
         raise InvalidInput("--ray-gpus: the cluster has no GPUs; leave it at 0 to embed on CPUs")
     prefix = kept_name(settings, embedder.fingerprint(), options, workers)
     names = [f"{prefix}-{i}" for i in range(workers)]
-    kept = _take_existing(ray, names)
+    keep = options.ray_keep_workers
+    hold = uuid.uuid4().hex  # this ingest's hold on the kept workers it takes
+    kept = _take_existing(ray, names, hold)
     if kept is not None:
-        return WorkerPool(ray, kept, kept=True)
-    stop_kept_workers(ray, but=set(names), wait=False)
+        return WorkerPool(ray, kept, hold)
+    # idle kept workers with other settings, or too few of these, hold CPUs these will need
+    stop_kept_workers(ray, but=set(names) if keep else set(), wait=False)
     remote = ray.remote(
         num_cpus=options.ray_cpus,
         num_gpus=options.ray_gpus or None,
         max_restarts=RESTARTS,
         max_task_retries=RESTARTS,
+        concurrency_groups={"control": 1},
     )(ChunkEmbedWorker)
-    keep = options.ray_keep_workers
     if not keep:
         actors = [remote.remote(settings, name, device) for _ in range(workers)]
-        return WorkerPool(ray, actors, kept=False)
+        return WorkerPool(ray, actors, None)
     taken: dict[str, Any] = {}
     waiting = names
-    for _ in range(TAKE_TRIES):
-        found = {
-            worker: remote.options(
-                name=worker, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-            ).remote(settings, name, device, kept=True)
-            for worker in waiting
-        }  # all started before any is waited for: their processes start side by side
-        taken |= {w: a for w, a in found.items() if _take(ray, a, keep)}
-        waiting = [w for w in waiting if w not in taken]
-        if not waiting:
-            break
-        time.sleep(0.5)  # a worker stopping as it was found: its name is free once it is gone
-    else:
-        raise RuntimeError(f"could not start or take the Ray workers {waiting}")
-    actors = [taken[w] for w in names]
-    return WorkerPool(ray, actors, kept=True)
-
-
-def _take(ray, actor, keep: float | None) -> bool:
-    """Hold `actor` for this ingest; False when it is stopping or gone."""
     try:
-        return bool(ray.get(actor.take.remote(keep)))
-    except ray.exceptions.RayActorError:
-        return False
+        for _ in range(TAKE_TRIES):
+            found = {
+                worker: remote.options(
+                    name=worker, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+                ).remote(settings, name, device, kept=True)
+                for worker in waiting
+            }  # all started before any is waited for: their processes start side by side
+            taken |= _take(ray, found, hold, keep)
+            waiting = [w for w in waiting if w not in taken]
+            if not waiting:
+                return WorkerPool(ray, [taken[w] for w in names], hold)
+            time.sleep(0.5)  # a worker stopping as it was found: its name is free once gone
+        raise RuntimeError(f"could not start or take the Ray workers {waiting}")
+    except BaseException:
+        for actor in taken.values():
+            _control(actor.release).remote(hold)
+        raise
 
 
-def _take_existing(ray, names: list[str]) -> list | None:
-    """The kept workers of these names, all held for this ingest, or None (none held)."""
-    taken = []
+def _control(method):
+    """A worker's control method (take, release, stop_if_idle), run beside its batches."""
+    return method.options(concurrency_group="control")
+
+
+def _take(ray, actors: dict[str, Any], hold: str, keep: float | None) -> dict[str, Any]:
+    """Those of `actors` now held by `hold` (asked all at once); a worker that is stopping or
+    gone is left out."""
+    asked = {name: _control(actor.take).remote(hold, keep) for name, actor in actors.items()}
+    taken = {}
+    for name, ref in asked.items():
+        try:
+            if ray.get(ref):
+                taken[name] = actors[name]
+        except ray.exceptions.RayActorError:
+            continue
+    return taken
+
+
+def _take_existing(ray, names: list[str], hold: str) -> list | None:
+    """The kept workers of these names, all held by `hold`, or None (none held)."""
+    found = {}
     for name in names:
         try:
-            actor = ray.get_actor(name, namespace=NAMESPACE)
+            found[name] = ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:  # no such worker
-            break
-        if not _take(ray, actor, None):
-            break
-        taken.append(actor)
+            return None
+    taken = _take(ray, found, hold, None)
     if len(taken) == len(names):
-        return taken
-    for actor in taken:
-        actor.release.remote()
+        return [taken[name] for name in names]
+    for actor in taken.values():
+        _control(actor.release).remote(hold)
     return None
 
 
@@ -493,16 +505,21 @@ def stop_kept_workers(ray, *, but: set[str] = frozenset(), wait: bool = True) ->
     """Stop the workers that ingests kept on the cluster (`ray_keep_workers`), those an
     ingest holds now excepted, and any named in `but`; how many. With `wait`, returns once
     they are gone (their CPUs free). Needs a connection: `ray.init(address="auto")`."""
-    stopping = []
+    asked = {}
     for found in ray.util.list_named_actors(all_namespaces=True):
         name = found["name"]
         if found["namespace"] != NAMESPACE or not name.startswith(KEPT_PREFIX) or name in but:
             continue
         try:
-            actor = ray.get_actor(name, namespace=NAMESPACE)
-            if ray.get(actor.stop_if_idle.remote()):
+            asked[name] = _control(ray.get_actor(name, namespace=NAMESPACE).stop_if_idle).remote()
+        except ValueError:  # stopped meanwhile
+            continue
+    stopping = []
+    for name, ref in asked.items():
+        try:
+            if ray.get(ref):
                 stopping.append(name)
-        except (ValueError, ray.exceptions.RayActorError):  # stopped meanwhile
+        except ray.exceptions.RayActorError:
             continue
     deadline = time.monotonic() + 60
     while wait and stopping and time.monotonic() < deadline:
@@ -518,9 +535,11 @@ class ChunkEmbedWorker:
     functions, returning per file its documents, chunks and vectors.
 
     A kept worker (`kept`, named and detached) is held by each ingest that takes it (`take`,
-    `release`) and stops itself once no ingest holds it and it has been idle for the `keep`
-    seconds of the last one to take it; a held worker idle for HELD_IDLE_S (its ingest's
-    driver died) stops too. After a restart it keeps `keep` until an ingest takes it."""
+    `release`, with the ingest's hold id) and stops itself once no ingest holds it and it has
+    been idle for the `keep` seconds of the last one to take it; a held worker idle for
+    HELD_IDLE_S (its ingest's driver died) stops too. Every batch carries its ingest's hold, so a
+    worker Ray restarts after a crash is held again by the batch it runs again. The control
+    calls run in a group of their own (`control`), not queued behind batches."""
 
     def __init__(
         self, settings: Settings, embedder: str, device: str | None = None, kept: bool = False
@@ -531,7 +550,7 @@ class ChunkEmbedWorker:
         )
         self._loading.start()
         self._lock = threading.Lock()
-        self._holders = 0  # ingests holding this worker
+        self._holders: set[str] = set()  # the holds of the ingests holding this worker
         self._running = 0  # batches in hand: a worker stops only between them
         self._used = time.monotonic()
         self._keep = HELD_IDLE_S
@@ -539,21 +558,21 @@ class ChunkEmbedWorker:
         if kept:
             threading.Thread(target=self._stop_when_idle, daemon=True).start()
 
-    def take(self, keep: float | None) -> bool:
+    def take(self, hold: str, keep: float | None) -> bool:
         """Hold this worker for an ingest that keeps workers `keep` seconds (None: as they
         are); False when it is stopping."""
         with self._lock:
             if self._stopping:
                 return False
-            self._holders += 1
+            self._holders.add(hold)
             self._used = time.monotonic()
             if keep is not None:
                 self._keep = keep
             return True
 
-    def release(self) -> None:
+    def release(self, hold: str) -> None:
         with self._lock:
-            self._holders = max(0, self._holders - 1)
+            self._holders.discard(hold)
             self._used = time.monotonic()
 
     def stop_if_idle(self) -> bool:
@@ -597,8 +616,14 @@ class ChunkEmbedWorker:
             self._failed = exc
 
     @contextmanager
-    def _in_use(self) -> Iterator[None]:
+    def _in_use(self, hold: str | None) -> Iterator[None]:
         with self._lock:
+            if self._stopping:
+                raise RuntimeError(
+                    "a kept Ray worker stopped as a batch reached it; run the ingest again"
+                )
+            if hold is not None:
+                self._holders.add(hold)
             self._running += 1
         try:
             yield
@@ -607,9 +632,11 @@ class ChunkEmbedWorker:
                 self._running -= 1
                 self._used = time.monotonic()
 
-    def line_keys(self, batch: list[tuple[int, Source]]) -> list[tuple[str, str, list[str]]]:
+    def line_keys(
+        self, batch: list[tuple[int, Source]], hold: str | None
+    ) -> list[tuple[str, str, list[str]]]:
         """Per source: ("ok", "", its distinct line keys), or its error's status and message."""
-        with self._in_use():
+        with self._in_use(hold):
             out = []
             for _, source in batch:
                 try:
@@ -619,10 +646,10 @@ class ChunkEmbedWorker:
             return out
 
     def chunk_embed(
-        self, batch: list[tuple[int, Source, LineCounts | None]]
+        self, batch: list[tuple[int, Source, LineCounts | None]], hold: str | None
     ) -> list[tuple[str, str, list]]:
         """Per source: ("ok", "", its (document, chunks, vectors) triples), or its error."""
-        with self._in_use():
+        with self._in_use(hold):
             return self._chunk_embed(batch)
 
     def _chunk_embed(
