@@ -606,11 +606,8 @@ class ChunkEmbedWorker:
 
             kb = KnowledgeBase(settings)
             self.embedder = kb.embedder_for(embedder)
-            if device is not None:
-                to_device = getattr(self.embedder, "to_device", None)
-                if to_device is None:
-                    raise InvalidInput(f"embedder {embedder!r} cannot run on a GPU")
-                to_device(device)
+            if device is not None:  # `worker_pool` checked that the embedder can move
+                self.embedder.to_device(device)
             self.chunker = kb.chunker_for(self.embedder)
         except BaseException as exc:  # raised again by the first batch that needs them
             self._failed = exc
