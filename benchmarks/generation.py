@@ -1,6 +1,7 @@
 """Local generation speed of the bundled SmolLM2 on llama.cpp against transformers, in one run.
 
     .venv/bin/python benchmarks/generation.py [--prompts 4] [--repeats 1] [--threads 1,2]
+        [--flash-attn] [--float32]
 
 Loads the model on each runtime (transformers: the GGUF de-quantized into an empty cache, then
 read back; llama.cpp: the GGUF as shipped, and its bfloat16 copy), then answers the same
@@ -9,6 +10,7 @@ greedy) on each runtime, weights and thread count, taking turns prompt by prompt
 the shared machine hits them alike. Per setup: time to first token, prompt tokens/s (prompt
 tokens over the time to the first token), decode tokens/s, decode tokens per CPU-second (less
 swayed by other processes than wall time, though a busy machine slows each CPU-second too),
+the time a whole 128-token answer takes at those rates (answers stop at different lengths),
 and how many greedy answers equal, token for token, those of each transformers setup (the
 first: bfloat16, its default, at the first thread count). Prints a table and writes
 benchmarks/results/generation.json, with the load average.
@@ -142,6 +144,14 @@ def summary(runs: list[Generation], references: dict[str, list[Generation]], cou
             1,
         ),
         "total_s": round(statistics.median(r.timings["total"] for r in runs), 2),
+        # answers stop at different lengths: the time one of NEW_TOKENS tokens would take
+        "full_answer_s": round(
+            statistics.median(
+                r.timings["first_token"] + (NEW_TOKENS - 1) / (r.tokens_per_second or float("inf"))
+                for r in runs
+            ),
+            2,
+        ),
         "same_answers_as": {
             label: sum(r.text == ref.text for r, ref in zip(runs, answers, strict=True))
             for label, answers in references.items()
@@ -168,6 +178,12 @@ def main() -> None:
         "--weights", default="gguf,bf16", help="llama.cpp weights to try (gguf: as shipped)"
     )
     parser.add_argument(
+        "--flash-attn",
+        action="store_true",
+        help="also llama.cpp with flash attention, decoding on 1 thread and reading the prompt "
+        "on the most threads tried, for each weights",
+    )
+    parser.add_argument(
         "--float32",
         action="store_true",
         help="also transformers in float32 at the first thread count: how much the answers "
@@ -179,6 +195,7 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",")]
 
     from kb.generators.llamacpp import (
+        LLAMACPP_FLASH_ATTN,
         LLAMACPP_PROMPT_THREADS,
         LLAMACPP_THREADS,
         LLAMACPP_WEIGHTS,
@@ -201,6 +218,7 @@ def main() -> None:
                 "threads": LLAMACPP_THREADS,
                 "prompt_threads": LLAMACPP_PROMPT_THREADS or "every usable core",
                 "weights": LLAMACPP_WEIGHTS,
+                "flash_attn": LLAMACPP_FLASH_ATTN,
                 "unavailable": unavailable,
             },
         },
@@ -239,6 +257,15 @@ def main() -> None:
                     setups[f"llama.cpp {kind} 1t+{max(threads)}p"] = LlamaCppGenerator(
                         spec, cache, threads=1, weights=kind, prompt_threads=max(threads)
                     )
+                    if args.flash_attn:
+                        setups[f"llama.cpp {kind} 1t+{max(threads)}p fa"] = LlamaCppGenerator(
+                            spec,
+                            cache,
+                            threads=1,
+                            weights=kind,
+                            prompt_threads=max(threads),
+                            flash_attn=True,
+                        )
         else:
             print(f"llama.cpp skipped: {unavailable}")
         for generator in setups.values():
@@ -271,7 +298,7 @@ def main() -> None:
     print("load: " + ", ".join(f"{k} {v} s" for k, v in results["load_s"].items()))
     print(
         f"{'setup':24} {'p_tok':>5} {'c_tok':>5} {'ttft_s':>7} {'prompt/s':>8} {'decode/s':>8} "
-        f"{'/cpu-s':>6} "
+        f"{'/cpu-s':>6} {'128 tok s':>9} "
         + " ".join(f"{'= ' + label.removeprefix('transformers '):>10}" for label in references)
     )
     for label, row in rows.items():
@@ -280,6 +307,7 @@ def main() -> None:
             f"{label:24} {row['prompt_tokens']:>5} {row['completion_tokens']:>5} "
             f"{row['first_token_s']:>7} {row['prompt_tokens_per_s']:>8} "
             f"{row['decode_tokens_per_s']:>8} {row['decode_tokens_per_cpu_s']:>6} "
+            f"{row['full_answer_s']:>9} "
             + " ".join(f"{same[ref]:>7}/{row['answers']:<2}" for ref in references)
         )
     for name, ratio in results["ratios"].items():

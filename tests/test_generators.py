@@ -20,7 +20,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from kb.errors import BackendError, InvalidInput, ModelNotFound  # noqa: E402
 from kb.generators import GeneratorRegistry  # noqa: E402
 from kb.generators.base import StopFilter  # noqa: E402
-from kb.generators.llamacpp import LlamaCppGenerator, llamacpp_unavailable  # noqa: E402
+from kb.generators.llamacpp import (  # noqa: E402
+    LlamaCppGenerator,
+    extra_buffers_work,
+    llamacpp_unavailable,
+)
 from kb.generators.local import (  # noqa: E402
     LocalGenerator,
     bundled_smollm2_gguf,
@@ -228,6 +232,25 @@ def test_llamacpp_stop_strings_and_token_limit(smollm2_llamacpp):
     assert cut.finish_reason == "stop" and cut.completion_tokens < 10
     short = smollm2_llamacpp.generate(STORY, max_new_tokens=3)
     assert (short.completion_tokens, short.finish_reason) == (3, "length")
+
+
+@needs_llamacpp
+def test_llamacpp_runs_the_shipped_quantized_file(model_cache):
+    # on an Intel Xeon with AMX, llama.cpp's repacked weights crashed the process on the first
+    # batch of any quantized file; the file as shipped must answer wherever the copy does
+    shipped = LlamaCppGenerator(GeneratorSpec(name="smollm2"), model_cache, weights="gguf")
+    assert shipped.weights == "gguf"
+    assert "Paris" in shipped.generate(QUESTION, max_new_tokens=16).text
+
+
+@needs_llamacpp
+def test_llamacpp_probe_reads_a_failing_file_as_not_working(tmp_path, caplog):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    assert extra_buffers_work(broken) is False
+    assert "broken.gguf" in caplog.text and "exit status" in caplog.text
+    with pytest.raises(BackendError, match="could not load"):
+        LlamaCppGenerator(GeneratorSpec(name="broken", model=str(broken)), tmp_path, weights="gguf")
 
 
 @needs_llamacpp

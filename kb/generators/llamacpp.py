@@ -10,9 +10,12 @@ benchmarks/generation.py measures how often their greedy answers agree token for
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import logging
 import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -42,24 +45,45 @@ from kb.settings import GeneratorSpec
 #: llama.cpp threads for one generation; benchmarks/generation.py measures 1 against 2
 LLAMACPP_THREADS = 1
 #: threads that read the prompt; None: every core this process may use. Reading is one batched
-#: pass over ~1,000 tokens where each core pays (first token 1.7 s against 3.2 s on one thread,
-#: 2 cores), while decoding one token at a time only waits on a second thread (26 against 43
-#: tokens/s)
+#: pass over ~1,000 tokens where each core pays (first token 1.9 s against 3.2 s on one thread,
+#: 2 cores), while decoding one token at a time only waits on a second thread (25 against 36
+#: tokens/s; docs/benchmarks.md, Generation)
 LLAMACPP_PROMPT_THREADS: int | None = None
+#: llama.cpp's fused attention. It reads a ~940-token prompt 12-20% faster and then decodes at
+#: half the rate (Q4_1 63 against 30 tokens/s, bf16 36 against 23, one thread, Intel Xeon with
+#: AMX): a 128-token answer took 5.4 s without it against 7.1 s with it, so it is off
+LLAMACPP_FLASH_ATTN = False
 #: prompt tokens evaluated per llama.cpp batch
 BATCH_TOKENS = 512
 #: the weights llama.cpp computes with. "bf16": the GGUF's blocks de-quantized once into a cached
 #: bfloat16 copy (the values transformers runs), whose matrix products llama.cpp runs on this
-#: CPU's bfloat16 instructions: with SmolLM2 it reads a ~930-token RAG prompt about 3x faster
-#: than the shipped Q4_1 blocks and decodes as fast. "gguf": the file as it is. "auto": bf16 up
-#: to BF16_COPY_MAX_BYTES of GGUF file; past that (measured on the 135M model only) decoding is
-#: bound by memory reads, which a 3-4x larger copy would slow
+#: CPU's bfloat16 instructions: with SmolLM2 it reads a ~940-token RAG prompt 1.6x faster than
+#: the shipped Q4_1 blocks (first token 1.9 s against 3.0 s) and decodes at 36 tokens/s against
+#: their 63 (Intel Xeon with AMX; on an earlier machine both decoded at 43). "gguf": the file as
+#: it is. "auto": bf16 up to BF16_COPY_MAX_BYTES of GGUF file; past that (measured on the 135M
+#: model only) decoding is bound by memory reads, which a 3-4x larger copy would slow
 WEIGHTS = ("auto", "gguf", "bf16")
 LLAMACPP_WEIGHTS = "auto"
 BF16_COPY_MAX_BYTES = 256 * 2**20
 _FTYPE_BF16 = 32  # llama.cpp's LLAMA_FTYPE_MOSTLY_BF16
 
 _convert_lock = threading.Lock()
+#: llama.cpp may move weights into "extra buffer types", repacked for this CPU's matrix units
+#: (AMX, AVX-512 repacking). On an Intel Xeon with AMX, llama-cpp-python 0.3.36 built with
+#: GGML_NATIVE crashed the process (SIGSEGV) on the first batch of every quantized file (Q4_0,
+#: Q4_1, Q8_0, Q4_K_M) with them, and ran each without them. A child process tries the file
+#: first (~0.3 s, once per file per process); where it crashes, the weights load plainly
+_PROBE = """
+import sys
+from llama_cpp import Llama
+llm = Llama(sys.argv[1], n_ctx=64, n_batch=64, n_threads=1, verbose=False)
+tokens = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 2, add_bos=False)
+llm.eval(tokens)
+llm.eval(tokens[:1])
+"""
+PROBE_TIMEOUT_S = 120
+_probed: dict[tuple[str, int, int], bool] = {}
+_params_lock = threading.Lock()
 
 
 def llamacpp_unavailable(spec: GeneratorSpec) -> str | None:
@@ -96,6 +120,7 @@ class LlamaCppGenerator(Generator):
         threads: int = LLAMACPP_THREADS,
         weights: str = LLAMACPP_WEIGHTS,
         prompt_threads: int | None = LLAMACPP_PROMPT_THREADS,
+        flash_attn: bool = LLAMACPP_FLASH_ATTN,
     ):
         self._take_spec(spec, "local")
         reason = llamacpp_unavailable(spec)
@@ -118,7 +143,17 @@ class LlamaCppGenerator(Generator):
             weights = "bf16" if self.source.stat().st_size <= BF16_COPY_MAX_BYTES else "gguf"
         self.weights = weights
         path = self.source if weights == "gguf" else bf16_copy(self.source, cache_dir)
-        self._llama = _open(path, spec.context_window, threads, prompt_threads)
+        #: whether llama.cpp may repack the weights for this CPU (see _PROBE)
+        self.extra_buffers = extra_buffers_work(path)
+        self.flash_attn = flash_attn
+        self._llama = _open(
+            path,
+            spec.context_window,
+            threads,
+            prompt_threads,
+            extra_buffers=self.extra_buffers,
+            flash_attn=flash_attn,
+        )
         self._vocab_size = self._llama.n_vocab()
         self._vocab = _vocab(self._llama)
         self._pieces: dict[int, bytes] = {}
@@ -341,21 +376,77 @@ def bf16_copy(source: Path, cache_dir: Path) -> Path:
     return target
 
 
-def _open(source: Path, context_window: int, threads: int, prompt_threads: int):
+def extra_buffers_work(path: Path) -> bool:
+    """Whether llama.cpp runs `path` with its repacked weights here without crashing: a child
+    process loads it that way and evaluates a few tokens (once per file and process)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _probed:
+        try:
+            child = subprocess.run(
+                [sys.executable, "-c", _PROBE, str(path)],
+                capture_output=True,
+                timeout=PROBE_TIMEOUT_S,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+            works, outcome = child.returncode == 0, f"exit status {child.returncode}"
+        except subprocess.TimeoutExpired:
+            works, outcome = False, f"no answer in {PROBE_TIMEOUT_S} s"
+        if not works:
+            logging.getLogger(__name__).warning(
+                "llama.cpp failed on %s with its weights repacked for this CPU (%s); loading "
+                "them as stored",
+                path.name,
+                outcome,
+            )
+        _probed[key] = works
+    return _probed[key]
+
+
+@contextlib.contextmanager
+def _model_params(**fields):
+    """llama-cpp-python builds its model parameters inside `Llama()` and exposes no argument
+    for some of them: its defaults are replaced with `fields` set while one loads."""
+    import llama_cpp.llama_cpp as api
+
+    with _params_lock:
+        default = api.llama_model_default_params
+
+        def params():
+            out = default()
+            for name, value in fields.items():
+                setattr(out, name, value)
+            return out
+
+        api.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            api.llama_model_default_params = default
+
+
+def _open(
+    source: Path,
+    context_window: int,
+    threads: int,
+    prompt_threads: int,
+    *,
+    extra_buffers: bool,
+    flash_attn: bool,
+):
     import llama_cpp
 
     try:
-        return llama_cpp.Llama(
-            model_path=str(source),
-            n_ctx=context_window,
-            n_batch=BATCH_TOKENS,
-            n_threads=threads,
-            n_threads_batch=prompt_threads,
-            # attention over a ~930-token prompt in one fused pass: its reading of the prompt
-            # went from 251 to 298 tokens/s (bf16 weights, medians of five, one thread)
-            flash_attn=True,
-            verbose=False,
-        )
+        with _model_params(use_extra_bufts=extra_buffers):
+            return llama_cpp.Llama(
+                model_path=str(source),
+                n_ctx=context_window,
+                n_batch=BATCH_TOKENS,
+                n_threads=threads,
+                n_threads_batch=prompt_threads,
+                flash_attn=flash_attn,
+                verbose=False,
+            )
     except Exception as exc:
         raise BackendError(
             f"llama.cpp could not load {source}: {exc}; check the file is a complete GGUF model "
