@@ -181,7 +181,7 @@ def main() -> None:
         "--flash-attn",
         action="store_true",
         help="also llama.cpp with flash attention, decoding on 1 thread and reading the prompt "
-        "on the most threads tried, for each weights",
+        "on the most threads tried, for each weights (only when --threads has 1 and more)",
     )
     parser.add_argument(
         "--float32",
@@ -208,6 +208,8 @@ def main() -> None:
     results: dict = {
         "machine": {
             "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "amx": _has_amx(),
             "platform": platform.platform(),
             "load_average_start": os.getloadavg(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -284,6 +286,10 @@ def main() -> None:
         }
         count = reference_generator.count_tokens
         rows = {label: summary(r, references, count) for label, r in runs.items()}
+        for label, generator in setups.items():  # how each llama.cpp setup ran
+            if isinstance(generator, LlamaCppGenerator):
+                rows[label]["extra_buffers"] = generator.extra_buffers
+                rows[label]["flash_attn"] = generator.flash_attn
         results["runs"] = rows
         results["prompt_tokens_per_prompt"] = [
             g.prompt_tokens for g in runs[reference_label(threads)]
@@ -315,6 +321,19 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def _cpu_model() -> str:
+    from kb.generators.llamacpp import _cpu_model as model
+
+    return model()
+
+
+def _has_amx() -> bool | None:
+    try:
+        return " amx_" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
 
 
 def reference_label(threads: list[int]) -> str:

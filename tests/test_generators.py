@@ -22,6 +22,7 @@ from kb.generators import GeneratorRegistry  # noqa: E402
 from kb.generators.base import StopFilter  # noqa: E402
 from kb.generators.llamacpp import (  # noqa: E402
     LlamaCppGenerator,
+    _model_params,
     extra_buffers_work,
     llamacpp_unavailable,
 )
@@ -240,17 +241,35 @@ def test_llamacpp_runs_the_shipped_quantized_file(model_cache):
     # batch of any quantized file; the file as shipped must answer wherever the copy does
     shipped = LlamaCppGenerator(GeneratorSpec(name="smollm2"), model_cache, weights="gguf")
     assert shipped.weights == "gguf"
+    assert shipped._llama.model_params.use_extra_bufts == shipped.extra_buffers
     assert "Paris" in shipped.generate(QUESTION, max_new_tokens=16).text
 
 
 @needs_llamacpp
-def test_llamacpp_probe_reads_a_failing_file_as_not_working(tmp_path, caplog):
+def test_llamacpp_probe_verdict_is_kept_and_says_why(tmp_path, caplog):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 64)
-    assert extra_buffers_work(broken) is False
-    assert "broken.gguf" in caplog.text and "exit status" in caplog.text
+    settings = {"threads": 1, "prompt_threads": 1, "flash_attn": False}
+    assert extra_buffers_work(broken, tmp_path, **settings) is False
+    assert "broken.gguf" in caplog.text and "failed (exit status 1: " in caplog.text
+    (kept,) = (tmp_path / "gguf").glob("probe-*.json")
+    assert json.loads(kept.read_text())["extra_buffers"] is False
+    caplog.clear()
+    assert extra_buffers_work(broken, tmp_path, **settings) is False
+    assert caplog.text == ""  # read back, not tried again
     with pytest.raises(BackendError, match="could not load"):
         LlamaCppGenerator(GeneratorSpec(name="broken", model=str(broken)), tmp_path, weights="gguf")
+
+
+@needs_llamacpp
+def test_llamacpp_model_params_override_is_undone_even_on_failure():
+    import llama_cpp.llama_cpp as api
+
+    default = api.llama_model_default_params
+    with pytest.raises(RuntimeError), _model_params(use_extra_bufts=False):
+        assert api.llama_model_default_params().use_extra_bufts is False
+        raise RuntimeError("load failed")
+    assert api.llama_model_default_params is default
 
 
 @needs_llamacpp

@@ -12,8 +12,11 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import hashlib
+import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -46,20 +49,21 @@ from kb.settings import GeneratorSpec
 LLAMACPP_THREADS = 1
 #: threads that read the prompt; None: every core this process may use. Reading is one batched
 #: pass over ~1,000 tokens where each core pays (first token 1.9 s against 3.2 s on one thread,
-#: 2 cores), while decoding one token at a time only waits on a second thread (25 against 36
+#: 2 cores), while decoding one token at a time only waits on a second thread (25 against 38
 #: tokens/s; docs/benchmarks.md, Generation)
 LLAMACPP_PROMPT_THREADS: int | None = None
-#: llama.cpp's fused attention. It reads a ~940-token prompt 12-20% faster and then decodes at
-#: half the rate (Q4_1 63 against 30 tokens/s, bf16 36 against 23, one thread, Intel Xeon with
-#: AMX): a 128-token answer took 5.4 s without it against 7.1 s with it, so it is off
+#: llama.cpp's fused attention. It reads a ~940-token prompt 12-19% faster and then decodes at
+#: half to two-thirds the rate (Q4_1 68 against 33 tokens/s, bf16 38 against 24, one thread,
+#: Intel Xeon with AMX): a 128-token answer took 5.2 s without it against 7.0 s with it, so it
+#: is off
 LLAMACPP_FLASH_ATTN = False
 #: prompt tokens evaluated per llama.cpp batch
 BATCH_TOKENS = 512
 #: the weights llama.cpp computes with. "bf16": the GGUF's blocks de-quantized once into a cached
 #: bfloat16 copy (the values transformers runs), whose matrix products llama.cpp runs on this
 #: CPU's bfloat16 instructions: with SmolLM2 it reads a ~940-token RAG prompt 1.6x faster than
-#: the shipped Q4_1 blocks (first token 1.9 s against 3.0 s) and decodes at 36 tokens/s against
-#: their 63 (Intel Xeon with AMX; on an earlier machine both decoded at 43). "gguf": the file as
+#: the shipped Q4_1 blocks (first token 1.9 s against 3.0 s) and decodes at 38 tokens/s against
+#: their 68 (Intel Xeon with AMX; on an earlier machine both decoded at 43). "gguf": the file as
 #: it is. "auto": bf16 up to BF16_COPY_MAX_BYTES of GGUF file; past that (measured on the 135M
 #: model only) decoding is bound by memory reads, which a 3-4x larger copy would slow
 WEIGHTS = ("auto", "gguf", "bf16")
@@ -70,19 +74,23 @@ _FTYPE_BF16 = 32  # llama.cpp's LLAMA_FTYPE_MOSTLY_BF16
 _convert_lock = threading.Lock()
 #: llama.cpp may move weights into "extra buffer types", repacked for this CPU's matrix units
 #: (AMX, AVX-512 repacking). On an Intel Xeon with AMX, llama-cpp-python 0.3.36 built with
-#: GGML_NATIVE crashed the process (SIGSEGV) on the first batch of every quantized file (Q4_0,
-#: Q4_1, Q8_0, Q4_K_M) with them, and ran each without them. A child process tries the file
-#: first (~0.3 s, once per file per process); where it crashes, the weights load plainly
+#: GGML_NATIVE crashed the process (SIGSEGV) on any batch of 4+ tokens of the shipped Q4_1 file,
+#: and of Q4_0, Q8_0 and Q4_K_M files made from it, with them; without them each ran. A child
+#: process tries the file first, with the settings it will load with, and its verdict is kept
+#: in the cache (~0.3 s once per file, llama.cpp build and CPU); where it fails, the weights
+#: load as stored
 _PROBE = """
 import sys
 from llama_cpp import Llama
-llm = Llama(sys.argv[1], n_ctx=64, n_batch=64, n_threads=1, verbose=False)
-tokens = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 2, add_bos=False)
+path, threads, prompt_threads, flash_attn = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+llm = Llama(path, n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=prompt_threads,
+            flash_attn=flash_attn, verbose=False)
+tokens = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 30, add_bos=False)[:300]
 llm.eval(tokens)
 llm.eval(tokens[:1])
 """
 PROBE_TIMEOUT_S = 120
-_probed: dict[tuple[str, int, int], bool] = {}
+_probe_lock = threading.Lock()
 _params_lock = threading.Lock()
 
 
@@ -144,7 +152,9 @@ class LlamaCppGenerator(Generator):
         self.weights = weights
         path = self.source if weights == "gguf" else bf16_copy(self.source, cache_dir)
         #: whether llama.cpp may repack the weights for this CPU (see _PROBE)
-        self.extra_buffers = extra_buffers_work(path)
+        self.extra_buffers = extra_buffers_work(
+            path, cache_dir, threads=threads, prompt_threads=prompt_threads, flash_attn=flash_attn
+        )
         self.flash_attn = flash_attn
         self._llama = _open(
             path,
@@ -376,31 +386,83 @@ def bf16_copy(source: Path, cache_dir: Path) -> Path:
     return target
 
 
-def extra_buffers_work(path: Path) -> bool:
+def extra_buffers_work(
+    path: Path, cache_dir: Path, *, threads: int, prompt_threads: int, flash_attn: bool
+) -> bool:
     """Whether llama.cpp runs `path` with its repacked weights here without crashing: a child
-    process loads it that way and evaluates a few tokens (once per file and process)."""
+    process loads it that way and evaluates a prompt and a token. The verdict is kept in
+    `<cache_dir>/gguf/`, keyed by the file, the settings, the llama.cpp build and the CPU."""
+    import llama_cpp
+
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _probed:
+    key = json.dumps(
+        [
+            str(path.resolve()),
+            stat.st_size,
+            stat.st_mtime_ns,
+            threads,
+            prompt_threads,
+            flash_attn,
+            llama_cpp.__version__,
+            llama_cpp.llama_print_system_info().decode(errors="replace"),
+            _cpu_model(),
+        ]
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    verdict = Path(cache_dir) / "gguf" / f"probe-{digest}.json"
+    with _probe_lock:
         try:
-            child = subprocess.run(
-                [sys.executable, "-c", _PROBE, str(path)],
-                capture_output=True,
-                timeout=PROBE_TIMEOUT_S,
-                env={**os.environ, "OMP_NUM_THREADS": "1"},
-            )
-            works, outcome = child.returncode == 0, f"exit status {child.returncode}"
-        except subprocess.TimeoutExpired:
-            works, outcome = False, f"no answer in {PROBE_TIMEOUT_S} s"
+            return bool(json.loads(verdict.read_text())["extra_buffers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        works, outcome = _probe(path, threads, prompt_threads, flash_attn)
         if not works:
             logging.getLogger(__name__).warning(
-                "llama.cpp failed on %s with its weights repacked for this CPU (%s); loading "
+                "llama.cpp's trial of %s with its weights repacked for this CPU %s; loading "
                 "them as stored",
                 path.name,
                 outcome,
             )
-        _probed[key] = works
-    return _probed[key]
+        verdict.parent.mkdir(parents=True, exist_ok=True)
+        tmp = verdict.with_name(f".{verdict.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps({"extra_buffers": works, "outcome": outcome, "key": key}))
+        os.replace(tmp, verdict)
+    return works
+
+
+def _probe(path: Path, threads: int, prompt_threads: int, flash_attn: bool) -> tuple[bool, str]:
+    """Run _PROBE in a child process: whether it finished, and how it ended."""
+    args = [str(path), str(threads), str(prompt_threads), "1" if flash_attn else "0"]
+    try:
+        child = subprocess.run(
+            [sys.executable, "-P", "-c", _PROBE, *args],
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"gave no answer in {PROBE_TIMEOUT_S} s"
+    except (OSError, ValueError) as exc:  # no usable interpreter to start it with
+        return False, f"could not start ({exc})"
+    if child.returncode == 0:
+        return True, "ran"
+    if child.returncode < 0:
+        try:
+            name = signal.Signals(-child.returncode).name
+        except ValueError:
+            name = f"signal {-child.returncode}"
+        return False, f"was killed by {name}"
+    tail = child.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+    return False, f"failed (exit status {child.returncode}: {tail[0][:300]})"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next(
+                (line.split(":", 1)[1].strip() for line in info if "model name" in line), ""
+            )
+    except OSError:
+        return ""
 
 
 @contextlib.contextmanager
