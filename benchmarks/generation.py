@@ -4,8 +4,8 @@
         [--flash-attn] [--float32]
 
 Loads the model on each runtime (transformers: the GGUF de-quantized into an empty cache, then
-read back; llama.cpp: the GGUF as shipped, and its bfloat16 copy), then answers the same
-RAG-sized prompts (SciFact claims over their abstracts, ~940 prompt tokens, 128 new tokens,
+read back; llama.cpp: the GGUF as shipped, and its bfloat16 and Q8_0 copies), then answers the
+same RAG-sized prompts (SciFact claims over their abstracts, ~940 prompt tokens, 128 new tokens,
 greedy) on each runtime, weights and thread count, taking turns prompt by prompt so that load on
 the shared machine hits them alike. Per setup: time to first token, prompt tokens/s (prompt
 tokens over the time to the first token), decode tokens/s, decode tokens per CPU-second (less
@@ -175,7 +175,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="answers per prompt and setup")
     parser.add_argument("--threads", default="1,2", help="thread counts to try, comma-separated")
     parser.add_argument(
-        "--weights", default="gguf,bf16", help="llama.cpp weights to try (gguf: as shipped)"
+        "--weights",
+        default="gguf,bf16,q8_0",
+        help="llama.cpp weights to try (gguf: as shipped)",
     )
     parser.add_argument(
         "--flash-attn",

@@ -1,6 +1,6 @@
 """Local generation with llama.cpp (llama-cpp-python) on the CPU: a GGUF model without adapter.
 
-A small GGUF file is converted once into a bfloat16 copy in `<cache_dir>/gguf/` (see WEIGHTS);
+A small GGUF file is converted once into a Q8_0 copy in `<cache_dir>/gguf/` (see WEIGHTS);
 the prompt comes from the chat template the file carries. Tokens are picked here the way the
 transformers path picks them (greedy, or top-p sampling, after the same repetition penalty over
 prompt and answer), so the two runtimes differ only in the arithmetic of the forward pass;
@@ -59,17 +59,19 @@ LLAMACPP_PROMPT_THREADS: int | None = None
 LLAMACPP_FLASH_ATTN = False
 #: prompt tokens evaluated per llama.cpp batch
 BATCH_TOKENS = 512
-#: the weights llama.cpp computes with. "bf16": the GGUF's blocks de-quantized once into a cached
-#: bfloat16 copy (the values transformers runs), whose matrix products llama.cpp runs on this
-#: CPU's bfloat16 instructions: with SmolLM2 it reads a ~940-token RAG prompt 1.6x faster than
-#: the shipped Q4_1 blocks (first token 1.9 s against 3.0 s) and decodes at 38 tokens/s against
-#: their 68 (Intel Xeon with AMX; on an earlier machine both decoded at 43). "gguf": the file as
-#: it is. "auto": bf16 up to BF16_COPY_MAX_BYTES of GGUF file; past that (measured on the 135M
-#: model only) decoding is bound by memory reads, which a 3-4x larger copy would slow
-WEIGHTS = ("auto", "gguf", "bf16")
+#: the weights llama.cpp computes with: "gguf", the file as it is, or a copy made once in the
+#: cache, its blocks de-quantized and stored as "bf16" or re-quantized as "q8_0". With SmolLM2 on
+#: an Intel Xeon with AMX, the shipped Q4_1 blocks decode fastest (54-68 tokens/s) but read a
+#: ~940-token prompt slowest (first token 3.0 s); the bfloat16 copy reads it in 1.9 s and decodes
+#: 35-38; the Q8_0 copy reads it as fast (1.85 s) and decodes 44, so it finishes a 128-token
+#: answer first (docs/benchmarks.md, Generation). "auto": the Q8_0 copy up to
+#: COPY_MAX_BYTES of GGUF file; past that (measured on the 135M model only) decoding is bound by
+#: memory reads, which a larger copy would slow
+WEIGHTS = ("auto", "gguf", "bf16", "q8_0")
 LLAMACPP_WEIGHTS = "auto"
-BF16_COPY_MAX_BYTES = 256 * 2**20
-_FTYPE_BF16 = 32  # llama.cpp's LLAMA_FTYPE_MOSTLY_BF16
+COPY_MAX_BYTES = 256 * 2**20
+#: llama.cpp's LLAMA_FTYPE_MOSTLY_* of each copy
+_COPY_FTYPES = {"bf16": 32, "q8_0": 7}
 
 _convert_lock = threading.Lock()
 #: llama.cpp may move weights into "extra buffer types", repacked for this CPU's matrix units
@@ -148,9 +150,9 @@ class LlamaCppGenerator(Generator):
         label = spec.model if spec.model in BUNDLED else self.source.name
         self.model_id = f"local:{label}@llama.cpp"
         if weights == "auto":
-            weights = "bf16" if self.source.stat().st_size <= BF16_COPY_MAX_BYTES else "gguf"
+            weights = "q8_0" if self.source.stat().st_size <= COPY_MAX_BYTES else "gguf"
         self.weights = weights
-        path = self.source if weights == "gguf" else bf16_copy(self.source, cache_dir)
+        path = self.source if weights == "gguf" else weights_copy(self.source, cache_dir, weights)
         #: whether llama.cpp may repack the weights for this CPU (see _PROBE)
         self.extra_buffers = extra_buffers_work(
             path, cache_dir, threads=threads, prompt_threads=prompt_threads, flash_attn=flash_attn
@@ -353,11 +355,13 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def bf16_copy(source: Path, cache_dir: Path) -> Path:
-    """A copy of a GGUF file with its weights in bfloat16, made once in the cache (~1 s here)."""
+def weights_copy(source: Path, cache_dir: Path, kind: str) -> Path:
+    """A copy of a GGUF file with its weights in `kind` (a key of _COPY_FTYPES), made once in
+    the cache (~1 s here)."""
     import llama_cpp
 
-    target = Path(cache_dir) / "gguf" / f"{converted_model_dir(source, cache_dir).name}-bf16.gguf"
+    name = converted_model_dir(source, cache_dir).name
+    target = Path(cache_dir) / "gguf" / f"{name}-{kind.replace('_', '')}.gguf"
     if target.is_file():
         return target
     with _convert_lock:
@@ -366,7 +370,7 @@ def bf16_copy(source: Path, cache_dir: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = _FTYPE_BF16
+        params.ftype = _COPY_FTYPES[kind]
         params.allow_requantize = True  # from a quantized file: de-quantize, then convert
         params.nthread = 1
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its per-tensor log
@@ -376,7 +380,7 @@ def bf16_copy(source: Path, cache_dir: Path) -> Path:
             )
             if status != 0:
                 raise BackendError(
-                    f"llama.cpp could not convert {source} to bfloat16 (status {status}): check "
+                    f"llama.cpp could not convert {source} to {kind} (status {status}): check "
                     "the file is a complete GGUF model and the cache folder is writable, or set "
                     "the generator's runtime to 'transformers'"
                 )
