@@ -1,6 +1,6 @@
 """Local generation with llama.cpp (llama-cpp-python) on the CPU: a GGUF model without adapter.
 
-A small GGUF file is converted once into a Q8_0 copy in `<cache_dir>/gguf/` (see WEIGHTS);
+A small GGUF file is converted once into a bfloat16 copy in `<cache_dir>/gguf/` (see WEIGHTS);
 the prompt comes from the chat template the file carries. Tokens are picked here the way the
 transformers path picks them (greedy, or top-p sampling, after the same repetition penalty over
 prompt and answer), so the two runtimes differ only in the arithmetic of the forward pass;
@@ -48,25 +48,27 @@ from kb.settings import GeneratorSpec
 #: llama.cpp threads for one generation; benchmarks/generation.py measures 1 against 2
 LLAMACPP_THREADS = 1
 #: threads that read the prompt; None: every core this process may use. Reading is one batched
-#: pass over ~1,000 tokens where each core pays (first token 1.9 s against 3.2 s on one thread,
-#: 2 cores), while decoding one token at a time only waits on a second thread (25 against 38
+#: pass over ~1,000 tokens where each core pays (first token 2.0 s against 3.3 s on one thread,
+#: 2 cores), while decoding one token at a time only waits on a second thread (25 against 35
 #: tokens/s; docs/benchmarks.md, Generation)
 LLAMACPP_PROMPT_THREADS: int | None = None
-#: llama.cpp's fused attention. It reads a ~940-token prompt 12-19% faster and then decodes at
-#: half to two-thirds the rate (Q4_1 68 against 33 tokens/s, bf16 38 against 24, one thread,
-#: Intel Xeon with AMX): a 128-token answer took 5.2 s without it against 7.0 s with it, so it
+#: llama.cpp's fused attention. It reads a ~940-token prompt 13-23% faster and then decodes at
+#: half to two-thirds the rate (bf16 35 against 22 tokens/s, Q8_0 45 against 27, one thread,
+#: Intel Xeon with AMX): a 128-token answer took 5.6 s without it against 7.3 s with it, so it
 #: is off
 LLAMACPP_FLASH_ATTN = False
 #: prompt tokens evaluated per llama.cpp batch
 BATCH_TOKENS = 512
 #: the weights llama.cpp computes with: "gguf", the file as it is, or a copy made once in the
 #: cache, its blocks de-quantized and stored as "bf16" or re-quantized as "q8_0". With SmolLM2 on
-#: an Intel Xeon with AMX, the shipped Q4_1 blocks decode fastest (54-68 tokens/s) but read a
-#: ~940-token prompt slowest (first token 3.0 s); the bfloat16 copy reads it in 1.9 s and decodes
-#: 35-38; the Q8_0 copy reads it as fast (1.85 s) and decodes 44, so it finishes a 128-token
-#: answer first (docs/benchmarks.md, Generation). "auto": the Q8_0 copy up to
-#: COPY_MAX_BYTES of GGUF file; past that (measured on the 135M model only) decoding is bound by
-#: memory reads, which a larger copy would slow
+#: an Intel Xeon with AMX, the shipped Q4_1 blocks decode fastest (50-68 tokens/s over two runs)
+#: but read a ~940-token prompt slowest (first token 3.0 s); the Q8_0 copy reads it in 1.9 s and
+#: decodes 45; the bfloat16 copy reads it in 2.0 s and decodes 35. Quantized blocks are
+#: multiplied with activations rounded to 8 bits, and the 135M model feels it: asked "What is
+#: the capital of France?", Q4_1 and Q8_0 answer "L'Étoile: Parisis la cité ...", the bfloat16
+#: copy and transformers "The capital of France is Paris." (docs/benchmarks.md, Generation).
+#: "auto": the bfloat16 copy up to COPY_MAX_BYTES of GGUF file; past that (measured on the 135M
+#: model only) decoding is bound by memory reads, which a 3-4x larger copy would slow
 WEIGHTS = ("auto", "gguf", "bf16", "q8_0")
 LLAMACPP_WEIGHTS = "auto"
 COPY_MAX_BYTES = 256 * 2**20
@@ -150,7 +152,7 @@ class LlamaCppGenerator(Generator):
         label = spec.model if spec.model in BUNDLED else self.source.name
         self.model_id = f"local:{label}@llama.cpp"
         if weights == "auto":
-            weights = "q8_0" if self.source.stat().st_size <= COPY_MAX_BYTES else "gguf"
+            weights = "bf16" if self.source.stat().st_size <= COPY_MAX_BYTES else "gguf"
         self.weights = weights
         path = self.source if weights == "gguf" else weights_copy(self.source, cache_dir, weights)
         #: whether llama.cpp may repack the weights for this CPU (see _PROBE)
