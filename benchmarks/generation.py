@@ -202,6 +202,7 @@ def main() -> None:
         LLAMACPP_THREADS,
         LLAMACPP_WEIGHTS,
         LlamaCppGenerator,
+        _cpu_model,
         llamacpp_unavailable,
     )
 
@@ -323,12 +324,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
-
-
-def _cpu_model() -> str:
-    from kb.generators.llamacpp import _cpu_model as model
-
-    return model()
 
 
 def _has_amx() -> bool | None:
